@@ -1,0 +1,43 @@
+#include "distributed/world.h"
+
+#include <mpi.h>
+
+#include <cstdlib>
+
+namespace zsq::distributed {
+namespace {
+bool g_we_initialized = false;
+
+bool launched_by_mpirun() {
+  return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMI_SIZE") != nullptr ||
+         std::getenv("PMIX_RANK") != nullptr;
+}
+} // namespace
+
+World init_world(bool force_mpi) {
+  World world;
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized && (force_mpi || launched_by_mpirun())) {
+    MPI_Init(nullptr, nullptr);
+    g_we_initialized = true;
+    initialized = 1;
+  }
+  if (initialized) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &world.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world.world_size);
+    MPI_Comm local;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, world.rank, MPI_INFO_NULL, &local);
+    MPI_Comm_rank(local, &world.local_rank);
+    MPI_Comm_free(&local);
+  }
+  return world;
+}
+
+void finalize_world() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (g_we_initialized && !finalized) MPI_Finalize();
+}
+
+} // namespace zsq::distributed

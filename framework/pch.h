@@ -1,0 +1,3 @@
+// Precompiled header shared by every target: the torch headers dominate build time.
+#pragma once
+#include <torch/torch.h>

@@ -1,0 +1,70 @@
+// zsq: zero-shot, once-for-all quantization. Dispatches the sub-commands and
+// turns every exception into one clear message and a non-zero exit.
+#include "distributed/world.h"
+#include "framework/logging.h"
+#include "launch/cli.h"
+#include "launch/commands.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <map>
+
+namespace {
+
+const char* kUsage =
+    "usage: zsq COMMAND [options]   (zsq COMMAND --help for the options of one command)\n"
+    "\n"
+    "commands:\n"
+    "  train-teacher   train an FP32 teacher on a labelled data set and write teacher.h5\n"
+    "  eval            top-1 accuracy of a model file on a data set\n"
+    "  inspect         print what an HDF5 file (model or data set) holds\n"
+    "\n"
+    "Every command takes --config FILE.ini (flags override it), --json, --threads, --log-level.\n";
+
+} // namespace
+
+int main(int argc, char** argv) {
+  const std::map<std::string, std::function<int(int, char**)>> commands = {
+      {"train-teacher", zsq::cli::train_teacher},
+      {"eval", zsq::cli::eval},
+      {"inspect", zsq::cli::inspect},
+  };
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  if (!std::strcmp(argv[1], "--version")) {
+    std::cout << "zsq 0.1.0" << std::endl;
+    return 0;
+  }
+  const std::string name = argv[1];
+  const auto command = commands.find(name);
+  if (command == commands.end()) {
+    std::cerr << "zsq: error: unknown command '" << name << "'\n" << kUsage;
+    return 2;
+  }
+  zsq::distributed::World world;
+  int code = 1;
+  try {
+    world = zsq::distributed::init_world();
+    zsq::set_log_rank(world.rank, world.world_size);
+    code = command->second(argc - 1, argv + 1);
+  } catch (const zsq::cli::UsageError& e) {
+    std::cerr << "zsq " << name << ": error: " << e.what() << "\n(see zsq " << name << " --help)" << std::endl;
+    code = 2;
+  } catch (const c10::Error& e) {
+    std::cerr << "zsq " << name << ": error: " << e.what_without_backtrace() << std::endl;
+    code = 1;
+  } catch (const std::exception& e) {
+    std::cerr << "zsq " << name << ": error: " << e.what() << std::endl;
+    code = 1;
+  }
+  if (world.world_size > 1 && code != 0) {
+    std::cerr << "[rank " << world.rank << "/" << world.world_size << "] failed; ending the job" << std::endl;
+  }
+  zsq::distributed::finalize_world();
+  return code;
+}

@@ -1,0 +1,157 @@
+#include "trainers/teacher.h"
+
+#include "framework/h5.h"
+#include "framework/model_file.h"
+
+#include <chrono>
+#include <cmath>
+
+#include <torch/torch.h>
+
+namespace zsq::trainers {
+
+double cosine_lr(double peak, int64_t step, int64_t total, int64_t warmup) {
+  if (warmup > 0 && step < warmup) return peak * static_cast<double>(step + 1) / static_cast<double>(warmup);
+  const double span = static_cast<double>(std::max<int64_t>(1, total - warmup));
+  const double t = static_cast<double>(step - warmup) / span;
+  return 0.5 * peak * (1.0 + std::cos(M_PI * std::min(1.0, t)));
+}
+
+void check_teacher_options(const TeacherOptions& o, const Dataset& train, const Dataset& test) {
+  TORCH_CHECK(o.epochs > 0, "--epochs must be > 0, got ", o.epochs);
+  TORCH_CHECK(o.batch_size > 0, "--batch-size must be > 0, got ", o.batch_size);
+  TORCH_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be > 0, got ", o.lr);
+  TORCH_CHECK(o.momentum >= 0 && o.momentum < 1, "--momentum must be in [0, 1), got ", o.momentum);
+  TORCH_CHECK(!o.nesterov || o.momentum > 0, "--nesterov needs --momentum > 0");
+  TORCH_CHECK(o.weight_decay >= 0, "--weight-decay must be >= 0, got ", o.weight_decay);
+  TORCH_CHECK(o.label_smoothing >= 0 && o.label_smoothing < 1, "--label-smoothing must be in [0, 1), got ",
+              o.label_smoothing);
+  TORCH_CHECK(o.warmup_epochs >= 0 && o.warmup_epochs < o.epochs, "--warmup-epochs must be in [0, epochs), got ",
+              o.warmup_epochs);
+  TORCH_CHECK(o.crop_padding >= 0, "--crop-padding must be >= 0, got ", o.crop_padding);
+  TORCH_CHECK(o.train_limit >= 0, "--train-limit must be >= 0, got ", o.train_limit);
+  TORCH_CHECK(train.size() > 0, "training set '", train.name, "' is empty");
+  TORCH_CHECK(test.size() > 0, "test set '", test.name, "' is empty");
+  TORCH_CHECK(train.image_shape() == test.image_shape(), "training images have shape ",
+              c10::IntArrayRef(train.image_shape()), ", test images ", c10::IntArrayRef(test.image_shape()));
+  const int64_t used = o.train_limit > 0 ? std::min(o.train_limit, train.size()) : train.size();
+  TORCH_CHECK(used >= o.batch_size, "--batch-size ", o.batch_size, " is larger than the ", used,
+              " training images");
+  TORCH_CHECK(std::max(train.num_classes(), test.num_classes()) <= o.model.num_classes, "the data has ",
+              std::max(train.num_classes(), test.num_classes()), " classes, the model ", o.model.num_classes);
+  if (!o.out.empty()) h5::check_writable(o.out);
+}
+
+TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, const Dataset& test,
+                            const Normalization& norm, const std::function<void(const EpochReport&)>& on_epoch) {
+  check_teacher_options(o, full_train, test);
+  Dataset train = full_train;
+  if (o.train_limit > 0 && o.train_limit < train.size()) {
+    train.images = train.images.narrow(0, 0, o.train_limit);
+    train.labels = train.labels.narrow(0, 0, o.train_limit);
+  }
+  torch::manual_seed(o.seed);
+  models::ModelSpec spec = o.model;
+  spec.in_channels = train.image_shape()[0];
+  models::Classifier model = models::build(spec, models::Fp32Factory());
+
+  LoaderOptions lo;
+  lo.batch_size = o.batch_size;
+  lo.shuffle = true;
+  lo.seed = o.seed;
+  lo.drop_last = true;
+  lo.crop_padding = o.crop_padding;
+  lo.horizontal_flip = o.horizontal_flip;
+  BatchLoader loader(train, norm, lo);
+
+  // No weight decay on BN parameters and biases (the usual recipe).
+  std::vector<torch::Tensor> decay, no_decay;
+  for (const auto& item : model->named_parameters()) {
+    (item.value().dim() <= 1 ? no_decay : decay).push_back(item.value());
+  }
+  auto sgd = [&](double wd) {
+    return torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.nesterov).weight_decay(wd);
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<torch::optim::SGDOptions>(sgd(o.weight_decay)));
+  groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(sgd(0.0)));
+  torch::optim::SGD optimizer(groups, sgd(o.weight_decay));
+
+  const int64_t steps_per_epoch = loader.num_batches();
+  const int64_t total_steps = steps_per_epoch * o.epochs;
+  const int64_t warmup_steps = static_cast<int64_t>(o.warmup_epochs * steps_per_epoch);
+  const auto ce_options = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing);
+
+  const auto start = std::chrono::steady_clock::now();
+  double train_seconds = 0;
+  int64_t images_seen = 0;
+  TeacherResult result;
+  for (int64_t epoch = 0; epoch < o.epochs; ++epoch) {
+    const auto epoch_start = std::chrono::steady_clock::now();
+    model->train();
+    loader.set_epoch(epoch);
+    double loss_sum = 0;
+    int64_t correct = 0, seen = 0;
+    double lr = o.lr;
+    for (int64_t b = 0; b < steps_per_epoch; ++b) {
+      lr = cosine_lr(o.lr, epoch * steps_per_epoch + b, total_steps, warmup_steps);
+      for (auto& group : optimizer.param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+      const Batch batch = loader.batch(b);
+      optimizer.zero_grad();
+      const torch::Tensor logits = model->forward(batch.images);
+      const torch::Tensor loss = torch::nn::functional::cross_entropy(logits, batch.labels, ce_options);
+      const double loss_value = loss.item<double>();
+      TORCH_CHECK(std::isfinite(loss_value), "training diverged: loss is ", loss_value, " at epoch ", epoch + 1,
+                  ", step ", b + 1, "; lower --lr");
+      loss.backward();
+      optimizer.step();
+      loss_sum += loss_value * batch.labels.size(0);
+      correct += logits.detach().argmax(1).eq(batch.labels).sum().item<int64_t>();
+      seen += batch.labels.size(0);
+    }
+    const double epoch_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
+    train_seconds += epoch_seconds;
+    images_seen += seen;
+    EpochReport report;
+    report.epoch = epoch + 1;
+    report.epochs = o.epochs;
+    report.train_loss = loss_sum / seen;
+    report.train_acc = static_cast<double>(correct) / seen;
+    report.lr = lr;
+    report.images_per_second = images_seen / train_seconds;
+    if (o.eval_each_epoch || epoch + 1 == o.epochs) {
+      const EvalResult eval = evaluate(*model, test, norm);
+      report.test_acc = eval.top1;
+      result.test_acc = eval.top1;
+      result.test_loss = eval.loss;
+    }
+    report.elapsed_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    report.eta_seconds = report.elapsed_seconds / (epoch + 1) * (o.epochs - epoch - 1);
+    if (on_epoch) on_epoch(report);
+  }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.images_per_second = images_seen / std::max(train_seconds, 1e-9);
+  result.parameters = models::parameter_count(*model);
+  result.model = model;
+  model->eval();
+  if (!o.out.empty()) {
+    ModelMeta meta;
+    meta.arch = spec.arch;
+    meta.num_classes = spec.num_classes;
+    meta.input_shape = train.image_shape();
+    meta.input_mean = norm.mean;
+    meta.input_std = norm.std;
+    if (meta.input_mean.size() == 1 && meta.input_shape[0] > 1) {
+      meta.input_mean.assign(meta.input_shape[0], norm.mean[0]);
+      meta.input_std.assign(meta.input_shape[0], norm.std[0]);
+    }
+    meta.width = spec.width;
+    meta.precision = "fp32";
+    meta.recipe = o.recipe;
+    save_model(o.out, *model, meta);
+  }
+  return result;
+}
+
+} // namespace zsq::trainers

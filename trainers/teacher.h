@@ -1,0 +1,63 @@
+// FP32 teacher training: SGD with momentum (Nesterov optional), weight decay,
+// a per-step cosine schedule after an optional linear warm-up, optional label
+// smoothing, random-crop/flip augmentation; evaluates on the test split after
+// each epoch and writes the model file atomically at the end.
+#pragma once
+
+#include "framework/data.h"
+#include "models/zoo.h"
+#include "trainers/evaluate.h"
+
+#include <functional>
+#include <string>
+
+namespace zsq::trainers {
+
+struct TeacherOptions {
+  models::ModelSpec model;          ///< arch, in_channels, num_classes, width
+  int64_t epochs = 30;
+  int64_t batch_size = 128;
+  double lr = 0.1;                  ///< peak learning rate
+  double momentum = 0.9;
+  bool nesterov = true;
+  double weight_decay = 5e-4;
+  double label_smoothing = 0.0;     ///< in [0, 1)
+  double warmup_epochs = 0.0;       ///< linear warm-up length (fractional epochs allowed)
+  int64_t crop_padding = 2;         ///< random-crop padding in pixels (0: off)
+  bool horizontal_flip = true;
+  uint64_t seed = 0;
+  int64_t train_limit = 0;          ///< use only the first N training images (0: all)
+  bool eval_each_epoch = true;
+  std::string out;                  ///< model file to write ("" : do not write)
+  std::string recipe;               ///< stored in the model file
+};
+
+/// Called after every epoch with a one-line summary (rank 0 prints it).
+struct EpochReport {
+  int64_t epoch = 0, epochs = 0;
+  double train_loss = 0, train_acc = 0;
+  double test_acc = -1;  ///< -1 when not evaluated this epoch
+  double images_per_second = 0, elapsed_seconds = 0, eta_seconds = 0;
+  double lr = 0;
+};
+
+struct TeacherResult {
+  double test_acc = 0;
+  double test_loss = 0;
+  double seconds = 0;
+  double images_per_second = 0;  ///< training throughput
+  int64_t parameters = 0;
+  models::Classifier model;
+};
+
+/// Validates the options against the data (throws a clear message).
+void check_teacher_options(const TeacherOptions& options, const Dataset& train, const Dataset& test);
+
+TeacherResult train_teacher(const TeacherOptions& options, const Dataset& train, const Dataset& test,
+                            const Normalization& norm, const std::function<void(const EpochReport&)>& on_epoch);
+
+/// lr at step `step` of `total`: linear warm-up over `warmup` steps, then
+/// cosine from `peak` to 0.
+double cosine_lr(double peak, int64_t step, int64_t total, int64_t warmup);
+
+} // namespace zsq::trainers
