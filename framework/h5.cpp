@@ -430,12 +430,13 @@ std::string File::attr_as_text(const std::string& key, const std::string& object
   Id type(H5Aget_type(attr.get()));
   const H5T_class_t cls = H5Tget_class(type.get());
   std::ostringstream out;
-  if (cls == H5T_STRING) return *attr_string(key, object);
+  if (cls == H5T_STRING) return attr_string(key, object).value();
   std::vector<double> values;
   if (cls == H5T_INTEGER) {
-    for (int64_t v : *attr_ints(key, object)) values.push_back(static_cast<double>(v));
+    const std::vector<int64_t> ints = attr_ints(key, object).value();
+    for (int64_t v : ints) values.push_back(static_cast<double>(v));
   } else if (cls == H5T_FLOAT) {
-    values = *attr_doubles(key, object);
+    values = attr_doubles(key, object).value();
   } else {
     return "<unsupported attribute type>";
   }

@@ -1,0 +1,98 @@
+#include "trainers/teacher.h"
+
+#include "tests/support.h"
+
+namespace zsq::trainers {
+namespace {
+
+using TeacherTest = test::SeedingFixture;
+
+Dataset head(const Dataset& d, int64_t n) {
+  Dataset out = d;
+  out.images = d.images.narrow(0, 0, n);
+  out.labels = d.labels.narrow(0, 0, n);
+  return out;
+}
+
+TeacherOptions tiny_options() {
+  TeacherOptions o;
+  o.model = {"resnet8", 1, 10, 8};
+  o.epochs = 3;
+  o.batch_size = 64;
+  o.lr = 0.05;
+  o.train_limit = 2048;
+  return o;
+}
+
+TEST(CosineLr, WarmupThenCosineToZero) {
+  EXPECT_DOUBLE_EQ(cosine_lr(0.1, 0, 100, 0), 0.1);
+  EXPECT_NEAR(cosine_lr(0.1, 50, 100, 0), 0.05, 1e-12);
+  EXPECT_NEAR(cosine_lr(0.1, 100, 100, 0), 0.0, 1e-12);
+  EXPECT_NEAR(cosine_lr(0.1, 4, 100, 10), 0.05, 1e-12);  // (4+1)/10 of the peak
+  EXPECT_NEAR(cosine_lr(0.1, 10, 100, 10), 0.1, 1e-12);
+  EXPECT_NEAR(cosine_lr(0.1, 55, 100, 10), 0.05, 1e-12);
+}
+
+TEST_F(TeacherTest, LearnsFashionMnistAndWritesALoadableFile) {
+  const Dataset train = load_fashion_mnist(kFashionMnistDir, Split::kTrain);
+  const Dataset test = head(load_fashion_mnist(kFashionMnistDir, Split::kTest), 1000);
+  TeacherOptions o = tiny_options();
+  o.out = path("teacher.h5");
+  std::vector<EpochReport> reports;
+  const TeacherResult result =
+      train_teacher(o, train, test, fashion_mnist_normalization(), [&](const EpochReport& r) { reports.push_back(r); });
+  ASSERT_EQ(reports.size(), 3u);
+  EXPECT_LT(reports.back().train_loss, reports.front().train_loss);
+  EXPECT_GT(result.test_acc, 0.55) << "3 epochs on 2048 images should be far above chance (0.10)";
+  EXPECT_GT(result.images_per_second, 0);
+  EXPECT_NEAR(reports.back().eta_seconds, 0.0, 1e-9);
+  // The file holds the trained model: same accuracy when loaded back.
+  const LoadedModel loaded = load_model(o.out);
+  EXPECT_EQ(loaded.meta.arch, "resnet8");
+  EXPECT_EQ(loaded.meta.width, 8);
+  EXPECT_EQ(loaded.meta.input_shape, (std::vector<int64_t>{1, 28, 28}));
+  const EvalResult again = evaluate(*loaded.model, test, loaded.norm());
+  EXPECT_DOUBLE_EQ(again.top1, result.test_acc);
+  EXPECT_EQ(again.count, 1000);
+}
+
+TEST_F(TeacherTest, SameSeedSameModel) {
+  const Dataset train = head(load_fashion_mnist(kFashionMnistDir, Split::kTrain), 512);
+  const Dataset test = head(load_fashion_mnist(kFashionMnistDir, Split::kTest), 128);
+  TeacherOptions o = tiny_options();
+  o.epochs = 1;
+  o.eval_each_epoch = false;
+  const auto a = train_teacher(o, train, test, fashion_mnist_normalization(), nullptr);
+  const auto b = train_teacher(o, train, test, fashion_mnist_normalization(), nullptr);
+  o.seed = 1;
+  const auto c = train_teacher(o, train, test, fashion_mnist_normalization(), nullptr);
+  const auto pa = a.model->parameters(), pb = b.model->parameters(), pc = c.model->parameters();
+  bool all_equal = true, any_differs = false;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    all_equal &= torch::equal(pa[i], pb[i]);
+    any_differs |= !torch::equal(pa[i], pc[i]);
+  }
+  EXPECT_TRUE(all_equal);
+  EXPECT_TRUE(any_differs);
+}
+
+TEST_F(TeacherTest, BadOptionsAreRejectedWithTheirName) {
+  const Dataset train = head(load_fashion_mnist(kFashionMnistDir, Split::kTrain), 256);
+  const Dataset test = head(load_fashion_mnist(kFashionMnistDir, Split::kTest), 64);
+  auto check = [&](auto change, const std::string& message) {
+    TeacherOptions o = tiny_options();
+    change(o);
+    EXPECT_THROW_WITH(check_teacher_options(o, train, test), message);
+  };
+  check([](TeacherOptions& o) { o.epochs = 0; }, "--epochs must be > 0");
+  check([](TeacherOptions& o) { o.lr = -1; }, "--lr must be > 0");
+  check([](TeacherOptions& o) { o.momentum = 1.0; }, "--momentum must be in [0, 1)");
+  check([](TeacherOptions& o) { o.label_smoothing = 1.0; }, "--label-smoothing must be in [0, 1)");
+  check([](TeacherOptions& o) { o.warmup_epochs = 5; }, "--warmup-epochs must be in [0, epochs)");
+  check([](TeacherOptions& o) { o.batch_size = 1000; }, "is larger than the 256 training images");
+  check([](TeacherOptions& o) { o.model.num_classes = 5; }, "the data has 10 classes, the model 5");
+  check([&](TeacherOptions& o) { o.out = path("missing/dir/t.h5"); }, "does not exist");
+}
+
+} // namespace
+} // namespace zsq::trainers
