@@ -58,6 +58,8 @@ std::optional<po::variables_map> parse(const std::string& command, const std::st
   try {
     po::command_line_parser parser(argc, argv);
     parser.options(desc);
+    // No abbreviations: '--epoch' must be an error, not a silent '--epochs'.
+    parser.style(po::command_line_style::default_style & ~po::command_line_style::allow_guessing);
     if (positional) parser.positional(*positional);
     po::store(parser.run(), vm);
     if (vm.count("help")) {

@@ -114,10 +114,10 @@ int train_teacher(int argc, char** argv) {
 
   const std::string data_spec = get<std::string>(vm, "data");
   const std::string data_dir = get<std::string>(vm, "data-dir");
+  const Dataset train = load_dataset(data_spec, data_dir, Split::kTrain);  // rejects unknown names first
   if (data_spec != "fashion-mnist" && !vm.count("test-data")) {
     throw UsageError("--data is an HDF5 file; pass --test-data with the test set too");
   }
-  const Dataset train = load_dataset(data_spec, data_dir, Split::kTrain);
   const Dataset test = vm.count("test-data") ? load_dataset(get<std::string>(vm, "test-data"), data_dir, Split::kTest)
                                              : load_dataset(data_spec, data_dir, Split::kTest);
 

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# End-to-end checks of the zsq command line: exit codes, messages, config
+# files, JSON output, and that failures never damage an existing output file.
+# usage: cli_test.sh ZSQ_BINARY PYTHON3 [MPIRUN]
+set -u
+zsq="$1"
+py="$2"
+mpirun_bin="${3:-}"
+# Open MPI refuses to start as root unless told; tests run as root on CI.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+work="$(mktemp -d /tmp/zsq-cli-test.XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+passed=0
+failed=0
+
+ok() { passed=$((passed + 1)); echo "ok: $1"; }
+bad() { failed=$((failed + 1)); echo "FAILED: $1"; }
+
+# expect_fail CODE "message part" -- command...: exit code CODE, stderr holds the part.
+expect_fail() {
+  local code="$1" part="$2"
+  shift 2
+  "$@" >"$work/out" 2>"$work/err"
+  local got=$?
+  if [ "$got" -eq "$code" ] && grep -qF -- "$part" "$work/err"; then
+    ok "$* -> exit $code, '$part'"
+  else
+    bad "$* -> exit $got (want $code), stderr: $(head -c 400 "$work/err")"
+  fi
+}
+
+expect_ok() {
+  if "$@" >"$work/out" 2>"$work/err"; then
+    ok "$*"
+  else
+    bad "$* -> exit $?, stderr: $(head -c 400 "$work/err")"
+  fi
+}
+
+json_field() {  # json_field FILE KEY: KEY of the JSON object on FILE's last line
+  tail -n 1 "$1" | "$py" -c "import json,sys; print(json.loads(sys.stdin.read())['$2'])"
+}
+
+tiny=(--arch resnet8 --width 8 --epochs 1 --threads 2)  # add --train-limit/--batch-size per call
+
+# --- usage errors --------------------------------------------------------
+expect_fail 2 "usage: zsq COMMAND" "$zsq"
+expect_fail 2 "unknown command 'quantise'" "$zsq" quantise
+expect_fail 2 "unrecognised option '--epoch'" "$zsq" train-teacher --epoch 3
+expect_fail 2 "the argument ('three') for option '--epochs' is invalid" "$zsq" train-teacher --epochs three
+expect_fail 1 "--epochs must be > 0, got 0" "$zsq" train-teacher --epochs 0
+expect_fail 1 "--lr must be > 0" "$zsq" train-teacher --lr -0.1
+expect_fail 1 "--label-smoothing must be in [0, 1)" "$zsq" train-teacher --label-smoothing 1.5
+expect_fail 1 "unknown architecture 'resnet21'; known: resnet8, resnet20" "$zsq" train-teacher --arch resnet21
+expect_fail 1 "output folder '$work/no/dir' does not exist" "$zsq" train-teacher --out "$work/no/dir/t.h5"
+expect_fail 1 "Fashion-MNIST folder '$work/nowhere' does not exist" "$zsq" train-teacher --data-dir "$work/nowhere"
+expect_fail 1 "unknown data set 'cifar10'" "$zsq" train-teacher --data cifar10
+expect_fail 2 "--log-level: log level must be one of" "$zsq" eval --model x.h5 --log-level loud
+expect_fail 2 "--model is required" "$zsq" eval
+expect_fail 2 "--split must be 'train' or 'test'" "$zsq" eval --model x.h5 --split val
+expect_fail 2 "--input-shape expects comma-separated integers" "$zsq" eval --model x.h5 --input-shape 1,a,3
+expect_fail 2 "give the file to inspect" "$zsq" inspect
+expect_fail 2 "cannot read config file" "$zsq" train-teacher --config "$work/missing.ini"
+expect_ok "$zsq" train-teacher --help
+grep -q -- "--label-smoothing" "$work/out" && ok "help lists options" || bad "help lists options"
+
+# --- config files: [section] for this command, flags override the file ---
+cat >"$work/recipe.ini" <<INI
+# a recipe for two commands
+arch = resnet8
+epochs = 5
+[train-teacher]
+width = 8
+batch-size = 64
+train-limit = 1024
+[quantize]
+bits = 2,3,4,8
+INI
+expect_ok "$zsq" train-teacher --config "$work/recipe.ini" --epochs 1 --threads 2 --out "$work/teacher.h5" --json
+train_top1="$(json_field "$work/out" top1)"
+grep -q "^epoch 1/1 .*img/s.*ETA" "$work/out" && ok "progress line" || bad "progress line: $(cat "$work/out")"
+expect_ok "$zsq" inspect "$work/teacher.h5"
+grep -q "arch = resnet8" "$work/out" && grep -q "epochs = 1" "$work/out" && grep -q "width = 8" "$work/out" &&
+  ok "recipe stored with flag overriding file" || bad "recipe in inspect: $(cat "$work/out")"
+printf 'arch = resnet8\nepochz = 3\n' >"$work/typo.ini"
+expect_fail 2 "unrecognised option 'epochz'" "$zsq" train-teacher --config "$work/typo.ini"
+
+# --- eval: JSON agrees with training's own evaluation -------------------
+expect_ok "$zsq" eval --model "$work/teacher.h5" --json
+eval_top1="$(json_field "$work/out" top1)"
+[ "$eval_top1" = "$train_top1" ] && ok "eval top1 $eval_top1 = training's" || bad "eval $eval_top1 != train $train_top1"
+"$py" -c "import sys; sys.exit(0 if float('$eval_top1') > 0.25 else 1)" && ok "accuracy above chance" ||
+  bad "accuracy $eval_top1"
+expect_ok "$zsq" inspect "$work/teacher.h5" --json
+[ "$(json_field "$work/out" arch)" = "resnet8" ] && ok "inspect --json" || bad "inspect --json"
+expect_fail 1 "holds a 'resnet8' model, but --arch says 'resnet20'" "$zsq" eval --model "$work/teacher.h5" --arch resnet20
+
+# --- bad files ----------------------------------------------------------
+expect_fail 1 "file not found: '$work/none.h5'" "$zsq" eval --model "$work/none.h5"
+echo "hello" >"$work/text.h5"
+expect_fail 1 "is not an HDF5 file" "$zsq" eval --model "$work/text.h5"
+head -c 20000 "$work/teacher.h5" >"$work/cut.h5"
+expect_fail 1 "truncated or damaged" "$zsq" eval --model "$work/cut.h5"
+expect_fail 1 "truncated or damaged" "$zsq" inspect "$work/cut.h5"
+# A data set whose images do not fit the model, and a broken data set.
+"$py" - "$work" <<'PY'
+import sys, h5py, numpy as np
+d = sys.argv[1]
+with h5py.File(d + "/rgb.h5", "w") as f:
+    f["images"] = np.zeros((4, 3, 32, 32), np.uint8)
+    f["labels"] = np.zeros(4, np.int64)
+with h5py.File(d + "/mismatch.h5", "w") as f:
+    f["images"] = np.zeros((4, 1, 28, 28), np.uint8)
+    f["labels"] = np.zeros(3, np.int64)
+with h5py.File(d + "/small.h5", "w") as f:
+    rng = np.random.default_rng(0)
+    f["images"] = rng.integers(0, 255, (256, 1, 28, 28), dtype=np.uint8)
+    f["labels"] = rng.integers(0, 10, 256)
+PY
+expect_fail 1 "has images of shape [3, 32, 32], the model expects [1, 28, 28]" \
+  "$zsq" eval --model "$work/teacher.h5" --data "$work/rgb.h5"
+expect_fail 1 "image/label count mismatch" "$zsq" eval --model "$work/teacher.h5" --data "$work/mismatch.h5"
+expect_ok "$zsq" eval --model "$work/teacher.h5" --data "$work/small.h5"
+expect_fail 2 "pass --test-data" "$zsq" train-teacher "${tiny[@]}" --data "$work/small.h5"
+expect_ok "$zsq" inspect "$work/small.h5"
+grep -q "images: 256 of shape \[1, 28, 28\]" "$work/out" && ok "inspect data set" || bad "inspect data set: $(cat "$work/out")"
+expect_ok "$zsq" train-teacher "${tiny[@]}" --batch-size 64 --data "$work/small.h5" --test-data "$work/small.h5" \
+  --out "$work/own.h5"
+
+# --- failures never damage an existing output ----------------------------
+cp "$work/teacher.h5" "$work/keep.h5"
+before="$(md5sum <"$work/keep.h5")"
+expect_fail 1 "is larger than the 100 training images" \
+  "$zsq" train-teacher "${tiny[@]}" --train-limit 100 --batch-size 128 --out "$work/keep.h5"
+"$zsq" train-teacher --arch resnet8 --width 8 --threads 2 --epochs 3 --out "$work/keep.h5" >/dev/null 2>&1 &
+pid=$!
+sleep 3
+kill -9 "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+[ "$(md5sum <"$work/keep.h5")" = "$before" ] && ok "killed run left the old output intact" ||
+  bad "killed run changed the old output"
+expect_ok "$zsq" eval --model "$work/keep.h5"
+
+# --- mpirun works as root ----------------------------------------------------
+if [ -n "$mpirun_bin" ]; then
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" inspect "$work/teacher.h5"
+  expect_fail 2 "runs on one process in this version" "$mpirun_bin" --oversubscribe -np 2 "$zsq" train-teacher "${tiny[@]}" \
+    --train-limit 1024 --out "$work/mpi.h5"
+fi
+
+echo "cli: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
