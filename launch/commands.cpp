@@ -87,7 +87,7 @@ int train_teacher(int argc, char** argv) {
        "resnet8, resnet20, resnet32, resnet56, resnet18, resnet50, mobilenet_v2")
       ("width", po::value<int64_t>()->default_value(16), "base width of CIFAR-style ResNets")
       ("num-classes", po::value<int64_t>()->default_value(0), "classes (0: from the data)")
-      ("epochs", po::value<int64_t>()->default_value(30), "training epochs")
+      ("epochs", po::value<int64_t>()->default_value(15), "training epochs")
       ("batch-size", po::value<int64_t>()->default_value(128), "images per step")
       ("lr", po::value<double>()->default_value(0.1), "peak learning rate (cosine schedule to 0)")
       ("momentum", po::value<double>()->default_value(0.9), "SGD momentum")
