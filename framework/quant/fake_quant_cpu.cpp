@@ -1,17 +1,21 @@
 // Fused CPU loops for LSQ and vertical-layered fake quantization.
 //
-// The loops are written so that GCC vectorizes them (branch-free selects,
-// `omp simd` reductions with -fopenmp-simd), and each is compiled twice, for
-// AVX2 and for baseline x86-64, with the machine's best picked at load time
-// (`target_clones`). Rounding to nearest even uses the float magic number
-// 1.5·2^23: (v + M) - M rounds v to an integer in the current (default,
-// to-nearest-even) mode, exactly for |v| < 2^22; v is always clamped to a
-// 16-bit range first.
+// Each element formula is written once, as a template over `float` and an
+// 8-lane GCC vector (`F8`); the span loops run 8 elements at a time and the
+// tail one by one with the same formula, so results do not depend on the
+// instruction set. Each span is compiled twice, for AVX2 and for baseline
+// x86-64, with the machine's best picked at load time (`target_clones`).
+// (Plain loops do not vectorize here: GCC treats the selects as control flow.)
+// Rounding to nearest even uses the float magic number 1.5·2^23:
+// (v + M) - M rounds v to an integer in the default rounding mode, exactly
+// for |v| < 2^22; v is always clamped to a 16-bit range first. Step-gradient
+// partial sums are kept per lane and added in a fixed order.
 #include "framework/quant/fake_quant_cpu.h"
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -24,107 +28,107 @@ namespace zsq::quant::detail {
 namespace {
 
 constexpr int64_t kTaskElements = 16384;  // one task: at most this many elements of one group
+constexpr int kLanes = 8;
+typedef float F8 __attribute__((vector_size(32)));
+typedef int32_t I8 __attribute__((vector_size(32)));
+
+// Conversions and loads that read the same for one float and for 8 lanes.
+inline int32_t to_int(float v) { return static_cast<int32_t>(v); }
+inline I8 to_int(F8 v) { return __builtin_convertvector(v, I8); }
+inline float to_float(int32_t q) { return static_cast<float>(q); }
+inline F8 to_float(I8 q) { return __builtin_convertvector(q, F8); }
+template <typename T> T load(const float* p);
+template <> inline float load<float>(const float* p) { return *p; }
+template <> inline F8 load<F8>(const float* p) {
+  F8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, float v) { *p = v; }
+inline void store(float* p, F8 v) { std::memcpy(p, &v, sizeof v); }
+template <typename T> T splat(float a) { return T{} + a; }
+template <> inline float splat<float>(float a) { return a; }
+
 constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23
 
-inline float clampf(float v, float lo, float hi) { return std::min(std::max(v, lo), hi); }
+// min(max(v, lo), hi), as std::min/std::max compare.
+template <typename T> inline T clamp(T v, T lo, T hi) {
+  const T m = v < lo ? lo : v;
+  return hi < m ? hi : m;
+}
+template <typename T> inline T round_half_even(T v) { return (v + kRoundMagic) - kRoundMagic; }
 
-// --- LSQ -------------------------------------------------------------------
+// The quantizer of one element: its output level (x̂ = level·s) and, for the
+// backward, the clamped v.
+struct Params {
+  float s, lo, hi, centre;
+  int shift, top_bits;
+};
 
-ZSQ_SIMD_CLONES void lsq_forward_span(const float* x, float* y, int64_t n, float s, float lo, float hi) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = clampf(x[i] / s, lo, hi);
-    y[i] = ((v + kRoundMagic) - kRoundMagic) * s;
+template <typename T> inline auto lsq_code(T vc, const Params&) { return round_half_even(vc); }
+
+// vertical-layered, shift nesting: q = q_top >> Δ (arithmetic: floor), level = 2^Δ·q + c.
+template <typename T> inline T vl_shift_level(T vc, const Params& p) {
+  const auto q = to_int(round_half_even(vc)) >> p.shift;
+  return to_float(q * (1 << p.shift)) + p.centre;
+}
+
+// vertical-layered, round nesting: each step down q_{j-1} = min((q_j + 1) >> 1,
+// 2^(j-2) - 1) (round half up, saturating at the top code; the bottom never
+// needs it); level = 2^Δ·q.
+template <typename T> inline T vl_round_level(T vc, const Params& p) {
+  auto q = to_int(round_half_even(vc));
+  for (int j = p.top_bits; j > p.top_bits - p.shift; --j) {
+    const auto down = (q + 1) >> 1;
+    const int32_t top = (1 << (j - 2)) - 1;
+    q = down > top ? top + 0 * down : down;  // "top + 0 * down": a scalar or a vector, as down
   }
+  return to_float(q * (1 << p.shift));
+}
+
+enum class Kind { kLsq, kVlShift, kVlRound };
+
+template <Kind kind, typename T> inline T level_of(T vc, const Params& p) {
+  if constexpr (kind == Kind::kLsq) return lsq_code(vc, p);
+  if constexpr (kind == Kind::kVlShift) return vl_shift_level(vc, p);
+  if constexpr (kind == Kind::kVlRound) return vl_round_level(vc, p);
+}
+
+// x̂ = level(clamp(x/s)) · s
+template <Kind kind, typename T> inline void forward_at(const float* x, float* y, const Params& p) {
+  const T vc = clamp(load<T>(x) / splat<T>(p.s), splat<T>(p.lo), splat<T>(p.hi));
+  store(y, level_of<kind>(vc, p) * p.s);
 }
 
 // dL/dx = g inside [lo, hi] (inclusive, as torch.clamp's backward), 0 outside.
-// dL/ds (before the gradient scale) = Σ g · (round(v) - v) inside, g · lo below,
-// g · hi above, with v = x/s. Outside the range the clamped v is the bound.
-ZSQ_SIMD_CLONES float lsq_backward_span(const float* x, const float* gy, float* gx, int64_t n, float s, float lo,
-                                        float hi) {
-  float acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i] / s;
-    const float g = gy[i];
-    const float vc = clampf(v, lo, hi);
-    const bool inside = v >= lo && v <= hi;
-    gx[i] = inside ? g : 0.0f;
-    const float d = inside ? ((vc + kRoundMagic) - kRoundMagic) - v : vc;
-    acc += g * d;
-  }
-  return acc;
+// dL/ds before the gradient scale: g · (level - v) inside, g · level outside
+// (for LSQ: round(v) - v inside, -qn below, qp above), STE through the cascade.
+template <Kind kind, typename T> inline T backward_at(const float* x, const float* gy, float* gx, const Params& p) {
+  const T v = load<T>(x) / splat<T>(p.s);
+  const T g = load<T>(gy);
+  const T lo = splat<T>(p.lo), hi = splat<T>(p.hi);
+  const T vc = clamp(v, lo, hi);
+  const auto inside = (v >= lo) & (v <= hi);
+  const T level = level_of<kind>(vc, p);
+  store(gx, inside ? g : splat<T>(0.0f));
+  return g * (inside ? level - v : level);
 }
 
-// --- vertical-layered, shift nesting ---------------------------------------
-// q_top = round(clamp(w/s)), q = q_top >> Δ (arithmetic: floor), level = 2^Δ·q + c.
-
-ZSQ_SIMD_CLONES void vl_shift_forward_span(const float* x, float* y, int64_t n, float s, float lo, float hi,
-                                           int shift, float centre) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = clampf(x[i] / s, lo, hi);
-    const int32_t q = static_cast<int32_t>((v + kRoundMagic) - kRoundMagic) >> shift;
-    y[i] = (static_cast<float>(q * (1 << shift)) + centre) * s;
-  }
+template <Kind kind> ZSQ_SIMD_CLONES void forward_span(const float* x, float* y, int64_t n, Params p) {
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) forward_at<kind, F8>(x + i, y + i, p);
+  for (; i < n; ++i) forward_at<kind, float>(x + i, y + i, p);
 }
 
-// STE through the cascade: dL/dw = g inside the top range; dL/ds = Σ g · (level - v)
-// inside and g · level outside.
-ZSQ_SIMD_CLONES float vl_shift_backward_span(const float* x, const float* gy, float* gx, int64_t n, float s,
-                                             float lo, float hi, int shift, float centre) {
-  float acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i] / s;
-    const float g = gy[i];
-    const float vc = clampf(v, lo, hi);
-    const bool inside = v >= lo && v <= hi;
-    const int32_t q = static_cast<int32_t>((vc + kRoundMagic) - kRoundMagic) >> shift;
-    const float level = static_cast<float>(q * (1 << shift)) + centre;
-    gx[i] = inside ? g : 0.0f;
-    acc += g * (inside ? level - v : level);
-  }
-  return acc;
-}
-
-// --- vertical-layered, round nesting ----------------------------------------
-// Each step down: q_{j-1} = min((q_j + 1) >> 1, 2^(j-2) - 1) (round half up,
-// saturating at the top code; the bottom never needs it); level = 2^Δ·q.
-
-inline int32_t round_cascade(int32_t q, int top_bits, int shift) {
-  for (int j = top_bits; j > top_bits - shift; --j) {
-    q = std::min((q + 1) >> 1, (1 << (j - 2)) - 1);
-  }
-  return q;
-}
-
-ZSQ_SIMD_CLONES void vl_round_forward_span(const float* x, float* y, int64_t n, float s, float lo, float hi,
-                                           int top_bits, int shift) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = clampf(x[i] / s, lo, hi);
-    const int32_t q = round_cascade(static_cast<int32_t>((v + kRoundMagic) - kRoundMagic), top_bits, shift);
-    y[i] = static_cast<float>(q * (1 << shift)) * s;
-  }
-}
-
-ZSQ_SIMD_CLONES float vl_round_backward_span(const float* x, const float* gy, float* gx, int64_t n, float s,
-                                             float lo, float hi, int top_bits, int shift) {
-  float acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i] / s;
-    const float g = gy[i];
-    const float vc = clampf(v, lo, hi);
-    const bool inside = v >= lo && v <= hi;
-    const int32_t q = round_cascade(static_cast<int32_t>((vc + kRoundMagic) - kRoundMagic), top_bits, shift);
-    const float level = static_cast<float>(q * (1 << shift));
-    gx[i] = inside ? g : 0.0f;
-    acc += g * (inside ? level - v : level);
-  }
-  return acc;
+template <Kind kind>
+ZSQ_SIMD_CLONES double backward_span(const float* x, const float* gy, float* gx, int64_t n, Params p) {
+  F8 lanes = splat<F8>(0.0f);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) lanes += backward_at<kind, F8>(x + i, gy + i, gx + i, p);
+  double sum = 0;
+  for (int j = 0; j < kLanes; ++j) sum += lanes[j];
+  for (; i < n; ++i) sum += backward_at<kind, float>(x + i, gy + i, gx + i, p);
+  return sum;
 }
 
 // --- task plan -----------------------------------------------------------------
@@ -150,6 +154,8 @@ Plan make_plan(const torch::Tensor& x, const torch::Tensor& step) {
   return p;
 }
 
+Params params_for(const KernelParams& p, float s) { return {s, p.lo, p.hi, p.centre, p.shift, p.top_bits}; }
+
 int64_t grain_for(const Plan& plan) {
   // Small tensors stay on one thread: a task fork costs microseconds.
   const int64_t per_task = std::min(plan.group_size, kTaskElements);
@@ -168,13 +174,13 @@ torch::Tensor forward_cpu(const torch::Tensor& x, const torch::Tensor& step, con
   at::parallel_for(0, plan.tasks(), grain_for(plan), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const auto [b, e] = plan.range(t);
-      const float s = ss[t / plan.tasks_per_group];
+      const Params q = params_for(p, ss[t / plan.tasks_per_group]);
       if (!p.vl) {
-        lsq_forward_span(xs + b, ys + b, e - b, s, p.lo, p.hi);
+        forward_span<Kind::kLsq>(xs + b, ys + b, e - b, q);
       } else if (!p.round_nesting) {
-        vl_shift_forward_span(xs + b, ys + b, e - b, s, p.lo, p.hi, p.shift, p.centre);
+        forward_span<Kind::kVlShift>(xs + b, ys + b, e - b, q);
       } else {
-        vl_round_forward_span(xs + b, ys + b, e - b, s, p.lo, p.hi, p.top_bits, p.shift);
+        forward_span<Kind::kVlRound>(xs + b, ys + b, e - b, q);
       }
     }
   });
@@ -194,13 +200,13 @@ std::pair<torch::Tensor, torch::Tensor> backward_cpu(const torch::Tensor& x, con
   at::parallel_for(0, plan.tasks(), grain_for(plan), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const auto [b, e] = plan.range(t);
-      const float s = ss[t / plan.tasks_per_group];
+      const Params q = params_for(p, ss[t / plan.tasks_per_group]);
       if (!p.vl) {
-        partial[t] = lsq_backward_span(xs + b, gys + b, gxs + b, e - b, s, p.lo, p.hi);
+        partial[t] = backward_span<Kind::kLsq>(xs + b, gys + b, gxs + b, e - b, q);
       } else if (!p.round_nesting) {
-        partial[t] = vl_shift_backward_span(xs + b, gys + b, gxs + b, e - b, s, p.lo, p.hi, p.shift, p.centre);
+        partial[t] = backward_span<Kind::kVlShift>(xs + b, gys + b, gxs + b, e - b, q);
       } else {
-        partial[t] = vl_round_backward_span(xs + b, gys + b, gxs + b, e - b, s, p.lo, p.hi, p.top_bits, p.shift);
+        partial[t] = backward_span<Kind::kVlRound>(xs + b, gys + b, gxs + b, e - b, q);
       }
     }
   });
