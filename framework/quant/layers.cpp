@@ -1,0 +1,189 @@
+#include "framework/quant/layers.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+namespace zsq::quant {
+namespace {
+
+std::string list_text(const std::vector<int64_t>& v) {
+  std::ostringstream out;
+  for (size_t i = 0; i < v.size(); ++i) out << (i ? "," : "") << v[i];
+  return out.str();
+}
+
+} // namespace
+
+void QuantLayerOptions::check() const {
+  TORCH_CHECK(!bits_.empty(), "quantized layer: no bit-widths given");
+  TORCH_CHECK(wbits_.size() == bits_.size() && abits_.size() == bits_.size(),
+              "quantized layer: bits (", list_text(bits_), "), wbits (", list_text(wbits_), ") and abits (",
+              list_text(abits_), ") must have the same length");
+  TORCH_CHECK(top_bits_ >= 2 && top_bits_ <= 16, "top bits must be in [2, 16], got ", top_bits_);
+  for (size_t i = 0; i < bits_.size(); ++i) {
+    TORCH_CHECK(std::count(bits_.begin(), bits_.end(), bits_[i]) == 1, "bit-width ", bits_[i], " listed twice");
+    TORCH_CHECK(wbits_[i] >= 2 && wbits_[i] <= top_bits_, "weight bits must be in [2, top bits = ", top_bits_,
+                "], got ", wbits_[i]);
+    TORCH_CHECK(abits_[i] >= 2 && abits_[i] <= 16, "activation bits must be in [2, 16], got ", abits_[i]);
+  }
+}
+
+size_t QuantLayerOptions::index_of(int64_t b) const {
+  const auto it = std::find(bits_.begin(), bits_.end(), b);
+  TORCH_CHECK(it != bits_.end(), "bit-width ", b, " is not one of this model's (", list_text(bits_), ")");
+  return static_cast<size_t>(it - bits_.begin());
+}
+
+// --- QuantizedLayer -------------------------------------------------------------
+
+void QuantizedLayer::register_quant_state(torch::nn::Module& module, const torch::Tensor& weight,
+                                          QuantLayerOptions options) {
+  options.check();
+  options_ = std::move(options);
+  index_ = std::min(index_, options_.bits().size() - 1);
+  weight_ = weight;
+  weight_step_ = module.register_parameter("weight_step", torch::ones({weight.size(0)}) * 1e-2);
+  act_steps_.clear();
+  act_ready_.clear();
+  for (const int64_t b : options_.bits()) {
+    const std::string suffix = "_b" + std::to_string(b);
+    act_steps_.push_back(module.register_parameter("act_step" + suffix, torch::ones({}) * 1e-1));
+    act_ready_.push_back(module.register_buffer("act_ready" + suffix, torch::zeros({}, torch::kBool)));
+  }
+  input_signed_ = module.register_buffer("input_signed", torch::zeros({}, torch::kBool));
+}
+
+void QuantizedLayer::set_bits(int64_t b) { index_ = options_.index_of(b); }
+
+torch::Tensor QuantizedLayer::quantized_weight() const {
+  const int64_t wb = weight_bits();
+  const double g = lsq_grad_scale(weight_.numel(), signed_range(wb));
+  return vl_fake_quant(weight_, weight_step_, options_.top_bits(), wb, options_.nesting(), g);
+}
+
+torch::Tensor QuantizedLayer::weight_codes() const {
+  return vl_codes(weight_, weight_step_, options_.top_bits(), weight_bits(), options_.nesting());
+}
+
+QuantRange QuantizedLayer::input_range() const {
+  return input_signed() ? signed_range(activation_bits()) : unsigned_range(activation_bits());
+}
+
+torch::Tensor QuantizedLayer::quantize_input(const torch::Tensor& x) {
+  torch::Tensor& step = act_steps_[index_];
+  if (calibrating_) {
+    torch::NoGradGuard no_grad;
+    // Signedness is a property of the layer (what feeds it), decided once.
+    if (!act_ready_[index_].item<bool>() && x.min().item<float>() < 0) input_signed_.fill_(true);
+    step.copy_(lsq_init_step(x, input_range(), /*per_channel=*/false).reshape({}));
+    act_ready_[index_].fill_(true);
+  }
+  TORCH_CHECK(act_ready_[index_].item<bool>(), "the input quantizer of this layer at ", bits(),
+              " bits was never calibrated; initialise the student (init_student / calibrate) first");
+  const QuantRange range = input_range();
+  return lsq_fake_quant(x, step, range, lsq_grad_scale(x.numel(), range));
+}
+
+void QuantizedLayer::init_weight_step() {
+  torch::NoGradGuard no_grad;
+  weight_step_.copy_(lsq_init_step(weight_, signed_range(options_.top_bits()), /*per_channel=*/true));
+}
+
+// --- QConv2d -----------------------------------------------------------------------
+
+QConv2dImpl::QConv2dImpl(QConv2dOptions opts) : options(std::move(opts)) { reset(); }
+
+void QConv2dImpl::reset() {
+  const auto& o = options;
+  TORCH_CHECK(o.in_channels() > 0 && o.out_channels() > 0 && o.kernel_size() > 0 && o.stride() > 0 &&
+                  o.padding() >= 0 && o.groups() > 0,
+              "QConv2d: bad sizes ", o.in_channels(), " -> ", o.out_channels(), ", kernel ", o.kernel_size());
+  TORCH_CHECK(o.in_channels() % o.groups() == 0 && o.out_channels() % o.groups() == 0,
+              "QConv2d: channels must divide by groups");
+  weight = register_parameter(
+      "weight", torch::empty({o.out_channels(), o.in_channels() / o.groups(), o.kernel_size(), o.kernel_size()}));
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (o.bias()) {
+    bias = register_parameter("bias", torch::zeros({o.out_channels()}));
+  } else {
+    bias = torch::Tensor();
+  }
+  register_quant_state(*this, weight, o.quant());
+}
+
+void QConv2dImpl::pretty_print(std::ostream& stream) const {
+  stream << "zsq::quant::QConv2d(" << options.in_channels() << ", " << options.out_channels()
+         << ", kernel_size=" << options.kernel_size() << ", stride=" << options.stride()
+         << ", padding=" << options.padding();
+  if (options.groups() != 1) stream << ", groups=" << options.groups();
+  stream << ", bits=" << list_text(options_.bits()) << ", wbits=" << list_text(options_.wbits())
+         << ", abits=" << list_text(options_.abits()) << ", top_bits=" << options_.top_bits()
+         << ", nesting=" << nesting_name(options_.nesting()) << ")";
+}
+
+torch::Tensor QConv2dImpl::forward(const torch::Tensor& x) {
+  return torch::conv2d(quantize_input(x), quantized_weight(), bias, options.stride(), options.padding(),
+                       /*dilation=*/1, options.groups());
+}
+
+// --- QLinear ------------------------------------------------------------------------
+
+QLinearImpl::QLinearImpl(QLinearOptions opts) : options(std::move(opts)) { reset(); }
+
+void QLinearImpl::reset() {
+  TORCH_CHECK(options.in_features() > 0 && options.out_features() > 0, "QLinear: bad sizes ",
+              options.in_features(), " -> ", options.out_features());
+  weight = register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (options.bias()) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(options.in_features()));
+    bias = register_parameter("bias", torch::empty({options.out_features()}).uniform_(-bound, bound));
+  } else {
+    bias = torch::Tensor();
+  }
+  register_quant_state(*this, weight, options.quant());
+}
+
+void QLinearImpl::pretty_print(std::ostream& stream) const {
+  stream << "zsq::quant::QLinear(in_features=" << options.in_features() << ", out_features=" << options.out_features()
+         << ", bits=" << list_text(options_.bits()) << ", wbits=" << list_text(options_.wbits())
+         << ", abits=" << list_text(options_.abits()) << ", top_bits=" << options_.top_bits()
+         << ", nesting=" << nesting_name(options_.nesting()) << ")";
+}
+
+torch::Tensor QLinearImpl::forward(const torch::Tensor& x) {
+  return torch::linear(quantize_input(x), quantized_weight(), bias);
+}
+
+// --- SwitchableBatchNorm2d --------------------------------------------------------------
+
+SwitchableBatchNorm2dImpl::SwitchableBatchNorm2dImpl(int64_t num_features, std::vector<int64_t> bits)
+    : num_features_(num_features), bits_(std::move(bits)) {
+  reset();
+}
+
+void SwitchableBatchNorm2dImpl::reset() {
+  TORCH_CHECK(!bits_.empty(), "switchable BatchNorm: no bit-widths given");
+  norms_.clear();
+  for (const int64_t b : bits_) {
+    norms_.push_back(register_module("b" + std::to_string(b), nn::BatchNorm2d(nn::BatchNorm2dOptions(num_features_))));
+  }
+  index_ = std::min(index_, bits_.size() - 1);
+}
+
+void SwitchableBatchNorm2dImpl::pretty_print(std::ostream& stream) const {
+  stream << "zsq::quant::SwitchableBatchNorm2d(" << num_features_ << ", bits=" << list_text(bits_) << ")";
+}
+
+torch::Tensor SwitchableBatchNorm2dImpl::forward(const torch::Tensor& x) { return norms_[index_]->forward(x); }
+
+void SwitchableBatchNorm2dImpl::set_bits(int64_t b) {
+  const auto it = std::find(bits_.begin(), bits_.end(), b);
+  TORCH_CHECK(it != bits_.end(), "bit-width ", b, " is not one of this model's (", list_text(bits_), ")");
+  index_ = static_cast<size_t>(it - bits_.begin());
+}
+
+} // namespace zsq::quant

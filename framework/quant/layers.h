@@ -1,0 +1,172 @@
+// Quantized layers of the once-for-all student: convolution and linear layers
+// with vertical-layered weights and per-bit LSQ activation quantizers, and
+// switchable BatchNorm (one BN per bit-width). The whole model switches
+// bit-width at once (set_bits, models/quant_factory.h); weights are one FP32
+// tensor shared by every bit-width, everything else is private to a bit-width.
+//
+// Parameter names: `weight` and `bias` as torch's Conv2d/Linear (so a teacher
+// loads by name), `weight_step` (per output channel, top precision), and per
+// bit-width b: `act_step_b<b>`; switchable BN holds BatchNorm2d children
+// named `b<b>` (so `bn1.b4.running_mean`).
+//
+// Activation quantizers are per tensor, unsigned when calibration saw no
+// negative input (after ReLU) and signed otherwise; their steps are set by
+// calibrate (LSQ's 2·mean|x|/sqrt(Qp) on a batch) and a forward before that
+// is an error.
+#pragma once
+
+#include "framework/nn/batchnorm.h"
+#include "framework/quant/fake_quant.h"
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace zsq::quant {
+
+/// The bit-widths of one quantized layer, for each bit-width of the model.
+struct QuantLayerOptions {
+  QuantLayerOptions() = default;
+  /// Checks lengths and ranges; throws with the offending values.
+  void check() const;
+  /// Index of model bit-width `b` in bits(); throws when absent.
+  size_t index_of(int64_t b) const;
+
+  /// The model's bit-widths (the keys of set_bits), e.g. {2, 3, 4, 8}.
+  TORCH_ARG(std::vector<int64_t>, bits);
+  /// Weight bits at each model bit-width (same length as bits).
+  TORCH_ARG(std::vector<int64_t>, wbits);
+  /// Activation bits at each model bit-width (same length as bits).
+  TORCH_ARG(std::vector<int64_t>, abits);
+  /// Precision of the stored weight codes; every wbits <= top_bits. Default 8.
+  TORCH_ARG(int64_t, top_bits) = 8;
+  /// How lower weight codes nest in higher ones. Default shift.
+  TORCH_ARG(Nesting, nesting) = Nesting::kShift;
+
+};
+
+/// Anything whose behaviour depends on the model's current bit-width.
+class BitSwitchable {
+ public:
+  virtual ~BitSwitchable() = default;
+  /// Selects model bit-width b (one of options().bits()).
+  virtual void set_bits(int64_t b) = 0;
+  virtual int64_t bits() const = 0;
+};
+
+/// Shared machinery of QConv2d and QLinear: the weight quantizer and the
+/// per-bit input quantizers.
+class QuantizedLayer : public BitSwitchable {
+ public:
+  void set_bits(int64_t b) override;
+  int64_t bits() const override { return options_.bits()[index_]; }
+  int64_t weight_bits() const { return options_.wbits()[index_]; }
+  int64_t activation_bits() const { return options_.abits()[index_]; }
+  const QuantLayerOptions& quant_options() const { return options_; }
+
+  /// The fake-quantized weight at the current bit-width (differentiable).
+  torch::Tensor quantized_weight() const;
+  /// The integer weight codes at the current bit-width (int16).
+  torch::Tensor weight_codes() const;
+  /// The fake-quantized input at the current bit-width (differentiable).
+  torch::Tensor quantize_input(const torch::Tensor& x);
+
+  /// While on, each forward sets the current bit-width's input step (and the
+  /// layer's input signedness) from its input instead of requiring them.
+  void set_calibrating(bool on) { calibrating_ = on; }
+  /// Sets weight_step to LSQ's per-channel initial value at top_bits.
+  void init_weight_step();
+
+  /// Whether the input quantizer is signed (seen negative inputs in calibration).
+  bool input_signed() const { return input_signed_.item<bool>(); }
+  QuantRange input_range() const;
+  const torch::Tensor& input_step() const { return act_steps_[index_]; }
+
+ protected:
+  /// Registers weight_step, the per-bit input steps and state on `module`.
+  void register_quant_state(torch::nn::Module& module, const torch::Tensor& weight, QuantLayerOptions options);
+
+  QuantLayerOptions options_;
+  size_t index_ = 0;
+  bool calibrating_ = false;
+  torch::Tensor weight_;        ///< the module's weight (same tensor)
+  torch::Tensor weight_step_;   ///< [out], top precision
+  std::vector<torch::Tensor> act_steps_;   ///< one 0-dim step per model bit-width
+  std::vector<torch::Tensor> act_ready_;   ///< one 0-dim bool buffer per model bit-width
+  torch::Tensor input_signed_;  ///< 0-dim bool buffer
+};
+
+struct QConv2dOptions {
+  QConv2dOptions(int64_t in_channels, int64_t out_channels, int64_t kernel_size)
+      : in_channels_(in_channels), out_channels_(out_channels), kernel_size_(kernel_size) {}
+  TORCH_ARG(int64_t, in_channels);
+  TORCH_ARG(int64_t, out_channels);
+  TORCH_ARG(int64_t, kernel_size);
+  TORCH_ARG(int64_t, stride) = 1;
+  TORCH_ARG(int64_t, padding) = 0;
+  TORCH_ARG(int64_t, groups) = 1;
+  TORCH_ARG(bool, bias) = false;
+  TORCH_ARG(QuantLayerOptions, quant);
+};
+
+/// Conv2d on the quantized input with the quantized weight.
+class QConv2dImpl : public torch::nn::Cloneable<QConv2dImpl>, public QuantizedLayer {
+ public:
+  explicit QConv2dImpl(QConv2dOptions opts);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  /// x: N×in×H×W.
+  torch::Tensor forward(const torch::Tensor& x);
+
+  QConv2dOptions options;
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(QConv2d);
+
+struct QLinearOptions {
+  QLinearOptions(int64_t in_features, int64_t out_features) : in_features_(in_features), out_features_(out_features) {}
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, out_features);
+  TORCH_ARG(bool, bias) = true;
+  TORCH_ARG(QuantLayerOptions, quant);
+};
+
+/// Linear on the quantized input with the quantized weight.
+class QLinearImpl : public torch::nn::Cloneable<QLinearImpl>, public QuantizedLayer {
+ public:
+  explicit QLinearImpl(QLinearOptions opts);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  /// x: N×in.
+  torch::Tensor forward(const torch::Tensor& x);
+
+  QLinearOptions options;
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(QLinear);
+
+/// One BatchNorm2d per model bit-width, children named b<bits>.
+class SwitchableBatchNorm2dImpl : public torch::nn::Cloneable<SwitchableBatchNorm2dImpl>, public BitSwitchable {
+ public:
+  SwitchableBatchNorm2dImpl(int64_t num_features, std::vector<int64_t> bits);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+  torch::Tensor forward(const torch::Tensor& x);
+  void set_bits(int64_t b) override;
+  int64_t bits() const override { return bits_[index_]; }
+  /// The BatchNorm2d of the current bit-width.
+  nn::BatchNorm2d current() const { return norms_[index_]; }
+  const std::vector<nn::BatchNorm2d>& norms() const { return norms_; }
+
+ private:
+  int64_t num_features_;
+  std::vector<int64_t> bits_;
+  std::vector<nn::BatchNorm2d> norms_;
+  size_t index_ = 0;
+};
+TORCH_MODULE(SwitchableBatchNorm2d);
+
+} // namespace zsq::quant

@@ -1,0 +1,165 @@
+#include "models/quant_factory.h"
+
+#include "framework/quant/layers.h"
+#include "framework/model_file.h"
+#include "models/zoo.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <map>
+#include <regex>
+#include <sstream>
+
+namespace zsq::models {
+
+using quant::QuantLayerOptions;
+
+void StudentConfig::check() const {
+  TORCH_CHECK(!bits.empty(), "the student needs at least one bit-width");
+  TORCH_CHECK(wbits.empty() || wbits.size() == bits.size(), "--wbits must list one value per --bits entry (",
+              bits.size(), "), got ", wbits.size());
+  TORCH_CHECK(abits.empty() || abits.size() == bits.size(), "--abits must list one value per --bits entry (",
+              bits.size(), "), got ", abits.size());
+  TORCH_CHECK(first_last_bits >= 2 && first_last_bits <= 16, "first/last layer bits must be in [2, 16], got ",
+              first_last_bits);
+  for (const int64_t b : bits) TORCH_CHECK(b >= 2 && b <= top_bits, "bits must be in [2, top bits = ", top_bits, "], got ", b);
+  for (const int64_t b : wbits) TORCH_CHECK(b >= 2 && b <= top_bits, "wbits must be in [2, top bits = ", top_bits, "], got ", b);
+  for (const int64_t b : abits) TORCH_CHECK(b >= 2 && b <= 16, "abits must be in [2, 16], got ", b);
+}
+
+QuantFactory::QuantFactory(StudentConfig config) : config_(std::move(config)) { config_.check(); }
+
+QuantLayerOptions QuantFactory::options_for(LayerRole role) const {
+  QuantLayerOptions o;
+  o.bits(config_.bits).nesting(config_.nesting);
+  if (role == LayerRole::kMiddle) {
+    o.wbits(config_.wbits.empty() ? config_.bits : config_.wbits);
+    o.abits(config_.abits.empty() ? config_.bits : config_.abits);
+    o.top_bits(config_.top_bits);
+  } else {
+    const std::vector<int64_t> fixed(config_.bits.size(), config_.first_last_bits);
+    o.wbits(fixed).abits(fixed).top_bits(std::max(config_.top_bits, config_.first_last_bits));
+  }
+  return o;
+}
+
+torch::nn::AnyModule QuantFactory::conv2d(const ConvSpec& s) const {
+  return torch::nn::AnyModule(quant::QConv2d(quant::QConv2dOptions(s.in_channels, s.out_channels, s.kernel)
+                                                 .stride(s.stride)
+                                                 .padding(s.padding)
+                                                 .groups(s.groups)
+                                                 .bias(s.bias)
+                                                 .quant(options_for(s.role))));
+}
+
+torch::nn::AnyModule QuantFactory::linear(const LinearSpec& s) const {
+  return torch::nn::AnyModule(
+      quant::QLinear(quant::QLinearOptions(s.in_features, s.out_features).bias(s.bias).quant(options_for(s.role))));
+}
+
+torch::nn::AnyModule QuantFactory::batch_norm(int64_t num_features) const {
+  return torch::nn::AnyModule(quant::SwitchableBatchNorm2d(num_features, config_.bits));
+}
+
+namespace {
+
+std::vector<quant::BitSwitchable*> switchables(const torch::nn::Module& model) {
+  std::vector<quant::BitSwitchable*> out;
+  for (const auto& m : model.modules(/*include_self=*/true)) {
+    if (auto* s = dynamic_cast<quant::BitSwitchable*>(m.get())) out.push_back(s);
+  }
+  return out;
+}
+
+std::vector<quant::QuantizedLayer*> quantized_layers(const torch::nn::Module& model) {
+  std::vector<quant::QuantizedLayer*> out;
+  for (const auto& m : model.modules(/*include_self=*/true)) {
+    if (auto* q = dynamic_cast<quant::QuantizedLayer*>(m.get())) out.push_back(q);
+  }
+  return out;
+}
+
+} // namespace
+
+void set_bits(const torch::nn::Module& model, int64_t b) {
+  const auto all = switchables(model);
+  TORCH_CHECK(!all.empty(), "set_bits: the model has no quantized layers (is it an FP32 model?)");
+  for (auto* s : all) s->set_bits(b);
+}
+
+std::vector<int64_t> model_bits(const torch::nn::Module& model) {
+  const auto layers = quantized_layers(model);
+  return layers.empty() ? std::vector<int64_t>{} : layers.front()->quant_options().bits();
+}
+
+void calibrate(torch::nn::Module& student, const torch::Tensor& images) {
+  const auto layers = quantized_layers(student);
+  TORCH_CHECK(!layers.empty(), "calibrate: the model has no quantized layers");
+  TORCH_CHECK(images.dim() == 4 && images.size(0) > 0, "calibrate: expected a non-empty N×C×H×W batch, got ",
+              images.sizes());
+  const bool was_training = student.is_training();
+  student.eval();
+  torch::NoGradGuard no_grad;
+  auto* classifier = dynamic_cast<ClassifierImpl*>(&student);
+  TORCH_CHECK(classifier, "calibrate: the student is not a zoo classifier");
+  const std::vector<int64_t> bits = model_bits(student);
+  for (auto* layer : layers) layer->set_calibrating(true);
+  try {
+    for (const int64_t b : bits) {
+      set_bits(student, b);
+      classifier->forward(images);
+    }
+  } catch (...) {
+    for (auto* layer : layers) layer->set_calibrating(false);
+    throw;
+  }
+  for (auto* layer : layers) layer->set_calibrating(false);
+  set_bits(student, bits.front());
+  student.train(was_training);
+}
+
+void init_student(torch::nn::Module& student, const torch::nn::Module& teacher, const torch::Tensor& images) {
+  std::map<std::string, torch::Tensor> source;
+  for (const auto& [name, t] : named_state(teacher)) source[name] = t;
+  std::map<std::string, bool> used;
+  std::vector<std::string> problems;
+  // Quantizer state has no FP32 counterpart.
+  static const std::regex quant_state(R"((^|\.)(weight_step|act_step_b\d+|act_ready_b\d+|input_signed)$)");
+  // Per-bit BatchNorm: "<prefix>.b<k>.<leaf>" comes from "<prefix>.<leaf>".
+  static const std::regex per_bit(R"(^(.*)\.b\d+\.([^.]+)$)");
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, t] : named_state(student)) {
+    if (std::regex_search(name, quant_state)) continue;
+    std::string from = name;
+    std::smatch m;
+    if (!source.count(from) && std::regex_match(name, m, per_bit)) from = m[1].str() + "." + m[2].str();
+    const auto it = source.find(from);
+    if (it == source.end()) {
+      problems.push_back("student tensor '" + name + "' has no counterpart in the teacher");
+      continue;
+    }
+    if (it->second.sizes() != t.sizes()) {
+      std::ostringstream msg;
+      msg << "'" << name << "': student shape " << t.sizes() << ", teacher '" << from << "' shape "
+          << it->second.sizes();
+      problems.push_back(msg.str());
+      continue;
+    }
+    t.copy_(it->second);
+    used[from] = true;
+  }
+  for (const auto& [name, t] : source) {
+    if (!used.count(name)) problems.push_back("teacher tensor '" + name + "' has no place in the student");
+  }
+  if (!problems.empty()) {
+    std::ostringstream msg;
+    msg << "the teacher does not fit the student (" << problems.size() << " problems):";
+    for (const auto& p : problems) msg << "\n  " << p;
+    TORCH_CHECK(false, msg.str());
+  }
+  for (auto* layer : quantized_layers(student)) layer->init_weight_step();
+  calibrate(student, images);
+}
+
+} // namespace zsq::models

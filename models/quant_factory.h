@@ -1,0 +1,76 @@
+// The once-for-all student: the zoo's architectures built with quantized
+// layers (framework/quant/layers.h), switched between bit-widths as a whole,
+// and initialised from an FP32 teacher by parameter name.
+//
+//   StudentConfig cfg;  cfg.bits = {2, 3, 4, 8};
+//   auto student = models::build(spec, QuantFactory(cfg));
+//   init_student(*student, *teacher, calibration_images);  // normalized N×C×H×W
+//   set_bits(*student, 4);
+//   torch::Tensor logits = student->forward(images);
+#pragma once
+
+#include "framework/quant/fake_quant.h"
+#include "framework/quant/layers.h"
+#include "models/factory.h"
+
+#include <torch/nn/module.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace zsq::models {
+
+struct StudentConfig {
+  /// The model's bit-widths, the keys of set_bits (e.g. {2, 3, 4, 8}).
+  std::vector<int64_t> bits;
+  /// Weight / activation bits of the middle layers at each model bit-width;
+  /// empty: equal to bits.
+  std::vector<int64_t> wbits, abits;
+  /// Weight and activation bits of the first and the last layer, at every
+  /// model bit-width. Default 8.
+  int64_t first_last_bits = 8;
+  /// Precision of the stored weight codes (the first and last layer use at
+  /// least first_last_bits). Default 8.
+  int64_t top_bits = 8;
+  quant::Nesting nesting = quant::Nesting::kShift;
+
+  /// Checks the lists; throws with the offending values.
+  void check() const;
+};
+
+/// Builds QConv2d / QLinear / SwitchableBatchNorm2d with the parameter names
+/// of the FP32 layers (plus the quantizer state).
+class QuantFactory : public LayerFactory {
+ public:
+  explicit QuantFactory(StudentConfig config);
+  torch::nn::AnyModule conv2d(const ConvSpec& spec) const override;
+  torch::nn::AnyModule linear(const LinearSpec& spec) const override;
+  torch::nn::AnyModule batch_norm(int64_t num_features) const override;
+
+ private:
+  quant::QuantLayerOptions options_for(LayerRole role) const;
+  StudentConfig config_;
+};
+
+/// Switches every quantized layer and switchable BN of `model` to model
+/// bit-width b. Throws when b is not one of the model's, or the model has no
+/// quantized layer.
+void set_bits(const torch::nn::Module& model, int64_t b);
+
+/// The model's bit-widths (empty for an FP32 model).
+std::vector<int64_t> model_bits(const torch::nn::Module& model);
+
+/// Initialises `student` from `teacher` (same architecture, FP32): latent
+/// weights and biases are the teacher's, every per-bit BatchNorm is the
+/// teacher's BatchNorm, weight steps follow LSQ's per-channel init at the top
+/// precision, and every activation step is calibrated on `images` (normalized
+/// N×C×H×W) at every bit-width, in eval mode. Throws listing every tensor
+/// that does not match. Leaves the student at its first bit-width, in the
+/// training mode it had.
+void init_student(torch::nn::Module& student, const torch::nn::Module& teacher, const torch::Tensor& images);
+
+/// Runs `images` through `student` at every bit-width with calibration on
+/// (activation steps set from the data), in eval mode, without gradients.
+void calibrate(torch::nn::Module& student, const torch::Tensor& images);
+
+} // namespace zsq::models

@@ -1,0 +1,159 @@
+// The once-for-all student: built from the zoo with quantized layers,
+// initialised from a teacher, switched between bit-widths.
+#include "framework/quant/layers.h"
+#include "models/quant_factory.h"
+#include "models/zoo.h"
+
+#include "tests/support.h"
+
+#include <set>
+
+namespace zsq::models {
+namespace {
+
+using test::error_of;
+using StudentTest = test::SeedingFixture;
+
+StudentConfig config(std::vector<int64_t> bits) {
+  StudentConfig c;
+  c.bits = std::move(bits);
+  return c;
+}
+
+// A small teacher whose BN running statistics describe its data.
+Classifier small_teacher(const std::string& arch = "resnet8") {
+  auto teacher = build({arch, 1, 10, 8}, Fp32Factory());
+  torch::NoGradGuard no_grad;
+  teacher->train();
+  for (int i = 0; i < 20; ++i) teacher->forward(torch::randn({32, 1, 28, 28}));
+  teacher->eval();
+  return teacher;
+}
+
+double relative_error(const torch::Tensor& a, const torch::Tensor& b) {
+  return ((a - b).norm() / b.norm()).item<double>();
+}
+
+TEST_F(StudentTest, KeepsTheTeachersNamesAndAddsQuantizerState) {
+  auto teacher = build({"resnet20", 1, 10}, Fp32Factory());
+  auto student = build({"resnet20", 1, 10}, QuantFactory(config({2, 4, 8})));
+  std::set<std::string> student_names;
+  for (const auto& p : student->named_parameters()) student_names.insert(p.key());
+  for (const auto& p : teacher->named_parameters()) {
+    const std::string& n = p.key();
+    const bool is_bn = n.find("bn") != std::string::npos || n.find("downsample.1") != std::string::npos;
+    if (is_bn) {
+      const auto dot = n.rfind('.');
+      for (const char* b : {".b2", ".b4", ".b8"}) {
+        EXPECT_TRUE(student_names.count(n.substr(0, dot) + b + n.substr(dot))) << n << b;
+      }
+    } else {
+      EXPECT_TRUE(student_names.count(n)) << n;
+    }
+  }
+  EXPECT_TRUE(student_names.count("conv1.weight_step"));
+  EXPECT_TRUE(student_names.count("layer1.0.conv1.act_step_b2"));
+  EXPECT_TRUE(student_names.count("fc.act_step_b8"));
+  std::ostringstream text;
+  student->named_modules()["layer2.0.conv1"]->pretty_print(text);
+  EXPECT_EQ(text.str(),
+            "zsq::quant::QConv2d(16, 32, kernel_size=3, stride=2, padding=1, bits=2,4,8, wbits=2,4,8, abits=2,4,8, "
+            "top_bits=8, nesting=shift)");
+  std::ostringstream first;
+  student->named_modules()["conv1"]->pretty_print(first);
+  EXPECT_NE(first.str().find("wbits=8,8,8, abits=8,8,8"), std::string::npos) << first.str();
+}
+
+TEST_F(StudentTest, InitialisedStudentFollowsTheTeacherCloserWithMoreBits) {
+  auto teacher = small_teacher();
+  auto student = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 3, 4, 8})));
+  const torch::Tensor calib = torch::randn({64, 1, 28, 28});
+  init_student(*student, *teacher, calib);
+  student->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = torch::randn({64, 1, 28, 28});
+  const torch::Tensor want = teacher->forward(x);
+  std::map<int64_t, double> err;
+  for (const int64_t b : {2, 3, 4, 8}) {
+    set_bits(*student, b);
+    err[b] = relative_error(student->forward(x), want);
+  }
+  EXPECT_LT(err[8], 0.05) << "8-bit student far from the teacher";
+  EXPECT_LT(err[8], err[4]);
+  EXPECT_LT(err[4], err[2]);
+  EXPECT_LT(err[3], err[2]);
+  // The first layer sees normalized (signed) images, the others ReLU outputs.
+  auto* first = dynamic_cast<quant::QuantizedLayer*>(student->named_modules()["conv1"].get());
+  auto* middle = dynamic_cast<quant::QuantizedLayer*>(student->named_modules()["layer1.0.conv2"].get());
+  ASSERT_TRUE(first && middle);
+  EXPECT_TRUE(first->input_signed());
+  EXPECT_FALSE(middle->input_signed());
+}
+
+TEST_F(StudentTest, SwitchingChangesOnlyPerBitState) {
+  auto teacher = small_teacher();
+  auto student = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 4})));
+  init_student(*student, *teacher, torch::randn({32, 1, 28, 28}));
+  auto params = student->named_parameters();
+  auto buffers = student->named_buffers();
+  const void* weight_storage = params["layer1.0.conv1.weight"].data_ptr();
+  std::map<std::string, torch::Tensor> before;
+  for (const auto& p : params) before[p.key()] = p.value().detach().clone();
+  for (const auto& b : buffers) before[b.key()] = b.value().clone();
+
+  set_bits(*student, 4);
+  student->train();
+  torch::optim::SGD sgd(student->parameters(), torch::optim::SGDOptions(0.1));
+  sgd.zero_grad();
+  const torch::Tensor loss =
+      torch::cross_entropy_loss(student->forward(torch::randn({16, 1, 28, 28})), torch::randint(0, 10, {16}));
+  loss.backward();
+  sgd.step();
+
+  EXPECT_EQ(student->named_parameters()["layer1.0.conv1.weight"].data_ptr(), weight_storage);  // one tensor
+  const auto changed = [&](const std::string& name, const torch::Tensor& now) {
+    return !torch::equal(before.at(name), now.detach());
+  };
+  for (const auto& p : student->named_parameters()) {
+    const std::string& n = p.key();
+    if (n.find(".b2.") != std::string::npos || n.find("act_step_b2") != std::string::npos) {
+      EXPECT_FALSE(changed(n, p.value())) << n << " (2-bit state) changed during a 4-bit step";
+    }
+  }
+  for (const auto& b : student->named_buffers()) {
+    if (b.key().find(".b2.") != std::string::npos) EXPECT_FALSE(changed(b.key(), b.value())) << b.key();
+  }
+  EXPECT_TRUE(changed("layer1.0.conv1.weight", params["layer1.0.conv1.weight"]));
+  EXPECT_TRUE(changed("layer1.0.conv1.act_step_b4", params["layer1.0.conv1.act_step_b4"]));
+  EXPECT_TRUE(changed("layer1.0.conv1.weight_step", params["layer1.0.conv1.weight_step"]));
+  EXPECT_TRUE(changed("layer1.0.bn1.b4.running_mean", buffers["layer1.0.bn1.b4.running_mean"]));
+}
+
+TEST_F(StudentTest, ClearErrors) {
+  auto student = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 4})));
+  EXPECT_NE(error_of([&] { student->forward(torch::randn({2, 1, 28, 28})); }).find("never calibrated"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { set_bits(*student, 3); }).find("bit-width 3 is not one of this model's (2,4)"),
+            std::string::npos);
+  auto fp32 = build({"resnet8", 1, 10, 8}, Fp32Factory());
+  EXPECT_NE(error_of([&] { set_bits(*fp32, 4); }).find("no quantized layers"), std::string::npos);
+  auto wide_teacher = build({"resnet8", 1, 10, 16}, Fp32Factory());
+  const std::string mismatch = error_of([&] { init_student(*student, *wide_teacher, torch::randn({4, 1, 28, 28})); });
+  EXPECT_NE(mismatch.find("the teacher does not fit the student"), std::string::npos) << mismatch;
+  EXPECT_NE(mismatch.find("'conv1.weight': student shape [8, 1, 3, 3], teacher 'conv1.weight' shape [16, 1, 3, 3]"),
+            std::string::npos)
+      << mismatch;
+  auto other = build({"resnet20", 1, 10, 8}, Fp32Factory());
+  EXPECT_NE(error_of([&] { init_student(*student, *other, torch::randn({4, 1, 28, 28})); })
+                .find("teacher tensor 'layer1.1.conv1.weight' has no place in the student"),
+            std::string::npos);
+  StudentConfig bad = config({2, 4});
+  bad.wbits = {2};
+  EXPECT_NE(error_of([&] { QuantFactory{bad}; }).find("--wbits must list one value per --bits entry (2), got 1"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { QuantFactory{config({2, 9})}; }).find("bits must be in [2, top bits = 8], got 9"),
+            std::string::npos);
+}
+
+} // namespace
+} // namespace zsq::models
