@@ -58,14 +58,22 @@ void QuantizedLayer::register_quant_state(torch::nn::Module& module, const torch
 
 void QuantizedLayer::set_bits(int64_t b) { index_ = options_.index_of(b); }
 
+torch::Tensor positive_step(const torch::Tensor& step) { return step.abs().clamp_min(kMinStep); }
+
 torch::Tensor QuantizedLayer::quantized_weight() const {
+  // The step of bit-width k is s·2^Δ (Δ = top - k), so dL/ds = 2^Δ·dL/ds_k and
+  // an SGD step on s moves s_k 4^Δ times further than LSQ would move its own
+  // step. Dividing LSQ's g at k by 4^Δ gives s_k LSQ's update at every
+  // bit-width (the role Double Rounding's per-bit learning-rate scaling, ALRS,
+  // plays for its shared scale).
   const int64_t wb = weight_bits();
-  const double g = lsq_grad_scale(weight_.numel(), signed_range(wb));
-  return vl_fake_quant(weight_, weight_step_, options_.top_bits(), wb, options_.nesting(), g);
+  const double g = lsq_grad_scale(weight_.numel(), signed_range(wb)) /
+                   std::ldexp(1.0, static_cast<int>(2 * (options_.top_bits() - wb)));
+  return vl_fake_quant(weight_, positive_step(weight_step_), options_.top_bits(), wb, options_.nesting(), g);
 }
 
 torch::Tensor QuantizedLayer::weight_codes() const {
-  return vl_codes(weight_, weight_step_, options_.top_bits(), weight_bits(), options_.nesting());
+  return vl_codes(weight_, positive_step(weight_step_), options_.top_bits(), weight_bits(), options_.nesting());
 }
 
 QuantRange QuantizedLayer::input_range() const {
@@ -84,12 +92,20 @@ torch::Tensor QuantizedLayer::quantize_input(const torch::Tensor& x) {
   TORCH_CHECK(act_ready_[index_].item<bool>(), "the input quantizer of this layer at ", bits(),
               " bits was never calibrated; initialise the student (init_student / calibrate) first");
   const QuantRange range = input_range();
-  return lsq_fake_quant(x, step, range, lsq_grad_scale(x.numel(), range));
+  return lsq_fake_quant(x, positive_step(step), range, lsq_grad_scale(x.numel(), range));
 }
 
 void QuantizedLayer::init_weight_step() {
   torch::NoGradGuard no_grad;
-  weight_step_.copy_(lsq_init_step(weight_, signed_range(options_.top_bits()), /*per_channel=*/true));
+  // LSQ's init for the *lowest* weight bit-width, carried up to the top
+  // precision: s_top = s_min / 2^(top - min). Initialising at the top instead
+  // (2·mean|w|/sqrt(127)) puts nearly every weight in the two middle codes of
+  // the 2-bit layer (q_8 >> 6 in {-1, 0}) with levels about 6x too large, and
+  // a 2-bit student then starts with exploding activations. This way each
+  // bit-width starts from a sensible grid; the top one clips |w| > 4·mean|w|.
+  const int64_t min_bits = *std::min_element(options_.wbits().begin(), options_.wbits().end());
+  const double carry = std::ldexp(1.0, static_cast<int>(options_.top_bits() - min_bits));
+  weight_step_.copy_(lsq_init_step(weight_, signed_range(min_bits), /*per_channel=*/true) / carry);
 }
 
 // --- QConv2d -----------------------------------------------------------------------

@@ -27,6 +27,13 @@
 
 namespace zsq::quant {
 
+/// Smallest step a quantizer uses.
+inline constexpr double kMinStep = 1e-8;
+/// The step a quantizer uses for a learned step parameter: |s| floored at
+/// kMinStep, so that an optimizer step that crosses zero cannot break the
+/// quantizer (its gradient then flips sign and pushes |s| back).
+torch::Tensor positive_step(const torch::Tensor& step);
+
 /// The bit-widths of one quantized layer, for each bit-width of the model.
 struct QuantLayerOptions {
   QuantLayerOptions() = default;
@@ -77,13 +84,17 @@ class QuantizedLayer : public BitSwitchable {
   /// While on, each forward sets the current bit-width's input step (and the
   /// layer's input signedness) from its input instead of requiring them.
   void set_calibrating(bool on) { calibrating_ = on; }
-  /// Sets weight_step to LSQ's per-channel initial value at top_bits.
+  /// Sets weight_step to LSQ's per-channel initial value for the lowest
+  /// weight bit-width, divided by 2^(top_bits - lowest) (see the .cpp).
   void init_weight_step();
 
   /// Whether the input quantizer is signed (seen negative inputs in calibration).
   bool input_signed() const { return input_signed_.item<bool>(); }
   QuantRange input_range() const;
-  const torch::Tensor& input_step() const { return act_steps_[index_]; }
+  /// The input step in use at the current bit-width (positive_step of the parameter).
+  torch::Tensor input_step() const { return positive_step(act_steps_[index_]); }
+  /// The weight steps in use (positive_step of weight_step), [out].
+  torch::Tensor weight_step() const { return positive_step(weight_step_); }
 
  protected:
   /// Registers weight_step, the per-bit input steps and state on `module`.
