@@ -9,16 +9,10 @@
 
 namespace zsq {
 
-ModelMeta read_model_meta(const h5::File& file) {
+ModelMeta read_meta_attrs(const h5::File& file) {
   ModelMeta meta;
   meta.format = file.attr_string("format").value_or("");
   meta.version = file.attr_int("version").value_or(0);
-  if (!meta.format.empty()) {
-    TORCH_CHECK(meta.format == kModelFormat, "'", file.path(), "' is a '", meta.format,
-                "' file, not a model file (format '", kModelFormat, "')");
-    TORCH_CHECK(meta.version >= 1 && meta.version <= kModelFormatVersion, "'", file.path(),
-                "' has model format version ", meta.version, "; this zsq reads versions 1..", kModelFormatVersion);
-  }
   meta.arch = file.attr_string("arch").value_or("");
   meta.num_classes = file.attr_int("num_classes").value_or(0);
   meta.input_shape = file.attr_ints("input_shape").value_or(std::vector<int64_t>{});
@@ -30,6 +24,28 @@ ModelMeta read_model_meta(const h5::File& file) {
   TORCH_CHECK(meta.input_shape.empty() || meta.input_shape.size() == 3, "'", file.path(),
               "': attribute input_shape should be (C, H, W), has ", meta.input_shape.size(), " values");
   return meta;
+}
+
+ModelMeta read_model_meta(const h5::File& file) {
+  ModelMeta meta = read_meta_attrs(file);
+  if (!meta.format.empty()) {
+    TORCH_CHECK(meta.format == kModelFormat, "'", file.path(), "' is a '", meta.format,
+                "' file, not a model file (format '", kModelFormat, "')");
+    TORCH_CHECK(meta.version >= 1 && meta.version <= kModelFormatVersion, "'", file.path(),
+                "' has model format version ", meta.version, "; this zsq reads versions 1..", kModelFormatVersion);
+  }
+  return meta;
+}
+
+void write_meta_attrs(h5::File& file, const ModelMeta& meta) {
+  if (!meta.arch.empty()) file.set_attr("arch", meta.arch);
+  if (meta.num_classes > 0) file.set_attr("num_classes", meta.num_classes);
+  if (!meta.input_shape.empty()) file.set_attr("input_shape", meta.input_shape);
+  if (!meta.input_mean.empty()) file.set_attr("input_mean", meta.input_mean);
+  if (!meta.input_std.empty()) file.set_attr("input_std", meta.input_std);
+  if (meta.width > 0) file.set_attr("width", meta.width);
+  file.set_attr("precision", meta.precision.empty() ? std::string("fp32") : meta.precision);
+  file.set_attr("recipe", meta.recipe);
 }
 
 std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& module) {
@@ -46,14 +62,7 @@ void save_model(const std::string& path, const torch::nn::Module& module, const 
     for (const auto& [name, tensor] : state) file.write_tensor(name, tensor);
     file.set_attr("format", std::string(kModelFormat));
     file.set_attr("version", kModelFormatVersion);
-    if (!meta.arch.empty()) file.set_attr("arch", meta.arch);
-    if (meta.num_classes > 0) file.set_attr("num_classes", meta.num_classes);
-    if (!meta.input_shape.empty()) file.set_attr("input_shape", meta.input_shape);
-    if (!meta.input_mean.empty()) file.set_attr("input_mean", meta.input_mean);
-    if (!meta.input_std.empty()) file.set_attr("input_std", meta.input_std);
-    if (meta.width > 0) file.set_attr("width", meta.width);
-    file.set_attr("precision", meta.precision.empty() ? std::string("fp32") : meta.precision);
-    file.set_attr("recipe", meta.recipe);
+    write_meta_attrs(file, meta);
   });
 }
 

@@ -35,6 +35,11 @@ struct ModelMeta {
 /// `version` when present.
 ModelMeta read_model_meta(const h5::File& file);
 
+/// The root attributes without checking `format` (for the other ZSQ file kinds).
+ModelMeta read_meta_attrs(const h5::File& file);
+/// Writes meta's attributes except `format` and `version`.
+void write_meta_attrs(h5::File& file, const ModelMeta& meta);
+
 /// Writes every parameter and buffer of `module` and `meta` atomically.
 void save_model(const std::string& path, const torch::nn::Module& module, const ModelMeta& meta);
 

@@ -72,8 +72,8 @@ torch::Tensor QuantizedLayer::quantized_weight() const {
   return vl_fake_quant(weight_, positive_step(weight_step_), options_.top_bits(), wb, options_.nesting(), g);
 }
 
-torch::Tensor QuantizedLayer::weight_codes() const {
-  return vl_codes(weight_, positive_step(weight_step_), options_.top_bits(), weight_bits(), options_.nesting());
+torch::Tensor QuantizedLayer::weight_codes_at(int64_t wbits) const {
+  return vl_codes(weight_, positive_step(weight_step_), options_.top_bits(), wbits, options_.nesting());
 }
 
 QuantRange QuantizedLayer::input_range() const {

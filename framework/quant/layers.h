@@ -77,7 +77,9 @@ class QuantizedLayer : public BitSwitchable {
   /// The fake-quantized weight at the current bit-width (differentiable).
   torch::Tensor quantized_weight() const;
   /// The integer weight codes at the current bit-width (int16).
-  torch::Tensor weight_codes() const;
+  torch::Tensor weight_codes() const { return weight_codes_at(weight_bits()); }
+  /// The integer weight codes at `wbits` weight bits (int16).
+  torch::Tensor weight_codes_at(int64_t wbits) const;
   /// The fake-quantized input at the current bit-width (differentiable).
   torch::Tensor quantize_input(const torch::Tensor& x);
 

@@ -1,0 +1,76 @@
+// Extraction from a once-for-all student:
+//  - a fixed-precision integer model for one bit-width (zsq-fixed file):
+//    integer weight codes, steps, the BN of that bit-width folded into a
+//    per-channel scale and bias, input steps; evaluated by the integer
+//    reference path (framework/quant/integer.h);
+//  - the vertical-layered form (zsq-vertical file): per layer the basic
+//    layer (codes at its lowest bit-width) plus one packed bit-plane per extra
+//    bit, and per bit-width the input steps and folded BN; any bit-width's
+//    fixed model is rebuilt from it bit-exactly.
+// The integer model is the zoo's architecture built with IntegerFactory:
+// every convolution and linear layer an IntLayer, every BatchNorm an
+// identity (folded into the layer before it).
+#pragma once
+
+#include "framework/model_file.h"
+#include "models/quant_factory.h"
+#include "models/zoo.h"
+
+#include <string>
+
+namespace zsq::models {
+
+inline constexpr const char* kFixedFormat = "zsq-fixed";
+inline constexpr const char* kVerticalFormat = "zsq-vertical";
+inline constexpr int64_t kExtractFormatVersion = 1;
+
+/// Builds integer layers whose weight bits follow `config` at model bit-width `bits`.
+class IntegerFactory : public LayerFactory {
+ public:
+  IntegerFactory(StudentConfig config, int64_t bits);
+  torch::nn::AnyModule conv2d(const ConvSpec& spec) const override;
+  torch::nn::AnyModule linear(const LinearSpec& spec) const override;
+  torch::nn::AnyModule batch_norm(int64_t num_features) const override;
+
+ private:
+  int64_t weight_bits(LayerRole role) const;
+  StudentConfig config_;
+  size_t index_;
+};
+
+/// The integer model of `student` at model bit-width `bits` (student in any
+/// mode; BatchNorm uses its running statistics). `spec` must be the one the
+/// student was built with.
+Classifier extract_fixed(torch::nn::Module& student, const ModelSpec& spec, const StudentConfig& config,
+                         int64_t bits);
+
+/// Writes an integer model as a zsq-fixed file (atomically). meta describes
+/// the input (arch, classes, shape, normalization).
+void save_fixed(const std::string& path, const Classifier& model, const ModelMeta& meta, const StudentConfig& config,
+                int64_t bits);
+
+/// Writes the vertical-layered form of `student` (shift nesting only).
+void save_vertical(const std::string& path, torch::nn::Module& student, const ModelSpec& spec,
+                   const StudentConfig& config, const ModelMeta& meta);
+
+/// What an extracted file holds and how to rebuild it.
+struct ExtractedFile {
+  std::string format;  ///< kFixedFormat or kVerticalFormat
+  ModelMeta meta;
+  ModelSpec spec;
+  StudentConfig config;
+  int64_t bits = 0;  ///< the fixed file's bit-width (0 for vertical files)
+};
+
+/// Reads and checks the attributes of a zsq-fixed or zsq-vertical file.
+ExtractedFile read_extracted(const h5::File& file);
+
+/// The integer model stored in a zsq-fixed file, or rebuilt from a
+/// zsq-vertical file at model bit-width `bits` (required for vertical files,
+/// must match or be 0 for fixed files).
+Classifier load_integer_model(const std::string& path, int64_t bits = 0);
+
+/// "2,3,4,8"
+std::string bits_text(const std::vector<int64_t>& bits);
+
+} // namespace zsq::models

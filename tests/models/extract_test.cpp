@@ -1,0 +1,143 @@
+// Extraction: fixed-precision integer models and vertical-layered files
+// against the fake-quantized student they come from.
+#include "framework/quant/integer.h"
+#include "models/extract.h"
+
+#include "tests/support.h"
+
+namespace zsq::models {
+namespace {
+
+using test::error_of;
+
+class ExtractTest : public test::SeedingFixture {
+ protected:
+  // A teacher with meaningful BN statistics and a student initialised from it.
+  void make(const ModelSpec& spec, std::vector<int64_t> bits, int64_t size = 28) {
+    spec_ = spec;
+    config_.bits = std::move(bits);
+    teacher_ = build(spec, Fp32Factory());
+    {
+      torch::NoGradGuard no_grad;
+      for (int i = 0; i < 10; ++i) teacher_->forward(torch::randn({32, spec.in_channels, size, size}));
+    }
+    teacher_->eval();
+    student_ = build(spec, QuantFactory(config_));
+    init_student(*student_, *teacher_, torch::randn({64, spec.in_channels, size, size}));
+    student_->eval();
+    meta_.arch = spec.arch;
+    meta_.num_classes = spec.num_classes;
+    meta_.input_shape = {spec.in_channels, size, size};
+    meta_.input_mean = {0.5};
+    meta_.input_std = {0.25};
+    meta_.width = spec.width;
+  }
+  torch::Tensor student_logits(int64_t bits, const torch::Tensor& x) {
+    torch::NoGradGuard no_grad;
+    set_bits(*student_, bits);
+    return student_->forward(x);
+  }
+  ModelSpec spec_;
+  StudentConfig config_;
+  Classifier teacher_, student_;
+  ModelMeta meta_;
+};
+
+TEST_F(ExtractTest, IntegerLayerByHand) {
+  quant::IntLayer layer(quant::IntLayerOptions(2, 1).conv(false).weight_bits(3));
+  layer->weight_codes.copy_(torch::tensor({{1, -2}}, torch::kInt8));
+  layer->weight_shift.fill_(1);
+  layer->weight_offset.fill_(1);  // levels 4q + 1: 5, -7
+  layer->act_step.fill_(0.5);
+  layer->act_range.copy_(torch::tensor({0, 15}));
+  layer->scale.fill_(0.1);
+  layer->bias.fill_(0.2);
+  const torch::Tensor x = torch::tensor({{1.0f, 0.74f}, {-3.0f, 100.0f}});  // codes (2, 1) and (0, 15)
+  EXPECT_TRUE(torch::equal(layer->accumulate(x), torch::tensor({{3}, {-105}})));
+  EXPECT_TRUE(torch::allclose(layer->forward(x), torch::tensor({{0.5f}, {-10.3f}})));
+}
+
+TEST_F(ExtractTest, IntegerPathPredictsLikeTheFakeQuantizedStudent) {
+  make({"resnet8", 1, 10, 8}, {2, 3, 4, 8});
+  const torch::Tensor x = torch::randn({64, 1, 28, 28});
+  for (const int64_t b : {2, 3, 4, 8}) {
+    SCOPED_TRACE("bits " + std::to_string(b));
+    const torch::Tensor want = student_logits(b, x);
+    Classifier integer = extract_fixed(*student_, spec_, config_, b);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor got = integer->forward(x);
+    EXPECT_TRUE(torch::equal(got.argmax(1), want.argmax(1)));
+    EXPECT_LT((got - want).abs().max().item<float>(), 1e-3 * want.abs().max().item<float>() + 1e-4);
+    // Stored codes fit the bit-width.
+    auto* layer = dynamic_cast<quant::IntLayerImpl*>(integer->named_modules()["layer1.0.conv1"].get());
+    ASSERT_TRUE(layer);
+    EXPECT_EQ(layer->weight_codes.scalar_type(), torch::kInt8);
+    EXPECT_GE(layer->weight_codes.min().item<int64_t>(), -(int64_t(1) << (b - 1)));
+    EXPECT_LE(layer->weight_codes.max().item<int64_t>(), (int64_t(1) << (b - 1)) - 1);
+  }
+}
+
+TEST_F(ExtractTest, FixedFilesRoundTrip) {
+  make({"resnet8", 1, 10, 8}, {2, 4});
+  const torch::Tensor x = torch::randn({16, 1, 28, 28});
+  Classifier integer = extract_fixed(*student_, spec_, config_, 4);
+  save_fixed(path("w4.h5"), integer, meta_, config_, 4);
+  Classifier loaded = load_integer_model(path("w4.h5"));
+  torch::NoGradGuard no_grad;
+  EXPECT_TRUE(torch::equal(loaded->forward(x), integer->forward(x)));
+  const h5::File file = h5::File::open_read(path("w4.h5"));
+  EXPECT_EQ(file.attr_string("precision").value_or(""), "w4a4");
+  EXPECT_EQ(file.dtype("layer1.0.conv1.weight_codes"), torch::kInt8);
+  EXPECT_NE(error_of([&] { load_integer_model(path("w4.h5"), 2); }).find("is a fixed 4-bit model"), std::string::npos);
+}
+
+TEST_F(ExtractTest, VerticalLayeredFileRebuildsEveryBitWidth) {
+  make({"resnet8", 1, 10, 8}, {2, 3, 4, 8});
+  save_vertical(path("vl.h5"), *student_, spec_, config_, meta_);
+  const h5::File file = h5::File::open_read(path("vl.h5"));
+  // A middle layer keeps 2-bit basic codes and one packed plane per extra bit.
+  EXPECT_EQ(file.dtype("layer1.0.conv1.weight_plane_b3"), torch::kUInt8);
+  EXPECT_EQ(file.shape("layer1.0.conv1.weight_plane_b3")[0], (8 * 8 * 9 + 7) / 8);
+  EXPECT_FALSE(file.has("layer1.0.conv1.weight_plane_b9"));
+  const torch::Tensor x = torch::randn({16, 1, 28, 28});
+  for (const int64_t b : {2, 3, 4, 8}) {
+    SCOPED_TRACE("bits " + std::to_string(b));
+    Classifier direct = extract_fixed(*student_, spec_, config_, b);
+    Classifier rebuilt = load_integer_model(path("vl.h5"), b);
+    for (const auto& item : direct->named_buffers()) {
+      EXPECT_TRUE(torch::equal(item.value(), rebuilt->named_buffers()[item.key()])) << item.key();
+    }
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(torch::equal(rebuilt->forward(x), direct->forward(x)));
+  }
+  EXPECT_NE(error_of([&] { load_integer_model(path("vl.h5")); }).find("choose a bit-width with --bits (one of 2,3,4,8)"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { load_integer_model(path("vl.h5"), 5); }).find("bit-width 5 is not one of the model's"),
+            std::string::npos);
+}
+
+TEST_F(ExtractTest, MobileNetV2WithDepthwiseLayers) {
+  make({"mobilenet_v2", 3, 5}, {4, 8}, 32);
+  const torch::Tensor x = torch::randn({4, 3, 32, 32});
+  const torch::Tensor want = student_logits(4, x);
+  Classifier integer = extract_fixed(*student_, spec_, config_, 4);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor got = integer->forward(x);
+  EXPECT_TRUE(torch::equal(got.argmax(1), want.argmax(1)));
+  EXPECT_LT((got - want).abs().max().item<float>(), 1e-3 * want.abs().max().item<float>() + 1e-4);
+}
+
+TEST_F(ExtractTest, ClearErrors) {
+  make({"resnet8", 1, 10, 8}, {2, 4});
+  save_model(path("teacher.h5"), *teacher_, meta_);
+  EXPECT_NE(error_of([&] { load_integer_model(path("teacher.h5"), 4); }).find("is not an extracted model"),
+            std::string::npos);
+  StudentConfig round = config_;
+  round.nesting = quant::Nesting::kRound;
+  EXPECT_NE(error_of([&] { save_vertical(path("x.h5"), *student_, spec_, round, meta_); }).find("need shift nesting"),
+            std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(path("x.h5")));
+}
+
+} // namespace
+} // namespace zsq::models
