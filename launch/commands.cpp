@@ -5,6 +5,8 @@
 #include "framework/logging.h"
 #include "framework/model_file.h"
 #include "launch/cli.h"
+#include "models/extract.h"
+#include "models/quant_factory.h"
 #include "models/zoo.h"
 #include "trainers/evaluate.h"
 #include "trainers/teacher.h"
@@ -196,9 +198,60 @@ int train_teacher(int argc, char** argv) {
   return 0;
 }
 
+namespace {
+
+// Loads --data (or its --split) and keeps the first --limit images.
+Dataset eval_data(const po::variables_map& vm) {
+  const int64_t limit = get<int64_t>(vm, "limit");
+  if (limit < 0) throw UsageError("--limit must be >= 0");
+  const Split split = parse_split(get<std::string>(vm, "split"));
+  Dataset data = load_dataset(get<std::string>(vm, "data"), get<std::string>(vm, "data-dir"), split);
+  if (limit > 0 && limit < data.size()) {
+    data.images = data.images.narrow(0, 0, limit);
+    data.labels = data.labels.narrow(0, 0, limit);
+  }
+  return data;
+}
+
+// Top-1 of every bit-width of a once-for-all student (fake-quantized).
+int eval_checkpoint(const po::variables_map& vm, const Common& common, int64_t batch) {
+  const std::string path = get<std::string>(vm, "checkpoint");
+  models::LoadedStudent student = models::load_student(path);
+  const Dataset data = eval_data(vm);
+  trainers::check_data_fits(student.meta, data);
+  std::vector<int64_t> bits = student.config.bits;
+  if (vm.count("bits")) bits = {get<int64_t>(vm, "bits")};
+  const Normalization norm{student.meta.input_mean, student.meta.input_std};
+  std::cout << path << " (" << student.spec.arch << ", once-for-all " << models::bits_text(student.config.bits)
+            << ") on " << data.name << ", " << data.size() << " images\n";
+  std::cout << "  bits   weights/acts   top-1     loss\n";
+  Json json;
+  json.add("command", "eval").add("checkpoint", path).add("arch", student.spec.arch).add("data", data.name);
+  std::vector<double> top1s;
+  for (const int64_t b : bits) {
+    models::set_bits(*student.model, b);
+    const trainers::EvalResult r = trainers::evaluate(*student.model, data, norm, batch);
+    const size_t i = std::find(student.config.bits.begin(), student.config.bits.end(), b) - student.config.bits.begin();
+    const std::string precision =
+        "w" + std::to_string(student.config.wbits.at(i)) + "a" + std::to_string(student.config.abits.at(i));
+    std::cout << "  " << std::setw(4) << b << "   " << std::left << std::setw(13) << precision << std::right
+              << std::setw(7) << percent(r.top1) << "  " << std::fixed << std::setprecision(4) << r.loss << "\n";
+    json.add("top1_b" + std::to_string(b), r.top1);
+    top1s.push_back(r.top1);
+  }
+  std::cout << std::flush;
+  if (common.json) std::cout << json.add("bits", bits).add("top1", top1s).str() << std::endl;
+  return 0;
+}
+
+} // namespace
+
 int eval(int argc, char** argv) {
   po::options_description desc("zsq eval options");
-  desc.add_options()("model", po::value<std::string>(), "model file (HDF5) to evaluate");
+  desc.add_options()
+      ("model", po::value<std::string>(), "model file: FP32 (zsq-model), fixed (zsq-fixed) or vertical-layered (zsq-vertical)")
+      ("checkpoint", po::value<std::string>(), "once-for-all student (zsq-student): top-1 at every bit-width")
+      ("bits", po::value<int64_t>(), "bit-width: required for vertical-layered files; with --checkpoint, only this one");
   add_data_options(desc, "fashion-mnist");
   desc.add_options()
       ("split", po::value<std::string>()->default_value("test"), "fashion-mnist split: test or train")
@@ -207,38 +260,173 @@ int eval(int argc, char** argv) {
   add_model_overrides(desc);
   add_common_options(desc);
   Common common;
-  auto parsed = parse("eval", "zsq eval --model teacher.h5 [--data fashion-mnist]", desc, argc, argv, &common);
+  auto parsed = parse("eval", "zsq eval --model teacher.h5 | --checkpoint student.h5 [--data fashion-mnist]", desc,
+                      argc, argv, &common);
   if (!parsed) return 0;
   const po::variables_map& vm = *parsed;
-  if (!vm.count("model")) throw UsageError("--model is required");
+  if (vm.count("model") == vm.count("checkpoint")) throw UsageError("give exactly one of --model and --checkpoint");
   const int64_t batch = get<int64_t>(vm, "batch-size");
   if (batch < 1) throw UsageError("--batch-size must be >= 1");
-  const int64_t limit = get<int64_t>(vm, "limit");
-  if (limit < 0) throw UsageError("--limit must be >= 0");
-  const Split split = parse_split(get<std::string>(vm, "split"));
+  if (vm.count("bits") && get<int64_t>(vm, "bits") < 1) throw UsageError("--bits must be >= 1");
+  parse_split(get<std::string>(vm, "split"));  // usage errors before any file is read
+  if (get<int64_t>(vm, "limit") < 0) throw UsageError("--limit must be >= 0");
+  if (vm.count("checkpoint")) return eval_checkpoint(vm, common, batch);
 
   const std::string path = get<std::string>(vm, "model");
-  const trainers::LoadedModel loaded = trainers::load_model(path, read_overrides(vm));
-  Dataset data = load_dataset(get<std::string>(vm, "data"), get<std::string>(vm, "data-dir"), split);
-  if (limit > 0 && limit < data.size()) {
-    data.images = data.images.narrow(0, 0, limit);
-    data.labels = data.labels.narrow(0, 0, limit);
-  }
+  trainers::ModelOverrides overrides = read_overrides(vm);
+  if (vm.count("bits")) overrides.bits = get<int64_t>(vm, "bits");
+  const trainers::LoadedModel loaded = trainers::load_model(path, overrides);
+  const Dataset data = eval_data(vm);
   trainers::check_data_fits(loaded.meta, data);
   const trainers::EvalResult r = trainers::evaluate(*loaded.model, data, loaded.norm(), batch);
-  std::cout << path << " (" << loaded.meta.arch << ") on " << data.name << ": top-1 " << percent(r.top1) << " ("
-            << r.count << " images, loss " << std::fixed << std::setprecision(4) << r.loss << ", "
-            << std::setprecision(1) << r.seconds << " s)" << std::endl;
+  const std::string precision = loaded.meta.precision.empty() ? "fp32" : loaded.meta.precision;
+  std::cout << path << " (" << loaded.meta.arch << ", " << precision
+            << (vm.count("bits") ? " at " + std::to_string(overrides.bits) + " bits" : "") << ") on " << data.name
+            << ": top-1 " << percent(r.top1) << " (" << r.count << " images, loss " << std::fixed
+            << std::setprecision(4) << r.loss << ", " << std::setprecision(1) << r.seconds << " s)" << std::endl;
   if (common.json) {
     std::cout << Json()
                      .add("command", "eval")
                      .add("model", path)
                      .add("arch", loaded.meta.arch)
+                     .add("precision", precision)
                      .add("data", data.name)
                      .add("top1", r.top1)
                      .add("loss", r.loss)
                      .add("images", r.count)
                      .add("seconds", r.seconds)
+                     .str()
+              << std::endl;
+  }
+  return 0;
+}
+
+namespace {
+
+void check_output_folder(const std::string& out) {
+  const fs::path folder = fs::path(out).has_parent_path() ? fs::path(out).parent_path() : fs::path(".");
+  if (!fs::is_directory(folder)) throw UsageError("output folder '" + folder.string() + "' does not exist");
+}
+
+void add_student_options(po::options_description& desc) {
+  desc.add_options()
+      ("bits", po::value<std::string>()->default_value("2,3,4,8"), "the model's bit-widths, comma-separated")
+      ("wbits", po::value<std::string>(), "weight bits of the middle layers at each bit-width (default: --bits)")
+      ("abits", po::value<std::string>(), "activation bits of the middle layers at each bit-width (default: --bits)")
+      ("first-last-bits", po::value<int64_t>()->default_value(8), "weight and activation bits of the first and last layer")
+      ("top-bits", po::value<int64_t>()->default_value(8), "precision of the stored weight codes (>= every weight bit-width)")
+      ("nesting", po::value<std::string>()->default_value("shift"),
+       "how lower weight codes nest in higher ones: shift (bit-planes) or round");
+}
+
+models::StudentConfig read_student_config(const po::variables_map& vm) {
+  models::StudentConfig c;
+  c.bits = parse_int_list(get<std::string>(vm, "bits"), "--bits");
+  if (vm.count("wbits")) c.wbits = parse_int_list(get<std::string>(vm, "wbits"), "--wbits");
+  if (vm.count("abits")) c.abits = parse_int_list(get<std::string>(vm, "abits"), "--abits");
+  c.first_last_bits = get<int64_t>(vm, "first-last-bits");
+  c.top_bits = get<int64_t>(vm, "top-bits");
+  const std::string nesting = get<std::string>(vm, "nesting");
+  if (nesting != "shift" && nesting != "round") throw UsageError("--nesting must be 'shift' or 'round', got '" + nesting + "'");
+  c.nesting = quant::parse_nesting(nesting);
+  try {
+    c.check();
+  } catch (const c10::Error& e) {
+    throw UsageError(e.what_without_backtrace());
+  }
+  return c;
+}
+
+} // namespace
+
+int init_student(int argc, char** argv) {
+  po::options_description desc("zsq init-student options");
+  desc.add_options()("teacher", po::value<std::string>(), "FP32 teacher model file");
+  add_student_options(desc);
+  desc.add_options()
+      ("calib-data", po::value<std::string>()->default_value("noise"),
+       "images that set the activation steps: 'noise' (Gaussian, data-free), 'fashion-mnist' (training images) "
+       "or an HDF5 data set")
+      ("data-dir", po::value<std::string>()->default_value(kFashionMnistDir), "folder with the Fashion-MNIST IDX files")
+      ("calib-count", po::value<int64_t>()->default_value(256), "calibration images")
+      ("seed", po::value<uint64_t>()->default_value(0), "random seed (noise, choice of images)")
+      ("out", po::value<std::string>()->default_value("student.h5"), "student file to write");
+  add_model_overrides(desc);
+  add_common_options(desc);
+  Common common;
+  auto parsed = parse("init-student", "zsq init-student --teacher teacher.h5 [--bits 2,3,4,8] [--out student.h5]",
+                      desc, argc, argv, &common);
+  if (!parsed) return 0;
+  const po::variables_map& vm = *parsed;
+  if (!vm.count("teacher")) throw UsageError("--teacher is required");
+  const models::StudentConfig config = read_student_config(vm);
+  const int64_t count = get<int64_t>(vm, "calib-count");
+  if (count < 1) throw UsageError("--calib-count must be >= 1");
+  const std::string out = get<std::string>(vm, "out");
+  check_output_folder(out);
+  const std::string calib = get<std::string>(vm, "calib-data");
+
+  const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"), read_overrides(vm));
+  torch::manual_seed(get<uint64_t>(vm, "seed"));
+  torch::Tensor images;  // normalized
+  const auto& shape = teacher.meta.input_shape;
+  if (calib == "noise") {
+    images = torch::randn({count, shape[0], shape[1], shape[2]});
+  } else {
+    Dataset data = load_dataset(calib, get<std::string>(vm, "data-dir"), Split::kTrain);
+    trainers::check_data_fits(teacher.meta, data);
+    const torch::Tensor pick = torch::randperm(data.size()).narrow(0, 0, std::min(count, data.size()));
+    images = normalize(data.images.index_select(0, pick), teacher.norm());
+  }
+  models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
+                         teacher.meta.width > 0 ? teacher.meta.width : 16};
+  models::Classifier student = models::build(spec, models::QuantFactory(config));
+  models::init_student(*student, *teacher.model, images);
+  ModelMeta meta = teacher.meta;
+  meta.recipe = resolved_config(desc, vm);
+  models::save_student(out, *student, config, meta);
+  std::cout << "student " << spec.arch << " at bits " << models::bits_text(config.bits) << " from "
+            << get<std::string>(vm, "teacher") << ", steps calibrated on " << images.size(0) << " "
+            << (calib == "noise" ? "noise images (data-free)" : "images of " + calib) << "; wrote " << out << std::endl;
+  if (common.json) {
+    std::cout << Json().add("command", "init-student").add("out", out).add("bits", config.bits).str() << std::endl;
+  }
+  return 0;
+}
+
+int extract(int argc, char** argv) {
+  po::options_description desc("zsq extract options");
+  desc.add_options()
+      ("checkpoint", po::value<std::string>(), "once-for-all student (zsq-student)")
+      ("bits", po::value<int64_t>(), "extract the fixed-precision model of this bit-width; "
+                                     "without it, the vertical-layered file of all of them")
+      ("out", po::value<std::string>(), "file to write");
+  add_common_options(desc);
+  Common common;
+  auto parsed = parse("extract", "zsq extract --checkpoint student.h5 [--bits 4] --out model-w4.h5", desc, argc, argv,
+                      &common);
+  if (!parsed) return 0;
+  const po::variables_map& vm = *parsed;
+  if (!vm.count("checkpoint")) throw UsageError("--checkpoint is required");
+  if (!vm.count("out")) throw UsageError("--out is required");
+  const std::string out = get<std::string>(vm, "out");
+  check_output_folder(out);
+  models::LoadedStudent student = models::load_student(get<std::string>(vm, "checkpoint"));
+  ModelMeta meta = student.meta;
+  meta.recipe = student.meta.recipe;
+  if (vm.count("bits")) {
+    const int64_t bits = get<int64_t>(vm, "bits");
+    const models::Classifier model = models::extract_fixed(*student.model, student.spec, student.config, bits);
+    models::save_fixed(out, model, meta, student.config, bits);
+    std::cout << "extracted the " << bits << "-bit model; wrote " << out << " (" << fs::file_size(out) << " bytes)"
+              << std::endl;
+  } else {
+    models::save_vertical(out, *student.model, student.spec, student.config, meta);
+    std::cout << "extracted the vertical-layered model (bits " << models::bits_text(student.config.bits)
+              << "); wrote " << out << " (" << fs::file_size(out) << " bytes)" << std::endl;
+  }
+  if (common.json) {
+    std::cout << Json().add("command", "extract").add("out", out).add("bytes", static_cast<int64_t>(fs::file_size(out)))
                      .str()
               << std::endl;
   }
@@ -267,7 +455,12 @@ int inspect(int argc, char** argv) {
 
   Json json;
   json.add("command", "inspect").add("file", path).add("kind", kind);
-  std::cout << path << ": " << (format == kModelFormat ? "ZSQ model file" : is_dataset ? "data set" : "HDF5 file")
+  const std::map<std::string, std::string> kinds = {
+      {kModelFormat, "ZSQ FP32 model file"},
+      {models::kStudentFormat, "ZSQ once-for-all student"},
+      {models::kFixedFormat, "ZSQ fixed-precision integer model"},
+      {models::kVerticalFormat, "ZSQ vertical-layered integer model"}};
+  std::cout << path << ": " << (kinds.count(format) ? kinds.at(format) : is_dataset ? "data set" : "HDF5 file")
             << " (" << fs::file_size(path) << " bytes)\n";
   if (!attrs.empty()) std::cout << "attributes:\n";
   for (const auto& key : attrs) {
@@ -308,8 +501,8 @@ int inspect(int argc, char** argv) {
               << "\n";
     json.add("images", data.size()).add("label_histogram", histogram);
   }
-  if (format == kModelFormat) {
-    const ModelMeta meta = read_model_meta(file);
+  if (kinds.count(format)) {
+    const ModelMeta meta = read_meta_attrs(file);
     json.add("arch", meta.arch).add("num_classes", meta.num_classes).add("input_shape", meta.input_shape);
   }
   std::cout << std::flush;

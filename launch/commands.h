@@ -8,5 +8,7 @@ namespace zsq::cli {
 int train_teacher(int argc, char** argv);
 int eval(int argc, char** argv);
 int inspect(int argc, char** argv);
+int init_student(int argc, char** argv);
+int extract(int argc, char** argv);
 
 } // namespace zsq::cli

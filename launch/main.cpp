@@ -19,7 +19,9 @@ const char* kUsage =
     "\n"
     "commands:\n"
     "  train-teacher   train an FP32 teacher on a labelled data set and write teacher.h5\n"
-    "  eval            top-1 accuracy of a model file on a data set\n"
+    "  init-student    build the once-for-all student from a teacher (steps calibrated) and write student.h5\n"
+    "  extract         write a fixed-precision (--bits) or vertical-layered model from a student\n"
+    "  eval            top-1 accuracy of a model file (FP32, fixed, vertical) or of a student per bit-width\n"
     "  inspect         print what an HDF5 file (model or data set) holds\n"
     "\n"
     "Every command takes --config FILE.ini (flags override it), --json, --threads, --log-level.\n";
@@ -31,6 +33,8 @@ int main(int argc, char** argv) {
       {"train-teacher", zsq::cli::train_teacher},
       {"eval", zsq::cli::eval},
       {"inspect", zsq::cli::inspect},
+      {"init-student", zsq::cli::init_student},
+      {"extract", zsq::cli::extract},
   };
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     (argc < 2 ? std::cerr : std::cout) << kUsage;

@@ -226,12 +226,18 @@ void save_vertical(const std::string& path, torch::nn::Module& student, const Mo
   });
 }
 
-ExtractedFile read_extracted(const h5::File& file) {
+ExtractedFile read_extracted(const h5::File& file, bool allow_student) {
   ExtractedFile x;
   x.meta = read_meta_attrs(file);
   x.format = x.meta.format;
-  TORCH_CHECK(x.format == kFixedFormat || x.format == kVerticalFormat, "'", file.path(), "' is not an extracted model (format '",
-              x.format, "'; expected '", kFixedFormat, "' or '", kVerticalFormat, "')");
+  if (allow_student) {
+    TORCH_CHECK(x.format == kStudentFormat, "'", file.path(), "' is not a student checkpoint (format '", x.format,
+                "'; expected '", kStudentFormat, "')");
+  } else {
+    TORCH_CHECK(x.format == kFixedFormat || x.format == kVerticalFormat, "'", file.path(),
+                "' is not an extracted model (format '", x.format, "'; expected '", kFixedFormat, "' or '",
+                kVerticalFormat, "')");
+  }
   TORCH_CHECK(x.meta.version >= 1 && x.meta.version <= kExtractFormatVersion, "'", file.path(), "' has format version ",
               x.meta.version, "; this zsq reads versions 1..", kExtractFormatVersion);
   const auto need_int = [&](const char* key) {
@@ -300,6 +306,30 @@ void fill_from_vertical(const h5::File& file, const std::string& name, IntLayerI
 }
 
 } // namespace
+
+void save_student(const std::string& path, const torch::nn::Module& student, const StudentConfig& config,
+                  const ModelMeta& meta) {
+  const auto state = named_state(student);
+  ModelMeta m = meta;
+  m.precision = "once-for-all " + bits_text(config.bits);
+  h5::atomic_write(path, [&](h5::File& file) {
+    for (const auto& [name, tensor] : state) file.write_tensor(name, tensor);
+    file.set_attr("format", std::string(kStudentFormat));
+    file.set_attr("version", kExtractFormatVersion);
+    write_meta_attrs(file, m);
+    write_config(file, config);
+  });
+}
+
+LoadedStudent load_student(const std::string& path) {
+  const h5::File file = h5::File::open_read(path);
+  const ExtractedFile x = read_extracted(file, /*allow_student=*/true);
+  LoadedStudent s{build(x.spec, QuantFactory(x.config)), x.spec, x.config, x.meta};
+  load_state(file, *s.model);
+  set_bits(*s.model, x.config.bits.front());
+  s.model->eval();
+  return s;
+}
 
 Classifier load_integer_model(const std::string& path, int64_t bits) {
   const h5::File file = h5::File::open_read(path);

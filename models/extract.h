@@ -22,7 +22,22 @@ namespace zsq::models {
 
 inline constexpr const char* kFixedFormat = "zsq-fixed";
 inline constexpr const char* kVerticalFormat = "zsq-vertical";
+inline constexpr const char* kStudentFormat = "zsq-student";
 inline constexpr int64_t kExtractFormatVersion = 1;
+
+/// Writes the whole student (latent weights, steps, every per-bit BN and
+/// input step) and how it was built, atomically, as a zsq-student file.
+void save_student(const std::string& path, const torch::nn::Module& student, const StudentConfig& config,
+                  const ModelMeta& meta);
+
+/// A student read back from a zsq-student file.
+struct LoadedStudent {
+  Classifier model;
+  ModelSpec spec;
+  StudentConfig config;
+  ModelMeta meta;
+};
+LoadedStudent load_student(const std::string& path);
 
 /// Builds integer layers whose weight bits follow `config` at model bit-width `bits`.
 class IntegerFactory : public LayerFactory {
@@ -55,15 +70,16 @@ void save_vertical(const std::string& path, torch::nn::Module& student, const Mo
 
 /// What an extracted file holds and how to rebuild it.
 struct ExtractedFile {
-  std::string format;  ///< kFixedFormat or kVerticalFormat
+  std::string format;  ///< kFixedFormat, kVerticalFormat (or kStudentFormat)
   ModelMeta meta;
   ModelSpec spec;
   StudentConfig config;
   int64_t bits = 0;  ///< the fixed file's bit-width (0 for vertical files)
 };
 
-/// Reads and checks the attributes of a zsq-fixed or zsq-vertical file.
-ExtractedFile read_extracted(const h5::File& file);
+/// Reads and checks the attributes of a zsq-fixed or zsq-vertical file
+/// (also of a zsq-student file when `allow_student`).
+ExtractedFile read_extracted(const h5::File& file, bool allow_student = false);
 
 /// The integer model stored in a zsq-fixed file, or rebuilt from a
 /// zsq-vertical file at model bit-width `bits` (required for vertical files,

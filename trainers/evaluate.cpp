@@ -1,5 +1,7 @@
 #include "trainers/evaluate.h"
 
+#include "models/extract.h"
+
 #include <chrono>
 
 #include <torch/torch.h>
@@ -40,6 +42,24 @@ LoadedModel load_model(const std::string& path, const ModelOverrides& o) {
   h5::File file = h5::File::open_read(path);
   LoadedModel out;
   ModelMeta& meta = out.meta;
+  const std::string format = file.attr_string("format").value_or("");
+  TORCH_CHECK(format != models::kStudentFormat, "'", path,
+              "' is a once-for-all student; evaluate it with --checkpoint, or extract a model from it");
+  if (format == models::kFixedFormat || format == models::kVerticalFormat) {
+    meta = models::read_extracted(file).meta;
+    TORCH_CHECK(o.arch.empty() || o.arch == meta.arch, "'", path, "' holds a '", meta.arch,
+                "' model, but --arch says '", o.arch, "'");
+    if (!o.input_mean.empty()) meta.input_mean = o.input_mean;
+    if (!o.input_std.empty()) meta.input_std = o.input_std;
+    const int64_t channels = meta.input_shape.at(0);
+    if (meta.input_mean.empty()) meta.input_mean = std::vector<double>(channels, 0.0);
+    if (meta.input_std.empty()) meta.input_std = std::vector<double>(channels, 1.0);
+    out.norm().check(channels);
+    file.close();
+    out.model = models::load_integer_model(path, o.bits);
+    return out;
+  }
+  TORCH_CHECK(o.bits == 0, "--bits applies to vertical-layered files; '", path, "' is an FP32 model");
   meta = read_model_meta(file);
   TORCH_CHECK(meta.precision.empty() || meta.precision == "fp32", "'", path, "' holds a '", meta.precision,
               "' model; this command expects an FP32 model");

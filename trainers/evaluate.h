@@ -30,6 +30,8 @@ struct ModelOverrides {
   std::vector<int64_t> input_shape;
   std::vector<double> input_mean, input_std;
   int64_t width = 0;
+  /// Bit-width to rebuild from a vertical-layered file (0: none given).
+  int64_t bits = 0;
 };
 
 /// A model loaded from a file, with the metadata it was built from.
@@ -40,7 +42,9 @@ struct LoadedModel {
 };
 
 /// Opens `path`, builds its architecture (from the file or `overrides`) and
-/// loads every tensor, checking names and shapes. Missing metadata that
+/// loads every tensor, checking names and shapes. FP32 model files give the
+/// zoo model; extracted files (zsq-fixed, zsq-vertical at overrides.bits)
+/// the integer reference model. Missing metadata that
 /// cannot be inferred is a clear error naming the flag that supplies it.
 LoadedModel load_model(const std::string& path, const ModelOverrides& overrides = {});
 

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <limits>
 
 namespace zsq::quant {
@@ -41,9 +43,14 @@ torch::Tensor IntLayerImpl::accumulate(const torch::Tensor& x) const {
   const torch::Tensor codes = torch::round(torch::clamp(x / act_step, static_cast<double>(lo), static_cast<double>(hi)));
   const int64_t shift = weight_shift.item<int64_t>();
   const torch::Tensor levels = weight_codes.to(torch::kInt64) * (int64_t(1) << (shift + 1)) + weight_offset.item<int64_t>();
-  // Integer products summed exactly: float64 holds every integer below 2^53,
-  // far above the int32 range checked below.
-  const torch::Tensor a = codes.to(torch::kFloat64), w = levels.to(torch::kFloat64);
+  // Integer products summed exactly. float32 represents every integer below
+  // 2^24, so when max|code| · max over outputs of Σ|level| stays below that,
+  // every partial sum is exact in float32 (the fast path); otherwise float64
+  // (exact below 2^53, far above the int32 range checked below).
+  const double max_code = static_cast<double>(std::max(std::abs(lo), std::abs(hi)));
+  const double max_row = levels.abs().reshape({levels.size(0), -1}).sum(1).max().item<double>();
+  const auto type = max_code * max_row < 16777216.0 ? torch::kFloat32 : torch::kFloat64;
+  const torch::Tensor a = codes.to(type), w = levels.to(type);
   const torch::Tensor acc = options.conv() ? torch::conv2d(a, w, {}, options.stride(), options.padding(), 1,
                                                            options.groups())
                                            : torch::linear(a, w);

@@ -56,7 +56,7 @@ expect_fail 1 "output folder '$work/no/dir' does not exist" "$zsq" train-teacher
 expect_fail 1 "Fashion-MNIST folder '$work/nowhere' does not exist" "$zsq" train-teacher --data-dir "$work/nowhere"
 expect_fail 1 "unknown data set 'cifar10'" "$zsq" train-teacher --data cifar10
 expect_fail 2 "--log-level: log level must be one of" "$zsq" eval --model x.h5 --log-level loud
-expect_fail 2 "--model is required" "$zsq" eval
+expect_fail 2 "give exactly one of --model and --checkpoint" "$zsq" eval
 expect_fail 2 "--split must be 'train' or 'test'" "$zsq" eval --model x.h5 --split val
 expect_fail 2 "--input-shape expects comma-separated integers" "$zsq" eval --model x.h5 --input-shape 1,a,3
 expect_fail 2 "give the file to inspect" "$zsq" inspect
@@ -140,6 +140,46 @@ wait "$pid" 2>/dev/null
 [ "$(md5sum <"$work/keep.h5")" = "$before" ] && ok "killed run left the old output intact" ||
   bad "killed run changed the old output"
 expect_ok "$zsq" eval --model "$work/keep.h5"
+
+# --- once-for-all student: init, per-bit eval, extraction, integer path ---
+expect_fail 2 "--teacher is required" "$zsq" init-student
+expect_fail 2 "bits must be in [2, top bits = 8], got 9" "$zsq" init-student --teacher "$work/teacher.h5" --bits 2,9
+expect_fail 2 "--nesting must be 'shift' or 'round', got 'floor'" "$zsq" init-student --teacher "$work/teacher.h5" \
+  --nesting floor
+expect_fail 2 "--wbits must list one value per --bits entry (2), got 1" "$zsq" init-student \
+  --teacher "$work/teacher.h5" --bits 4,8 --wbits 4
+expect_fail 1 "file not found" "$zsq" init-student --teacher "$work/none.h5"
+expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-count 64 --out "$work/student.h5"
+grep -q "noise images (data-free)" "$work/out" && ok "init-student says how it calibrated" || bad "init-student output"
+expect_ok "$zsq" eval --checkpoint "$work/student.h5" --limit 500 --json
+b8="$(json_field "$work/out" top1_b8)"
+b4_fq="$(json_field "$work/out" top1_b4)"
+"$py" -c "import sys; sys.exit(0 if float('$b8') > 0.2 else 1)" && ok "8-bit student above chance ($b8)" ||
+  bad "8-bit student accuracy $b8"
+expect_fail 2 "give exactly one of --model and --checkpoint" "$zsq" eval --model "$work/teacher.h5" \
+  --checkpoint "$work/student.h5"
+expect_fail 1 "is a once-for-all student; evaluate it with --checkpoint" "$zsq" eval --model "$work/student.h5"
+expect_fail 1 "--bits applies to vertical-layered files" "$zsq" eval --model "$work/teacher.h5" --bits 4
+expect_fail 2 "--out is required" "$zsq" extract --checkpoint "$work/student.h5"
+expect_fail 1 "bit-width 3 is not one of this model's (4,8)" "$zsq" extract --checkpoint "$work/student.h5" --bits 3 \
+  --out "$work/w3.h5"
+expect_fail 1 "is not a student checkpoint" "$zsq" extract --checkpoint "$work/teacher.h5" --out "$work/x.h5"
+expect_ok "$zsq" extract --checkpoint "$work/student.h5" --bits 4 --out "$work/w4.h5"
+expect_ok "$zsq" eval --model "$work/w4.h5" --limit 500 --json
+b4_int="$(json_field "$work/out" top1)"
+"$py" -c "import sys; sys.exit(0 if abs(float('$b4_int') - float('$b4_fq')) <= 0.004 else 1)" &&
+  ok "integer 4-bit model ($b4_int) = fake-quantized student ($b4_fq)" || bad "integer $b4_int vs student $b4_fq"
+expect_ok "$zsq" extract --checkpoint "$work/student.h5" --out "$work/vl.h5"
+expect_fail 1 "choose a bit-width with --bits (one of 4,8)" "$zsq" eval --model "$work/vl.h5"
+expect_ok "$zsq" eval --model "$work/vl.h5" --bits 4 --limit 500 --json
+[ "$(json_field "$work/out" top1)" = "$b4_int" ] && ok "vertical-layered file at 4 bits = fixed 4-bit file" ||
+  bad "vertical at 4 bits: $(json_field "$work/out" top1) vs $b4_int"
+expect_ok "$zsq" inspect "$work/vl.h5"
+grep -q "vertical-layered integer model" "$work/out" && ok "inspect names extracted files" || bad "inspect vl.h5"
+before="$(md5sum <"$work/w4.h5")"
+expect_fail 1 "is not a student checkpoint" "$zsq" extract --checkpoint "$work/teacher.h5" --bits 4 --out "$work/w4.h5"
+[ "$(md5sum <"$work/w4.h5")" = "$before" ] && ok "failed extract left the old file intact" ||
+  bad "failed extract changed the old file"
 
 # --- mpirun works as root ----------------------------------------------------
 if [ -n "$mpirun_bin" ]; then

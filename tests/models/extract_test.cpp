@@ -55,6 +55,11 @@ TEST_F(ExtractTest, IntegerLayerByHand) {
   const torch::Tensor x = torch::tensor({{1.0f, 0.74f}, {-3.0f, 100.0f}});  // codes (2, 1) and (0, 15)
   EXPECT_TRUE(torch::equal(layer->accumulate(x), torch::tensor({{3}, {-105}})));
   EXPECT_TRUE(torch::allclose(layer->forward(x), torch::tensor({{0.5f}, {-10.3f}})));
+  // Sums beyond float32's exact integers take the float64 path and stay exact.
+  quant::IntLayer wide(quant::IntLayerOptions(1, 1).conv(false).weight_bits(16));
+  wide->weight_codes.fill_(12345);  // level 2·12345
+  wide->act_range.copy_(torch::tensor({0, 30000}));
+  EXPECT_EQ(wide->accumulate(torch::tensor({{29999.0f}})).item<int64_t>(), int64_t(29999) * 24690);
 }
 
 TEST_F(ExtractTest, IntegerPathPredictsLikeTheFakeQuantizedStudent) {
