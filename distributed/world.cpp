@@ -2,6 +2,7 @@
 
 #include <mpi.h>
 
+#include <cstdio>
 #include <cstdlib>
 
 namespace zsq::distributed {
@@ -19,7 +20,10 @@ World init_world(bool force_mpi) {
   int initialized = 0;
   MPI_Initialized(&initialized);
   if (!initialized && (force_mpi || launched_by_mpirun())) {
-    MPI_Init(nullptr, nullptr);
+    // MULTIPLE: the communicator's watchdog thread may call MPI_Abort while
+    // the main thread waits in a collective.
+    int provided = 0;
+    MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
     g_we_initialized = true;
     initialized = 1;
   }
@@ -32,6 +36,19 @@ World init_world(bool force_mpi) {
     MPI_Comm_free(&local);
   }
   return world;
+}
+
+void abort_job(int code, const std::string& message) {
+  int initialized = 0, rank = 0, size = 1;
+  MPI_Initialized(&initialized);
+  if (initialized) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+  }
+  std::fprintf(stderr, "[rank %d/%d] error: %s; ending the job\n", rank, size, message.c_str());
+  std::fflush(stderr);
+  if (initialized) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
 }
 
 void finalize_world() {

@@ -3,6 +3,8 @@
 // the distributed issue. Works without mpirun (world of one).
 #pragma once
 
+#include <string>
+
 namespace zsq::distributed {
 
 struct World {
@@ -17,5 +19,9 @@ World init_world(bool force_mpi = false);
 
 /// Finalizes MPI if init_world() initialized it.
 void finalize_world();
+
+/// Prints "[rank r/w] error: <message>; ending the job" to stderr and ends
+/// every rank of the job (MPI_Abort with `code`); a plain exit without MPI.
+[[noreturn]] void abort_job(int code, const std::string& message);
 
 } // namespace zsq::distributed

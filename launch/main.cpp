@@ -26,6 +26,12 @@ const char* kUsage =
     "\n"
     "Every command takes --config FILE.ini (flags override it), --json, --threads, --log-level.\n";
 
+// "[rank r/w] " in a job of several processes, "" otherwise.
+std::string rank_prefix(const zsq::distributed::World& world) {
+  if (world.world_size <= 1) return "";
+  return "[rank " + std::to_string(world.rank) + "/" + std::to_string(world.world_size) + "] ";
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -57,18 +63,18 @@ int main(int argc, char** argv) {
     zsq::set_log_rank(world.rank, world.world_size);
     code = command->second(argc - 1, argv + 1);
   } catch (const zsq::cli::UsageError& e) {
-    std::cerr << "zsq " << name << ": error: " << e.what() << "\n(see zsq " << name << " --help)" << std::endl;
+    std::cerr << rank_prefix(world) << "zsq " << name << ": error: " << e.what() << "\n(see zsq " << name << " --help)"
+              << std::endl;
     code = 2;
   } catch (const c10::Error& e) {
-    std::cerr << "zsq " << name << ": error: " << e.what_without_backtrace() << std::endl;
+    std::cerr << rank_prefix(world) << "zsq " << name << ": error: " << e.what_without_backtrace() << std::endl;
     code = 1;
   } catch (const std::exception& e) {
-    std::cerr << "zsq " << name << ": error: " << e.what() << std::endl;
+    std::cerr << rank_prefix(world) << "zsq " << name << ": error: " << e.what() << std::endl;
     code = 1;
   }
-  if (world.world_size > 1 && code != 0) {
-    std::cerr << "[rank " << world.rank << "/" << world.world_size << "] failed; ending the job" << std::endl;
-  }
+  // One failed rank must not leave the others waiting in a collective.
+  if (world.world_size > 1 && code != 0) zsq::distributed::abort_job(code, "zsq " + name + " failed on this rank");
   zsq::distributed::finalize_world();
   return code;
 }
