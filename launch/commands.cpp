@@ -1,5 +1,6 @@
 #include "launch/commands.h"
 
+#include "distributed/communicator.h"
 #include "framework/data.h"
 #include "framework/h5.h"
 #include "framework/logging.h"
@@ -103,16 +104,18 @@ int train_teacher(int argc, char** argv) {
       ("input-mean", po::value<std::string>(), "per-channel mean of [0,1] pixels (default: from the data)")
       ("input-std", po::value<std::string>(), "per-channel std of [0,1] pixels (default: from the data)")
       ("seed", po::value<uint64_t>()->default_value(0), "random seed (initialisation, shuffling, augmentation)")
-      ("out", po::value<std::string>()->default_value("teacher.h5"), "model file to write");
+      ("out", po::value<std::string>()->default_value("teacher.h5"), "model file to write")
+      ("collective-timeout", po::value<double>()->default_value(600),
+       "under mpirun: seconds a collective may take before the job is ended (0: no limit)")
+      ("check-replicas", po::bool_switch(), "under mpirun: check after every epoch that all ranks hold the same model");
   add_common_options(desc);
   Common common;
   auto parsed = parse("train-teacher", "zsq train-teacher [--arch resnet20] [--data fashion-mnist] [--out teacher.h5]",
                       desc, argc, argv, &common);
   if (!parsed) return 0;
   const po::variables_map& vm = *parsed;
-  if (log_world_size() > 1) {
-    throw UsageError("train-teacher runs on one process in this version; run it without mpirun");
-  }
+  const double timeout = get<double>(vm, "collective-timeout");
+  if (timeout < 0) throw UsageError("--collective-timeout must be >= 0 seconds");
 
   const std::string data_spec = get<std::string>(vm, "data");
   const std::string data_dir = get<std::string>(vm, "data-dir");
@@ -143,6 +146,8 @@ int train_teacher(int argc, char** argv) {
   o.seed = get<uint64_t>(vm, "seed");
   o.out = get<std::string>(vm, "out");
   o.recipe = resolved_config(desc, vm);
+  o.comm = distributed::Communicator::create({timeout});
+  o.check_replicas = vm["check-replicas"].as<bool>();
   // Validate the architecture before any work.
   if (std::find(models::known_archs().begin(), models::known_archs().end(), o.model.arch) ==
       models::known_archs().end()) {
@@ -167,7 +172,10 @@ int train_teacher(int argc, char** argv) {
   ZSQ_LOG_RANK0(kInfo) << "train-teacher: " << o.model.arch << " on " << train.name << " (" << used
                        << " images, shape " << c10::IntArrayRef(train.image_shape()) << ", " << o.model.num_classes
                        << " classes), " << o.epochs << " epochs, batch " << o.batch_size << ", lr " << o.lr
-                       << ", " << at::get_num_threads() << " threads";
+                       << ", " << at::get_num_threads() << " threads"
+                       << (o.comm->size() > 1 ? " per process, " + std::to_string(o.comm->size()) +
+                                                     " processes (data parallel)"
+                                              : std::string());
   const auto on_epoch = [&](const trainers::EpochReport& r) {
     std::ostringstream line;
     line << "epoch " << r.epoch << "/" << r.epochs << "  loss " << std::fixed << std::setprecision(4)
@@ -178,6 +186,7 @@ int train_teacher(int argc, char** argv) {
     if (log_rank() == 0) std::cout << line.str() << std::endl;
   };
   const trainers::TeacherResult result = trainers::train_teacher(o, train, test, norm, on_epoch);
+  if (o.comm->rank() != 0) return 0;
   std::cout << "test top-1 " << percent(result.test_acc) << " after " << o.epochs << " epochs in "
             << format_duration(result.seconds) << " (" << std::fixed << std::setprecision(0)
             << result.images_per_second << " img/s); wrote " << o.out << std::endl;

@@ -1,5 +1,7 @@
 #include "trainers/teacher.h"
 
+#include "distributed/reducer.h"
+#include "distributed/sync.h"
 #include "framework/h5.h"
 #include "framework/model_file.h"
 
@@ -42,6 +44,31 @@ void check_teacher_options(const TeacherOptions& o, const Dataset& train, const 
   if (!o.out.empty()) h5::check_writable(o.out);
 }
 
+namespace {
+
+// Each rank evaluates a contiguous slice of `test`; the results are combined.
+EvalResult evaluate_sharded(distributed::Communicator& comm, models::ClassifierImpl& model, const Dataset& test,
+                            const Normalization& norm) {
+  if (comm.size() == 1) return evaluate(model, test, norm);
+  const int64_t n = test.size(), begin = n * comm.rank() / comm.size(), end = n * (comm.rank() + 1) / comm.size();
+  Dataset part = test;
+  part.images = test.images.narrow(0, begin, end - begin);
+  part.labels = test.labels.narrow(0, begin, end - begin);
+  EvalResult mine;
+  if (end > begin) mine = evaluate(model, part, norm);
+  torch::Tensor totals = torch::tensor(
+      {mine.top1 * mine.count, mine.loss * mine.count, static_cast<double>(mine.count), mine.seconds}, torch::kFloat64);
+  comm.all_reduce(totals, distributed::ReduceOp::kSum);
+  EvalResult all;
+  all.count = static_cast<int64_t>(totals[2].item<double>());
+  all.top1 = totals[0].item<double>() / all.count;
+  all.loss = totals[1].item<double>() / all.count;
+  all.seconds = totals[3].item<double>() / comm.size();
+  return all;
+}
+
+} // namespace
+
 TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, const Dataset& test,
                             const Normalization& norm, const std::function<void(const EpochReport&)>& on_epoch) {
   check_teacher_options(o, full_train, test);
@@ -50,13 +77,21 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
     train.images = train.images.narrow(0, 0, o.train_limit);
     train.labels = train.labels.narrow(0, 0, o.train_limit);
   }
+  const std::shared_ptr<distributed::Communicator> comm = o.comm ? o.comm : distributed::Communicator::create();
+  const int ranks = comm->size();
+  TORCH_CHECK(o.batch_size % ranks == 0, "--batch-size ", o.batch_size, " must be a multiple of the ", ranks,
+              " processes");
   torch::manual_seed(o.seed);
   models::ModelSpec spec = o.model;
   spec.in_channels = train.image_shape()[0];
   models::Classifier model = models::build(spec, models::Fp32Factory());
+  distributed::broadcast_state(*comm, *model);  // every rank starts from rank 0's initialisation
+  distributed::Reducer reducer(comm, model->parameters());
 
   LoaderOptions lo;
-  lo.batch_size = o.batch_size;
+  lo.batch_size = o.batch_size / ranks;
+  lo.rank = comm->rank();
+  lo.world_size = ranks;
   lo.shuffle = true;
   lo.seed = o.seed;
   lo.drop_last = true;
@@ -104,11 +139,23 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
       TORCH_CHECK(std::isfinite(loss_value), "training diverged: loss is ", loss_value, " at epoch ", epoch + 1,
                   ", step ", b + 1, "; lower --lr");
       loss.backward();
+      reducer.reduce();
       optimizer.step();
       loss_sum += loss_value * batch.labels.size(0);
       correct += logits.detach().argmax(1).eq(batch.labels).sum().item<int64_t>();
       seen += batch.labels.size(0);
     }
+    {  // totals over the ranks
+      torch::Tensor totals = torch::tensor({loss_sum, static_cast<double>(correct), static_cast<double>(seen)},
+                                           torch::kFloat64);
+      comm->all_reduce(totals, distributed::ReduceOp::kSum);
+      loss_sum = totals[0].item<double>();
+      correct = static_cast<int64_t>(totals[1].item<double>());
+      seen = static_cast<int64_t>(totals[2].item<double>());
+    }
+    // BatchNorm statistics differ per rank (each saw its own shard): use rank 0's.
+    distributed::broadcast_state(*comm, *model, 0, /*buffers_only=*/true);
+    if (o.check_replicas) distributed::check_replicas(*comm, *model);
     const double epoch_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
     train_seconds += epoch_seconds;
@@ -121,7 +168,7 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
     report.lr = lr;
     report.images_per_second = images_seen / train_seconds;
     if (o.eval_each_epoch || epoch + 1 == o.epochs) {
-      const EvalResult eval = evaluate(*model, test, norm);
+      const EvalResult eval = evaluate_sharded(*comm, *model, test, norm);
       report.test_acc = eval.top1;
       result.test_acc = eval.top1;
       result.test_loss = eval.loss;
@@ -149,7 +196,8 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
     meta.width = spec.width;
     meta.precision = "fp32";
     meta.recipe = o.recipe;
-    save_model(o.out, *model, meta);
+    if (comm->rank() == 0) save_model(o.out, *model, meta);
+    comm->barrier();  // the file exists for every rank when this returns
   }
   return result;
 }

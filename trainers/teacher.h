@@ -4,11 +4,13 @@
 // each epoch and writes the model file atomically at the end.
 #pragma once
 
+#include "distributed/communicator.h"
 #include "framework/data.h"
 #include "models/zoo.h"
 #include "trainers/evaluate.h"
 
 #include <functional>
+#include <memory>
 #include <string>
 
 namespace zsq::trainers {
@@ -30,6 +32,12 @@ struct TeacherOptions {
   bool eval_each_epoch = true;
   std::string out;                  ///< model file to write ("" : do not write)
   std::string recipe;               ///< stored in the model file
+  /// Data parallel over this communicator's ranks (null: a world of one).
+  /// batch_size is the global batch; each rank trains on batch_size / ranks
+  /// images of its own shard, gradients are averaged by a Reducer.
+  std::shared_ptr<distributed::Communicator> comm;
+  /// Debug: after every epoch, check that all ranks hold identical models.
+  bool check_replicas = false;
 };
 
 /// Called after every epoch with a one-line summary (rank 0 prints it).

@@ -184,8 +184,16 @@ expect_fail 1 "is not a student checkpoint" "$zsq" extract --checkpoint "$work/t
 # --- mpirun works as root ----------------------------------------------------
 if [ -n "$mpirun_bin" ]; then
   expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" inspect "$work/teacher.h5"
-  expect_fail 2 "runs on one process in this version" "$mpirun_bin" --oversubscribe -np 2 "$zsq" train-teacher "${tiny[@]}" \
-    --train-limit 1024 --out "$work/mpi.h5"
+  # Data parallel over two processes; every rank checks it holds rank 0's model after each epoch.
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --threads 1 \
+    --train-limit 1024 --batch-size 64 --check-replicas --out "$work/mpi.h5" --json
+  grep -q "2 processes (data parallel)" "$work/err" && ok "train-teacher says it runs data parallel" ||
+    bad "no data-parallel line: $(head -c 300 "$work/err")"
+  [ "$(grep -c '^epoch 1/1' "$work/out")" = 1 ] && ok "only rank 0 prints progress" || bad "progress lines: $(cat "$work/out")"
+  expect_ok "$zsq" eval --model "$work/mpi.h5" --limit 500
+  expect_fail 1 "--batch-size 63 must be a multiple of the 2 processes" "$mpirun_bin" --oversubscribe -np 2 "$zsq" \
+    train-teacher "${tiny[@]}" --train-limit 1024 --batch-size 63 --out "$work/mpi2.h5"
+  grep -q "\[rank 0/2\]" "$work/err" && ok "errors under mpirun name the rank" || bad "no rank in: $(head -c 300 "$work/err")"
 fi
 
 echo "cli: $passed passed, $failed failed"
