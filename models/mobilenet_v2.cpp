@@ -70,11 +70,10 @@ class MobileNetV2 : public ClassifierImpl {
     classifier_->push_back(f.linear({last, spec.num_classes, true, LayerRole::kLast}));
     register_module("classifier", classifier_);
   }
-  torch::Tensor forward(torch::Tensor x) override {
-    x = features_->forward(x);
-    x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
-    return classifier_->forward(x);
+  torch::Tensor features(torch::Tensor x) override {
+    return torch::adaptive_avg_pool2d(features_->forward(x), {1, 1}).flatten(1);
   }
+  torch::Tensor head(torch::Tensor f) override { return classifier_->forward(f); }
 
  private:
   torch::nn::Sequential features_, classifier_;

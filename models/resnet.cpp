@@ -119,12 +119,12 @@ class CifarResNet : public ClassifierImpl {
     fc_ = f.linear({in, spec.num_classes, true, LayerRole::kLast});
     register_module("fc", fc_.ptr());
   }
-  torch::Tensor forward(torch::Tensor x) override {
+  torch::Tensor features(torch::Tensor x) override {
     x = torch::relu(bn1_.forward(conv1_.forward(x)));
     x = layer3_->forward(layer2_->forward(layer1_->forward(x)));
-    x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
-    return fc_.forward(x);
+    return torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
   }
+  torch::Tensor head(torch::Tensor f) override { return fc_.forward(f); }
 
  private:
   torch::nn::AnyModule conv1_, bn1_, fc_;
@@ -147,13 +147,13 @@ class TorchvisionResNet : public ClassifierImpl {
     fc_ = f.linear({in, spec.num_classes, true, LayerRole::kLast});
     register_module("fc", fc_.ptr());
   }
-  torch::Tensor forward(torch::Tensor x) override {
+  torch::Tensor features(torch::Tensor x) override {
     x = torch::relu(bn1_.forward(conv1_.forward(x)));
     x = torch::max_pool2d(x, 3, 2, 1);
     x = layer4_->forward(layer3_->forward(layer2_->forward(layer1_->forward(x))));
-    x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
-    return fc_.forward(x);
+    return torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
   }
+  torch::Tensor head(torch::Tensor f) override { return fc_.forward(f); }
 
  private:
   torch::nn::AnyModule conv1_, bn1_, fc_;

@@ -29,7 +29,12 @@ TORCH_MODULE(Chain);
 /// An image classifier: N×C×H×W in, N×num_classes logits out.
 class ClassifierImpl : public torch::nn::Module {
  public:
-  virtual torch::Tensor forward(torch::Tensor x) = 0;
+  /// Logits: head(features(x)).
+  torch::Tensor forward(torch::Tensor x) { return head(features(x)); }
+  /// The penultimate features (after global pooling), N×D.
+  virtual torch::Tensor features(torch::Tensor x) = 0;
+  /// The classifier on the features: N×D -> N×num_classes.
+  virtual torch::Tensor head(torch::Tensor f) = 0;
 };
 using Classifier = std::shared_ptr<ClassifierImpl>;
 

@@ -27,6 +27,7 @@ void BatchNorm2dImpl::set_tap(bool on) {
   if (!on) {
     tap_mean_ = torch::Tensor();
     tap_var_ = torch::Tensor();
+    tap_input_ = torch::Tensor();
   }
 }
 
@@ -34,6 +35,7 @@ torch::Tensor BatchNorm2dImpl::forward(const torch::Tensor& x) {
   TORCH_CHECK(x.dim() == 4 && x.size(1) == options.num_features(), "BatchNorm2d(", options.num_features(),
               ") expects N×", options.num_features(), "×H×W input, got ", x.sizes());
   if (tap_) {
+    tap_input_ = x;
     tap_mean_ = x.mean({0, 2, 3});
     tap_var_ = x.var({0, 2, 3}, /*unbiased=*/false);
   }

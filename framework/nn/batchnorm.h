@@ -36,13 +36,15 @@ class BatchNorm2dImpl : public torch::nn::Cloneable<BatchNorm2dImpl> {
   /// on (undefined tensors before that).
   const torch::Tensor& tap_mean() const { return tap_mean_; }
   const torch::Tensor& tap_var() const { return tap_var_; }
+  /// The last input seen with the tap on (the tensor itself, in the graph).
+  const torch::Tensor& tap_input() const { return tap_input_; }
 
   BatchNorm2dOptions options;
   torch::Tensor weight, bias, running_mean, running_var, num_batches_tracked;
 
  private:
   bool tap_ = false;
-  torch::Tensor tap_mean_, tap_var_;
+  torch::Tensor tap_mean_, tap_var_, tap_input_;
 };
 TORCH_MODULE(BatchNorm2d);
 

@@ -1,0 +1,92 @@
+// Synthetic training images from a teacher's BatchNorm statistics.
+//
+// A recipe is made of named parts (research/zsq_methods.md section 2):
+//   variables  what is optimized: "noise" (nothing: Gaussian images),
+//              "pixels" (the images themselves, ZeroQ), "generator" (a
+//              class-conditional generator, GDFQ)
+//   bns        BN-statistics loss variant (generators/bns_loss.h) and weight
+//   ce         cross-entropy of the teacher to the target labels, and weight
+//   prior      image prior (per-image mean 0 / std 1), and weight
+//   margin     DSG slack on the statistics
+// The named recipes fill the parts with their paper's code defaults; every
+// part can be overridden (SynthesizerOptions).
+//
+//   noise  N(0, 1) images; labels = the teacher's prediction
+//   zeroq  pixels from N(0, 1) (IntraQ's init; ZeroQ's code draws a much
+//          narrower uniform), Adam lr 0.5, 500 steps per batch, loss-plateau
+//          LR decay (patience 100, ×0.1, min 1e-4), zeroq BNS + prior, no labels
+//   gdfq   generator z ⊙ Emb(y) -> Linear -> BN -> ×2 -> Conv -> BN(eps 0.8) ->
+//          LReLU(0.2) -> ×2 -> Conv -> BN(eps 0.8) -> LReLU -> Conv -> Tanh ->
+//          BN(affine off) (GDFQ's CIFAR generator), Adam lr 1e-3 betas
+//          (0.5, 0.999), loss CE(teacher(G(z, y)), y) + 0.1·gdfq BNS, labels
+//          uniform
+//
+// Several ranks: each draws different noise (seed offset by rank); the
+// generator is one shared model (its gradients averaged by a Reducer) and
+// batch statistics are global, so N ranks act as one rank with N× the batch.
+#pragma once
+
+#include "distributed/communicator.h"
+#include "generators/bns_loss.h"
+#include "models/zoo.h"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace zsq::generators {
+
+struct SynthesizerOptions {
+  std::string recipe = "gdfq";   ///< noise, zeroq, gdfq
+  int64_t batch_size = 64;       ///< images per step and rank
+  int64_t iterations = -1;       ///< optimization steps (zeroq: per batch; gdfq: generator training); -1: recipe's
+  double lr = -1;                ///< -1: recipe's
+  std::string bns;               ///< "": recipe's; else zeroq, genie, gdfq
+  double bns_weight = -1, ce_weight = -1, prior_weight = -1;  ///< -1: recipe's
+  double margin = 0;             ///< DSG slack (0: off)
+  int64_t latent_dim = 100;      ///< generator noise size
+  uint64_t seed = 0;
+};
+
+/// The parts of a recipe after defaults and overrides.
+struct Recipe {
+  std::string name, variables;
+  BnsVariant bns = BnsVariant::kGdfq;
+  double bns_weight = 0, ce_weight = 0, prior_weight = 0, margin = 0, lr = 0;
+  int64_t iterations = 0;
+  std::string describe() const;
+};
+/// Throws on an unknown recipe or an impossible part.
+Recipe resolve_recipe(const SynthesizerOptions& options);
+const std::vector<std::string>& known_recipes();
+
+/// One optimization step's losses, for progress lines.
+struct StepReport {
+  int64_t step = 0, steps = 0;
+  double total = 0, bns = 0, ce = 0, prior = 0, confidence = 0;  ///< confidence: mean teacher p(target)
+};
+
+class Synthesizer {
+ public:
+  virtual ~Synthesizer() = default;
+  /// Trains what the recipe learns once (the generator); no-op otherwise.
+  virtual void fit(const std::function<void(const StepReport&)>& progress) {}
+  /// The next batch: normalized images N×C×H×W and labels N.
+  virtual std::pair<torch::Tensor, torch::Tensor> next_batch(const std::function<void(const StepReport&)>& progress) = 0;
+  /// The generator's parameters (empty when there is none).
+  virtual std::vector<torch::Tensor> parameters() const { return {}; }
+  const Recipe& recipe() const { return recipe_; }
+
+ protected:
+  Recipe recipe_;
+};
+
+/// teacher: FP32, put in eval mode with its BN taps used while synthesizing.
+/// input_shape: C, H, W. comm may be null (one process).
+std::unique_ptr<Synthesizer> make_synthesizer(models::Classifier teacher, std::vector<int64_t> input_shape,
+                                              int64_t num_classes, const SynthesizerOptions& options,
+                                              std::shared_ptr<distributed::Communicator> comm = nullptr);
+
+} // namespace zsq::generators

@@ -1,0 +1,153 @@
+// BN-statistics losses against direct computations, and the recipes doing
+// what they are for.
+#include "generators/bns_loss.h"
+#include "generators/synthesizer.h"
+
+#include "tests/support.h"
+
+namespace zsq::generators {
+namespace {
+
+using test::error_of;
+
+class SynthTest : public test::SeedingFixture {
+ protected:
+  void SetUp() override {
+    SeedingFixture::SetUp();
+    teacher_ = models::build({"resnet8", 1, 10, 8}, models::Fp32Factory());
+    torch::NoGradGuard no_grad;
+    for (int i = 0; i < 20; ++i) teacher_->forward(torch::randn({32, 1, 28, 28}) * 0.8 + 0.3);
+    teacher_->eval();
+    for (const auto& [name, bn] : models::batch_norms(*teacher_)) bns_.push_back(bn);
+  }
+  // Runs the teacher on x with taps on.
+  void tap(const torch::Tensor& x) {
+    models::set_bn_taps(*teacher_, true);
+    teacher_->forward(x);
+  }
+  models::Classifier teacher_;
+  std::vector<nn::BatchNorm2d> bns_;
+};
+
+TEST_F(SynthTest, BnsVariantsMatchDirectComputation) {
+  tap(torch::randn({6, 1, 28, 28}));
+  double zeroq = 0, genie = 0, gdfq = 0;
+  for (const auto& bn : bns_) {
+    const torch::Tensor x = bn->tap_input().detach().to(torch::kFloat64);
+    const int64_t n = x.size(0), c = x.size(1);
+    const torch::Tensor mu = bn->running_mean.to(torch::kFloat64), var = bn->running_var.to(torch::kFloat64);
+    const torch::Tensor sigma = (var + 1e-6).sqrt();
+    const torch::Tensor per_channel = x.transpose(0, 1).reshape({c, -1});  // C × (N·H·W)
+    for (int64_t i = 0; i < n; ++i) {  // one image at a time
+      const torch::Tensor xi = x[i].reshape({c, -1});
+      zeroq += ((xi.mean(1) - mu).pow(2).sum() + ((xi.var(1, true) + 1e-6).sqrt() - sigma).pow(2).sum()).item<double>() / n;
+    }
+    genie += ((per_channel.mean(1) - mu).pow(2).mean() + (per_channel.std(1, true) - sigma).pow(2).mean()).item<double>();
+    gdfq += ((per_channel.mean(1) - mu).pow(2).mean() + (per_channel.var(1, false) - var).pow(2).mean()).item<double>();
+  }
+  gdfq /= static_cast<double>(bns_.size());
+  EXPECT_NEAR(bns_loss(bns_, {BnsVariant::kZeroQ, 0}).total.item<double>(), zeroq, 1e-3 * zeroq);
+  EXPECT_NEAR(bns_loss(bns_, {BnsVariant::kGenie, 0}).total.item<double>(), genie, 1e-3 * genie);
+  EXPECT_NEAR(bns_loss(bns_, {BnsVariant::kGdfq, 0}).total.item<double>(), gdfq, 1e-3 * gdfq);
+  EXPECT_EQ(bns_loss(bns_, {BnsVariant::kGdfq, 0}).per_layer.size(), bns_.size());
+}
+
+TEST_F(SynthTest, SlackMarginZeroesTheLossInsideIt) {
+  tap(torch::randn({8, 1, 28, 28}));
+  for (const BnsVariant v : {BnsVariant::kZeroQ, BnsVariant::kGenie, BnsVariant::kGdfq}) {
+    SCOPED_TRACE(bns_variant_name(v));
+    const double plain = bns_loss(bns_, {v, 0}).total.item<double>();
+    const double some = bns_loss(bns_, {v, 0.05}).total.item<double>();
+    EXPECT_GT(plain, 0);
+    EXPECT_LT(some, plain);
+    EXPECT_EQ(bns_loss(bns_, {v, 1e6}).total.item<double>(), 0.0);
+  }
+  models::set_bn_taps(*teacher_, false);
+  EXPECT_NE(error_of([&] { bns_loss(bns_, {}); }).find("saw no input with its tap on"), std::string::npos);
+}
+
+TEST_F(SynthTest, ImagePrior) {
+  const torch::Tensor x = torch::tensor({{{{1.0f, 3.0f}, {1.0f, 3.0f}}}});  // mean 2, unbiased std 2/sqrt(3)·sqrt(... )
+  const double mean = 2.0, std = std::sqrt(4.0 / 3.0);
+  EXPECT_NEAR(image_prior_loss(x).item<double>(), mean * mean + (std - 1) * (std - 1), 1e-5);
+}
+
+TEST_F(SynthTest, GdfqTrainingLowersBnsAndRaisesConfidence) {
+  SynthesizerOptions o;
+  o.recipe = "gdfq";
+  o.batch_size = 32;
+  o.iterations = 40;
+  o.lr = 1e-2;
+  auto synth = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+  std::vector<StepReport> reports;
+  synth->fit([&](const StepReport& r) { reports.push_back(r); });
+  ASSERT_EQ(reports.size(), 40u);
+  const auto mean_of = [&](size_t from, size_t to, double StepReport::*field) {
+    double s = 0;
+    for (size_t i = from; i < to; ++i) s += reports[i].*field;
+    return s / static_cast<double>(to - from);
+  };
+  EXPECT_LT(mean_of(35, 40, &StepReport::bns), mean_of(0, 5, &StepReport::bns));
+  EXPECT_GT(mean_of(35, 40, &StepReport::confidence), mean_of(0, 5, &StepReport::confidence));
+  const auto [images, labels] = synth->next_batch(nullptr);
+  EXPECT_EQ(images.sizes(), torch::IntArrayRef({32, 1, 28, 28}));
+  EXPECT_EQ(labels.sizes(), torch::IntArrayRef({32}));
+}
+
+TEST_F(SynthTest, ZeroqLowersBns) {
+  SynthesizerOptions o;
+  o.recipe = "zeroq";
+  o.batch_size = 16;
+  o.iterations = 30;
+  o.lr = 0.1;
+  auto synth = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+  std::vector<StepReport> reports;
+  synth->next_batch([&](const StepReport& r) { reports.push_back(r); });
+  ASSERT_EQ(reports.size(), 30u);
+  EXPECT_LT(reports.back().bns, 0.5 * reports.front().bns);
+}
+
+TEST_F(SynthTest, SameSeedSameImages) {
+  for (const char* recipe : {"noise", "gdfq"}) {
+    SCOPED_TRACE(recipe);
+    SynthesizerOptions o;
+    o.recipe = recipe;
+    o.batch_size = 8;
+    o.iterations = 2;
+    o.seed = 5;
+    auto a = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+    auto b = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+    a->fit(nullptr);
+    b->fit(nullptr);
+    const auto [xa, ya] = a->next_batch(nullptr);
+    const auto [xb, yb] = b->next_batch(nullptr);
+    EXPECT_TRUE(torch::equal(xa, xb));
+    EXPECT_TRUE(torch::equal(ya, yb));
+    o.seed = 6;
+    auto c = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+    c->fit(nullptr);
+    EXPECT_FALSE(torch::equal(c->next_batch(nullptr).first, xa));
+  }
+}
+
+TEST_F(SynthTest, ClearErrors) {
+  SynthesizerOptions o;
+  o.recipe = "genius";
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown recipe 'genius'; known: noise, zeroq, gdfq"),
+            std::string::npos);
+  o.recipe = "gdfq";
+  o.bns = "dsg";
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown BN-statistics loss 'dsg'"), std::string::npos);
+  o.bns = "";
+  o.recipe = "zeroq";
+  o.ce_weight = 1;
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("no target labels"), std::string::npos);
+  o = SynthesizerOptions();
+  EXPECT_NE(error_of([&] { make_synthesizer(teacher_, {1, 30, 30}, 10, o); }).find("divisible by 4"),
+            std::string::npos);
+  o.batch_size = 1;
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("--batch-size must be >= 2"), std::string::npos);
+}
+
+} // namespace
+} // namespace zsq::generators
