@@ -5,6 +5,9 @@
 #include "framework/h5.h"
 #include "framework/logging.h"
 #include "framework/model_file.h"
+#include "framework/png.h"
+#include "generators/report.h"
+#include "generators/synthesizer.h"
 #include "launch/cli.h"
 #include "models/extract.h"
 #include "models/quant_factory.h"
@@ -14,6 +17,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <chrono>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
@@ -399,6 +403,151 @@ int init_student(int argc, char** argv) {
             << (calib == "noise" ? "noise images (data-free)" : "images of " + calib) << "; wrote " << out << std::endl;
   if (common.json) {
     std::cout << Json().add("command", "init-student").add("out", out).add("bits", config.bits).str() << std::endl;
+  }
+  return 0;
+}
+
+int generate(int argc, char** argv) {
+  po::options_description desc("zsq generate options");
+  desc.add_options()
+      ("teacher", po::value<std::string>(), "FP32 teacher model file")
+      ("recipe", po::value<std::string>()->default_value("gdfq"), "noise, zeroq or gdfq (see the README)")
+      ("count", po::value<int64_t>()->default_value(1024), "images to write")
+      ("out", po::value<std::string>()->default_value("synth.h5"), "HDF5 data set to write")
+      ("png", po::value<std::string>(), "also write a PNG grid of the first 64 images")
+      ("batch-size", po::value<int64_t>()->default_value(64), "images per step and process")
+      ("iterations", po::value<int64_t>()->default_value(-1),
+       "optimization steps (zeroq: per batch; gdfq: generator training); -1: the recipe's")
+      ("lr", po::value<double>()->default_value(-1), "learning rate; -1: the recipe's")
+      ("bns", po::value<std::string>()->default_value(""), "BN-statistics loss: zeroq, genie or gdfq (default: the recipe's)")
+      ("bns-weight", po::value<double>()->default_value(-1), "weight of the BN-statistics loss; -1: the recipe's")
+      ("ce-weight", po::value<double>()->default_value(-1), "weight of the cross-entropy to the target labels; -1: the recipe's")
+      ("prior-weight", po::value<double>()->default_value(-1), "weight of the image prior; -1: the recipe's")
+      ("margin", po::value<double>()->default_value(0), "DSG slack on the BN statistics, in running stds (0: off)")
+      ("latent-dim", po::value<int64_t>()->default_value(100), "generator noise size")
+      ("seed", po::value<uint64_t>()->default_value(0), "random seed (each process adds an offset)")
+      ("progress-every", po::value<int64_t>()->default_value(50), "steps between progress lines")
+      ("collective-timeout", po::value<double>()->default_value(600), "under mpirun: seconds a collective may take");
+  add_model_overrides(desc);
+  add_common_options(desc);
+  Common common;
+  auto parsed = parse("generate", "zsq generate --teacher teacher.h5 --recipe gdfq --count 1024 --out synth.h5 [--png grid.png]",
+                      desc, argc, argv, &common);
+  if (!parsed) return 0;
+  const po::variables_map& vm = *parsed;
+  if (!vm.count("teacher")) throw UsageError("--teacher is required");
+  const int64_t count = get<int64_t>(vm, "count");
+  if (count < 1) throw UsageError("--count must be >= 1");
+  const int64_t every = get<int64_t>(vm, "progress-every");
+  if (every < 1) throw UsageError("--progress-every must be >= 1");
+  const std::string out = get<std::string>(vm, "out");
+  check_output_folder(out);
+  if (vm.count("png")) check_output_folder(get<std::string>(vm, "png"));
+  const double timeout = get<double>(vm, "collective-timeout");
+  if (timeout < 0) throw UsageError("--collective-timeout must be >= 0 seconds");
+  generators::SynthesizerOptions so;
+  so.recipe = get<std::string>(vm, "recipe");
+  so.batch_size = get<int64_t>(vm, "batch-size");
+  so.iterations = get<int64_t>(vm, "iterations");
+  so.lr = get<double>(vm, "lr");
+  so.bns = get<std::string>(vm, "bns");
+  so.bns_weight = get<double>(vm, "bns-weight");
+  so.ce_weight = get<double>(vm, "ce-weight");
+  so.prior_weight = get<double>(vm, "prior-weight");
+  so.margin = get<double>(vm, "margin");
+  so.latent_dim = get<int64_t>(vm, "latent-dim");
+  so.seed = get<uint64_t>(vm, "seed");
+  generators::Recipe recipe;
+  try {
+    recipe = generators::resolve_recipe(so);
+  } catch (const c10::Error& e) {
+    throw UsageError(e.what_without_backtrace());
+  }
+
+  auto comm = distributed::Communicator::create({timeout});
+  const bool root = comm->rank() == 0;
+  const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"), read_overrides(vm));
+  auto synth = generators::make_synthesizer(teacher.model, teacher.meta.input_shape, teacher.meta.num_classes, so, comm);
+  if (root) {
+    std::cout << "generate: " << recipe.describe() << "; " << count << " images of " << teacher.meta.arch << " "
+              << c10::IntArrayRef(teacher.meta.input_shape)
+              << (comm->size() > 1 ? ", " + std::to_string(comm->size()) + " processes" : std::string()) << std::endl;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  const auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  const auto progress = [&](const char* what) {
+    return [&, what](const generators::StepReport& r) {
+      if (!root || (r.step % every != 0 && r.step != r.steps)) return;
+      std::cout << what << " step " << r.step << "/" << r.steps << "  loss " << std::fixed << std::setprecision(4)
+                << r.total << "  bns " << r.bns << "  ce " << r.ce << "  prior " << r.prior << "  p(target) "
+                << std::setprecision(3) << r.confidence << "  elapsed " << format_duration(elapsed()) << std::endl;
+    };
+  };
+  synth->fit(progress("generator"));
+  const int64_t per_rank = (count + comm->size() - 1) / comm->size();
+  std::vector<torch::Tensor> images, labels;
+  int64_t made = 0;
+  while (made < per_rank) {
+    auto [x, y] = synth->next_batch(progress("batch"));
+    images.push_back(x);
+    labels.push_back(y);
+    made += x.size(0);
+    if (root && recipe.variables == "pixels") {
+      std::cout << "images " << std::min(made * comm->size(), count) << "/" << count << "  elapsed "
+                << format_duration(elapsed()) << std::endl;
+    }
+  }
+  const torch::Tensor mine_x = torch::cat(images).narrow(0, 0, per_rank).contiguous();
+  const torch::Tensor mine_y = torch::cat(labels).narrow(0, 0, per_rank).contiguous();
+  const torch::Tensor all_x = comm->all_gather(mine_x).flatten(0, 1).narrow(0, 0, count);
+  const torch::Tensor all_y = comm->all_gather(mine_y).flatten(0, 1).narrow(0, 0, count);
+  const double seconds = elapsed();
+  if (!root) return 0;
+
+  // Pixels in [0, 1] units (unclipped), so that the data set normalizes back exactly.
+  const int64_t channels = teacher.meta.input_shape[0];
+  const torch::Tensor mean = torch::tensor(teacher.meta.input_mean, torch::kFloat64).to(torch::kFloat32).view({1, channels, 1, 1});
+  const torch::Tensor std = torch::tensor(teacher.meta.input_std, torch::kFloat64).to(torch::kFloat32).view({1, channels, 1, 1});
+  const torch::Tensor pixels = all_x * std + mean;
+  h5::atomic_write(out, [&](h5::File& file) {
+    file.write_tensor("images", pixels);
+    file.write_tensor("labels", all_y.to(torch::kInt64));
+    file.set_attr("format", std::string("zsq-synthetic"));
+    file.set_attr("version", int64_t(1));
+    file.set_attr("teacher", get<std::string>(vm, "teacher"));
+    file.set_attr("arch", teacher.meta.arch);
+    file.set_attr("recipe", resolved_config(desc, vm));
+    file.set_attr("parts", recipe.describe());
+  });
+  const generators::PoolReport report =
+      generators::report_pool(*teacher.model, all_x, all_y, teacher.meta.num_classes);
+  std::cout << "wrote " << out << ": " << count << " images in " << format_duration(seconds) << " ("
+            << std::fixed << std::setprecision(1) << count / std::max(seconds, 1e-9) << " img/s)\n"
+            << "pool report: teacher agrees with the labels on " << percent(report.agreement)
+            << ", mean p(label) " << std::setprecision(3) << report.confidence << ", mean pairwise feature cosine "
+            << report.feature_correlation << ", BN-statistics loss (gdfq) " << std::setprecision(4) << report.bns
+            << "\n  labels per class: " << c10::IntArrayRef(report.label_histogram) << "\n  BN-statistics per layer:";
+  for (double v : report.bns_per_layer) std::cout << " " << std::setprecision(3) << v;
+  std::cout << std::endl;
+  if (vm.count("png")) {
+    write_png(get<std::string>(vm, "png"), image_grid(all_x));
+    std::cout << "wrote " << get<std::string>(vm, "png") << std::endl;
+  }
+  if (common.json) {
+    std::cout << Json()
+                     .add("command", "generate")
+                     .add("recipe", recipe.name)
+                     .add("out", out)
+                     .add("images", count)
+                     .add("seconds", seconds)
+                     .add("images_per_second", count / std::max(seconds, 1e-9))
+                     .add("agreement", report.agreement)
+                     .add("confidence", report.confidence)
+                     .add("feature_correlation", report.feature_correlation)
+                     .add("bns", report.bns)
+                     .add("label_histogram", report.label_histogram)
+                     .str()
+              << std::endl;
   }
   return 0;
 }

@@ -10,5 +10,6 @@ int eval(int argc, char** argv);
 int inspect(int argc, char** argv);
 int init_student(int argc, char** argv);
 int extract(int argc, char** argv);
+int generate(int argc, char** argv);
 
 } // namespace zsq::cli
