@@ -181,6 +181,27 @@ expect_fail 1 "is not a student checkpoint" "$zsq" extract --checkpoint "$work/t
 [ "$(md5sum <"$work/w4.h5")" = "$before" ] && ok "failed extract left the old file intact" ||
   bad "failed extract changed the old file"
 
+# --- synthetic data -----------------------------------------------------------
+expect_fail 2 "--teacher is required" "$zsq" generate
+expect_fail 2 "unknown recipe 'genius'; known: noise, zeroq, gdfq" "$zsq" generate --teacher "$work/teacher.h5" --recipe genius
+expect_fail 2 "no target labels" "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq --ce-weight 1
+expect_fail 2 "unknown BN-statistics loss 'dsg'" "$zsq" generate --teacher "$work/teacher.h5" --bns dsg
+expect_fail 2 "--count must be >= 1" "$zsq" generate --teacher "$work/teacher.h5" --count 0
+expect_fail 2 "output folder '$work/no' does not exist" "$zsq" generate --teacher "$work/teacher.h5" --png "$work/no/g.png"
+expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe gdfq --iterations 3 --batch-size 16 --count 40 \
+  --out "$work/synth.h5" --png "$work/grid.png" --json
+agreement="$(json_field "$work/out" agreement)"
+[ "$(head -c 8 "$work/grid.png" | od -An -tx1 | tr -d ' \n')" = "89504e470d0a1a0a" ] && ok "PNG grid written" ||
+  bad "no PNG signature in grid.png"
+expect_ok "$zsq" eval --model "$work/teacher.h5" --data "$work/synth.h5" --json
+[ "$(json_field "$work/out" top1)" = "$agreement" ] && ok "pool report agreement = teacher accuracy on the pool" ||
+  bad "agreement $agreement vs eval $(json_field "$work/out" top1)"
+expect_ok "$zsq" inspect "$work/synth.h5"
+grep -q "images: 40 of shape \[1, 28, 28\]" "$work/out" && ok "inspect synthetic pool" || bad "inspect synth.h5"
+expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq --iterations 5 --batch-size 8 --count 8 \
+  --out "$work/zeroq.h5"
+expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe noise --count 8 --out "$work/noise.h5"
+
 # --- mpirun works as root ----------------------------------------------------
 if [ -n "$mpirun_bin" ]; then
   expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" inspect "$work/teacher.h5"
@@ -194,6 +215,11 @@ if [ -n "$mpirun_bin" ]; then
   expect_fail 1 "--batch-size 63 must be a multiple of the 2 processes" "$mpirun_bin" --oversubscribe -np 2 "$zsq" \
     train-teacher "${tiny[@]}" --train-limit 1024 --batch-size 63 --out "$work/mpi2.h5"
   grep -q "\[rank 0/2\]" "$work/err" && ok "errors under mpirun name the rank" || bad "no rank in: $(head -c 300 "$work/err")"
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" generate --teacher "$work/teacher.h5" --recipe gdfq --threads 1 \
+    --iterations 2 --batch-size 8 --count 30 --out "$work/synth2.h5"
+  grep -q "2 processes" "$work/out" && ok "generate runs on two processes" || bad "generate under mpirun: $(cat "$work/out")"
+  expect_ok "$zsq" inspect "$work/synth2.h5"
+  grep -q "images: 30 of shape" "$work/out" && ok "two processes wrote one pool of 30" || bad "synth2.h5: $(cat "$work/out")"
 fi
 
 echo "cli: $passed passed, $failed failed"
