@@ -89,7 +89,10 @@ int train_teacher(int argc, char** argv) {
   po::options_description desc("zsq train-teacher options");
   add_data_options(desc, "fashion-mnist");
   desc.add_options()
-      ("test-data", po::value<std::string>(), "HDF5 test set (needed when --data is an HDF5 file)")
+      ("test-data", po::value<std::string>(), "test set: HDF5 file or 'fashion-mnist' (needed when --data is an HDF5 file)")
+      ("distill-from", po::value<std::string>(), "train by distillation from this FP32 model (e.g. on a synthetic pool); "
+                                                "inputs use its normalization")
+      ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
       ("arch", po::value<std::string>()->default_value("resnet20"),
        "resnet8, resnet20, resnet32, resnet56, resnet18, resnet50, mobilenet_v2")
       ("width", po::value<int64_t>()->default_value(16), "base width of CIFAR-style ResNets")
@@ -159,7 +162,22 @@ int train_teacher(int argc, char** argv) {
   }
 
   Normalization norm;
-  if (data_spec == "fashion-mnist") {
+  trainers::LoadedModel distill;
+  if (vm.count("distill-from")) {
+    distill = trainers::load_model(get<std::string>(vm, "distill-from"));
+    o.distill_from = distill.model;
+    o.temperature = get<double>(vm, "temperature");
+    if (distill.meta.arch.empty() || distill.meta.input_shape != train.image_shape()) {
+      throw UsageError("--distill-from model expects inputs " + c10::str(c10::IntArrayRef(distill.meta.input_shape)) +
+                       ", the data has " + c10::str(c10::IntArrayRef(train.image_shape())));
+    }
+    norm = distill.norm();
+    if (classes == 0) o.model.num_classes = distill.meta.num_classes;  // a pool may miss some classes
+    if (o.model.num_classes != distill.meta.num_classes) {
+      throw UsageError("--num-classes " + std::to_string(o.model.num_classes) + " differs from the --distill-from model's " +
+                       std::to_string(distill.meta.num_classes));
+    }
+  } else if (data_spec == "fashion-mnist") {
     norm = fashion_mnist_normalization();
   } else {
     const torch::Tensor x = normalize(train.images, {{0.0}, {1.0}});

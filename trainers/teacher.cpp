@@ -32,6 +32,7 @@ void check_teacher_options(const TeacherOptions& o, const Dataset& train, const 
               o.warmup_epochs);
   TORCH_CHECK(o.crop_padding >= 0, "--crop-padding must be >= 0, got ", o.crop_padding);
   TORCH_CHECK(o.train_limit >= 0, "--train-limit must be >= 0, got ", o.train_limit);
+  TORCH_CHECK(o.temperature > 0, "--temperature must be > 0, got ", o.temperature);
   TORCH_CHECK(train.size() > 0, "training set '", train.name, "' is empty");
   TORCH_CHECK(test.size() > 0, "test set '", test.name, "' is empty");
   TORCH_CHECK(train.image_shape() == test.image_shape(), "training images have shape ",
@@ -87,6 +88,10 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
   models::Classifier model = models::build(spec, models::Fp32Factory());
   distributed::broadcast_state(*comm, *model);  // every rank starts from rank 0's initialisation
   distributed::Reducer reducer(comm, model->parameters());
+  if (o.distill_from) {
+    o.distill_from->eval();
+    for (const auto& p : o.distill_from->parameters()) p.set_requires_grad(false);
+  }
 
   LoaderOptions lo;
   lo.batch_size = o.batch_size / ranks;
@@ -134,7 +139,19 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
       const Batch batch = loader.batch(b);
       optimizer.zero_grad();
       const torch::Tensor logits = model->forward(batch.images);
-      const torch::Tensor loss = torch::nn::functional::cross_entropy(logits, batch.labels, ce_options);
+      torch::Tensor loss;
+      if (o.distill_from) {
+        torch::Tensor target;
+        {
+          torch::NoGradGuard no_grad;
+          target = torch::softmax(o.distill_from->forward(batch.images) / o.temperature, 1);
+        }
+        const torch::Tensor log_p = torch::log_softmax(logits / o.temperature, 1);
+        // KL(target || student), 'batchmean', times T² (as IntraQ/FDDA's KLDivLoss(reduction='batchmean')).
+        loss = (target * (torch::log(target.clamp_min(1e-12)) - log_p)).sum(1).mean() * (o.temperature * o.temperature);
+      } else {
+        loss = torch::nn::functional::cross_entropy(logits, batch.labels, ce_options);
+      }
       const double loss_value = loss.item<double>();
       TORCH_CHECK(std::isfinite(loss_value), "training diverged: loss is ", loss_value, " at epoch ", epoch + 1,
                   ", step ", b + 1, "; lower --lr");

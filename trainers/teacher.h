@@ -38,6 +38,12 @@ struct TeacherOptions {
   std::shared_ptr<distributed::Communicator> comm;
   /// Debug: after every epoch, check that all ranks hold identical models.
   bool check_replicas = false;
+  /// Knowledge distillation: when set, the loss is T²·KL(softmax(t/T) ||
+  /// softmax(s/T)) to this (FP32, frozen) model's logits on the same batch,
+  /// summed over classes and averaged over the batch ('batchmean'); the
+  /// data's labels are not used for the loss.
+  models::Classifier distill_from;
+  double temperature = 4.0;
 };
 
 /// Called after every epoch with a one-line summary (rank 0 prints it).

@@ -198,6 +198,11 @@ expect_ok "$zsq" eval --model "$work/teacher.h5" --data "$work/synth.h5" --json
   bad "agreement $agreement vs eval $(json_field "$work/out" top1)"
 expect_ok "$zsq" inspect "$work/synth.h5"
 grep -q "images: 40 of shape \[1, 28, 28\]" "$work/out" && ok "inspect synthetic pool" || bad "inspect synth.h5"
+# A fresh student distilled from the teacher on the pool only, tested on real images.
+expect_ok "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 16 --threads 2 --data "$work/synth.h5" \
+  --test-data fashion-mnist --distill-from "$work/teacher.h5" --out "$work/kd.h5"
+expect_fail 1 "--temperature must be > 0" "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 16 \
+  --data "$work/synth.h5" --test-data fashion-mnist --distill-from "$work/teacher.h5" --temperature 0
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq --iterations 5 --batch-size 8 --count 8 \
   --out "$work/zeroq.h5"
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe noise --count 8 --out "$work/noise.h5"
