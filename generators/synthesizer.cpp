@@ -51,6 +51,74 @@ class GdfqGeneratorImpl : public torch::nn::Module {
 };
 TORCH_MODULE(GdfqGenerator);
 
+// Genie's swing convolution (SamsungLabs/Genie distill.py SwingConv2d): before
+// a strided convolution, reflect-pad the input by 1 and crop it back at a
+// random offset in {0,1,2}² (one draw per call for the whole batch). Same
+// parameter names as torch's Conv2d, so a teacher's weights load by name.
+class SwingConv2dImpl : public torch::nn::Module {
+ public:
+  SwingConv2dImpl(const models::ConvSpec& s, at::Generator gen) : spec_(s), gen_(std::move(gen)) {
+    weight = register_parameter("weight", torch::empty({s.out_channels, s.in_channels / s.groups, s.kernel, s.kernel}));
+    if (s.bias) bias = register_parameter("bias", torch::zeros({s.out_channels}));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    const torch::Tensor padded = torch::reflection_pad2d(x, {1, 1, 1, 1});
+    const torch::Tensor offset = torch::randint(0, 3, {2}, gen_);
+    const int64_t dy = offset[0].item<int64_t>(), dx = offset[1].item<int64_t>();
+    const torch::Tensor shifted = padded.narrow(2, dy, x.size(2)).narrow(3, dx, x.size(3));
+    return torch::conv2d(shifted, weight, bias, spec_.stride, spec_.padding, 1, spec_.groups);
+  }
+  torch::Tensor weight, bias;
+
+ private:
+  models::ConvSpec spec_;
+  at::Generator gen_;
+};
+TORCH_MODULE(SwingConv2d);
+
+class SwingFactory : public models::Fp32Factory {
+ public:
+  explicit SwingFactory(at::Generator gen) : gen_(std::move(gen)) {}
+  torch::nn::AnyModule conv2d(const models::ConvSpec& spec) const override {
+    if (spec.stride == 1) return Fp32Factory::conv2d(spec);
+    return torch::nn::AnyModule(SwingConv2d(spec, gen_));
+  }
+
+ private:
+  at::Generator gen_;
+};
+
+// Genie's generator (distill.py Generator), for height and width divisible by 4.
+class GenieGeneratorImpl : public torch::nn::Module {
+ public:
+  GenieGeneratorImpl(int64_t latent, std::vector<int64_t> shape) : shape_(std::move(shape)) {
+    TORCH_CHECK(shape_[1] % 4 == 0 && shape_[2] % 4 == 0, "the genie generator needs height and width divisible by "
+                "4, got ", shape_[1], "×", shape_[2]);
+    l1 = register_module("l1", torch::nn::Linear(latent, 128 * shape_[1] / 4 * shape_[2] / 4));
+    bn0 = register_module("bn0", torch::nn::BatchNorm2d(128));
+    conv1 = register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(128, 64, 3).padding(1)));
+    bn1 = register_module("bn1", torch::nn::BatchNorm2d(64));
+    conv2 = register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(64, shape_[0], 3).padding(1)));
+    bn2 = register_module("bn2", torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(shape_[0]).affine(false)));
+  }
+  torch::Tensor forward(const torch::Tensor& z) {
+    const auto up = torch::nn::functional::InterpolateFuncOptions().scale_factor(std::vector<double>{2, 2}).mode(
+        torch::kNearest);
+    torch::Tensor x = bn0->forward(l1->forward(z).view({z.size(0), 128, shape_[1] / 4, shape_[2] / 4}));
+    x = torch::nn::functional::interpolate(x, up);
+    x = torch::leaky_relu(bn1->forward(conv1->forward(x)), 0.2);
+    x = torch::nn::functional::interpolate(x, up);
+    return bn2->forward(torch::tanh(conv2->forward(x)));
+  }
+  torch::nn::Linear l1{nullptr};
+  torch::nn::BatchNorm2d bn0{nullptr}, bn1{nullptr}, bn2{nullptr};
+  torch::nn::Conv2d conv1{nullptr}, conv2{nullptr};
+
+ private:
+  std::vector<int64_t> shape_;
+};
+TORCH_MODULE(GenieGenerator);
+
 // Shared machinery: the teacher with taps, the losses of one batch.
 class Base : public Synthesizer {
  public:
@@ -59,11 +127,12 @@ class Base : public Synthesizer {
       : teacher_(std::move(teacher)), shape_(std::move(shape)), classes_(classes), options_(o),
         comm_(std::move(comm)) {
     recipe_ = recipe;
+    const int rank = comm_ ? comm_->rank() : 0;
+    gen_ = at::make_generator<at::CPUGeneratorImpl>(o.seed + 1000003ull * static_cast<uint64_t>(rank));
+    if (!teacher_) return;  // the subclass builds its own teacher copy
     teacher_->eval();
     for (const auto& p : teacher_->parameters()) p.set_requires_grad(false);
     for (const auto& [name, bn] : models::batch_norms(*teacher_)) bns_.push_back(bn);
-    const int rank = comm_ ? comm_->rank() : 0;
-    gen_ = at::make_generator<at::CPUGeneratorImpl>(o.seed + 1000003ull * static_cast<uint64_t>(rank));
   }
 
  protected:
@@ -191,10 +260,75 @@ class GeneratorSynthesizer : public Base {
   GdfqGenerator generator_;
 };
 
+// Genie-D: per batch a fresh generator and learned latents, optimized together
+// against the genie BN-statistics loss (+ image prior) of a teacher copy whose
+// strided convolutions swing. As the code (not its docstring): the latents get
+// Adam at lr (0.1) with loss-plateau decay (patience 100, ×0.1, min 1e-4), the
+// generator Adam at lr/10 (0.01) decayed ×0.95 every 100 steps.
+class GenieSynthesizer : public Base {
+ public:
+  GenieSynthesizer(models::Classifier teacher, std::vector<int64_t> shape, int64_t classes, const Recipe& recipe,
+                   const SynthesizerOptions& o, std::shared_ptr<distributed::Communicator> comm)
+      : Base(nullptr, shape, classes, recipe, o, comm) {
+    TORCH_CHECK(!o.teacher_spec.arch.empty(), "the genie recipe needs the teacher's architecture (teacher_spec)");
+    // The swinging copy of the teacher, with its weights.
+    teacher_ = models::build(o.teacher_spec, SwingFactory(gen_));
+    torch::NoGradGuard no_grad;
+    auto from = teacher->named_parameters();
+    for (auto& p : teacher_->named_parameters()) p.value().copy_(from[p.key()]);
+    auto from_buffers = teacher->named_buffers();
+    for (auto& b : teacher_->named_buffers()) b.value().copy_(from_buffers[b.key()]);
+    teacher_->eval();
+    for (const auto& p : teacher_->parameters()) p.set_requires_grad(false);
+    bns_.clear();
+    for (const auto& [name, bn] : models::batch_norms(*teacher_)) bns_.push_back(bn);
+  }
+
+  std::pair<torch::Tensor, torch::Tensor> next_batch(const std::function<void(const StepReport&)>& progress) override {
+    torch::manual_seed(static_cast<uint64_t>(torch::randint(0, int64_t(1) << 40, {1}, gen_).item<int64_t>()));
+    GenieGenerator generator(options_.latent_dim, shape_);
+    generator->train();
+    torch::Tensor z = randn({options_.batch_size, options_.latent_dim}).requires_grad_(true);
+    torch::optim::Adam opt_z({z}, torch::optim::AdamOptions(recipe_.lr));
+    torch::optim::Adam opt_g(generator->parameters(), torch::optim::AdamOptions(recipe_.lr / 10));
+    double lr_z = recipe_.lr, lr_g = recipe_.lr / 10, best = std::numeric_limits<double>::infinity();
+    int64_t since_best = 0;
+    for (int64_t step = 0; step < recipe_.iterations; ++step) {
+      StepReport report;
+      report.step = step + 1;
+      report.steps = recipe_.iterations;
+      opt_z.zero_grad();
+      opt_g.zero_grad();
+      loss(generator->forward(z), torch::Tensor(), &report).backward();
+      opt_z.step();
+      opt_g.step();
+      if (report.total < best) {
+        best = report.total;
+        since_best = 0;
+      } else if (++since_best > 100 && lr_z > 1e-4) {
+        lr_z = std::max(lr_z * 0.1, 1e-4);
+        static_cast<torch::optim::AdamOptions&>(opt_z.param_groups()[0].options()).lr(lr_z);
+        since_best = 0;
+      }
+      if ((step + 1) % 100 == 0) {
+        lr_g *= 0.95;
+        static_cast<torch::optim::AdamOptions&>(opt_g.param_groups()[0].options()).lr(lr_g);
+      }
+      if (progress) progress(report);
+    }
+    torch::Tensor images;
+    {
+      torch::NoGradGuard no_grad;
+      images = generator->forward(z.detach());
+    }
+    return {images, predict(images)};
+  }
+};
+
 } // namespace
 
 const std::vector<std::string>& known_recipes() {
-  static const std::vector<std::string> names = {"noise", "zeroq", "gdfq"};
+  static const std::vector<std::string> names = {"noise", "zeroq", "gdfq", "genie"};
   return names;
 }
 
@@ -217,6 +351,8 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
     r = {o.recipe, "pixels", BnsVariant::kZeroQ, 1.0, 0.0, 1.0, 0.0, 0.5, 500};
   } else if (o.recipe == "gdfq") {
     r = {o.recipe, "generator", BnsVariant::kGdfq, 0.1, 1.0, 0.0, 0.0, 1e-3, 400};
+  } else if (o.recipe == "genie") {
+    r = {o.recipe, "generator+latents", BnsVariant::kGenie, 1.0, 0.0, 1.0, 0.0, 0.1, 4000};
   } else {
     std::string known;
     for (const auto& n : known_recipes()) known += (known.empty() ? "" : ", ") + n;
@@ -233,7 +369,8 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   TORCH_CHECK(o.margin >= 0, "--margin must be >= 0, got ", o.margin);
   TORCH_CHECK(o.latent_dim >= 1, "--latent-dim must be >= 1, got ", o.latent_dim);
   TORCH_CHECK(r.variables == "noise" || r.lr > 0, "--lr must be > 0, got ", r.lr);
-  TORCH_CHECK(r.variables != "pixels" || r.ce_weight == 0, "the zeroq recipe has no target labels: --ce-weight must be 0");
+  TORCH_CHECK((r.variables != "pixels" && r.variables != "generator+latents") || r.ce_weight == 0, "the ", r.name,
+              " recipe has no target labels: --ce-weight must be 0");
   return r;
 }
 
@@ -245,6 +382,9 @@ std::unique_ptr<Synthesizer> make_synthesizer(models::Classifier teacher, std::v
   const Recipe r = resolve_recipe(options);
   if (r.variables == "noise") return std::make_unique<NoiseSynthesizer>(teacher, shape, num_classes, r, options, comm);
   if (r.variables == "pixels") return std::make_unique<PixelSynthesizer>(teacher, shape, num_classes, r, options, comm);
+  if (r.variables == "generator+latents") {
+    return std::make_unique<GenieSynthesizer>(teacher, shape, num_classes, r, options, comm);
+  }
   return std::make_unique<GeneratorSynthesizer>(teacher, shape, num_classes, r, options, comm);
 }
 

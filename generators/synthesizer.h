@@ -20,6 +20,11 @@
 //          BN(affine off) (GDFQ's CIFAR generator), Adam lr 1e-3 betas
 //          (0.5, 0.999), loss CE(teacher(G(z, y)), y) + 0.1·gdfq BNS, labels
 //          uniform
+//   genie  per batch a fresh generator Linear -> BN -> ×2 -> Conv -> BN ->
+//          LReLU -> ×2 -> Conv -> Tanh -> BN(affine off) and learned latents,
+//          genie BNS + prior, swing convolutions in the teacher's strided
+//          layers, Adam lr 0.1 (latents, plateau decay) / 0.01 (generator,
+//          ×0.95 per 100 steps), 4000 steps per batch (Genie-D's code)
 //
 // Several ranks: each draws different noise (seed offset by rank); the
 // generator is one shared model (its gradients averaged by a Reducer) and
@@ -39,14 +44,16 @@
 namespace zsq::generators {
 
 struct SynthesizerOptions {
-  std::string recipe = "gdfq";   ///< noise, zeroq, gdfq
+  std::string recipe = "gdfq";   ///< noise, zeroq, gdfq, genie
   int64_t batch_size = 64;       ///< images per step and rank
   int64_t iterations = -1;       ///< optimization steps (zeroq: per batch; gdfq: generator training); -1: recipe's
   double lr = -1;                ///< -1: recipe's
   std::string bns;               ///< "": recipe's; else zeroq, genie, gdfq
   double bns_weight = -1, ce_weight = -1, prior_weight = -1;  ///< -1: recipe's
   double margin = 0;             ///< DSG slack (0: off)
-  int64_t latent_dim = 100;      ///< generator noise size
+  int64_t latent_dim = 100;      ///< generator noise size (genie's code uses 256)
+  /// The teacher's architecture (needed by genie, which builds a swinging copy).
+  models::ModelSpec teacher_spec{"", 1, 10, 16};
   uint64_t seed = 0;
 };
 

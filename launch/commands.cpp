@@ -429,7 +429,7 @@ int generate(int argc, char** argv) {
   po::options_description desc("zsq generate options");
   desc.add_options()
       ("teacher", po::value<std::string>(), "FP32 teacher model file")
-      ("recipe", po::value<std::string>()->default_value("gdfq"), "noise, zeroq or gdfq (see the README)")
+      ("recipe", po::value<std::string>()->default_value("gdfq"), "noise, zeroq, gdfq or genie (see the README)")
       ("count", po::value<int64_t>()->default_value(1024), "images to write")
       ("out", po::value<std::string>()->default_value("synth.h5"), "HDF5 data set to write")
       ("png", po::value<std::string>(), "also write a PNG grid of the first 64 images")
@@ -485,6 +485,8 @@ int generate(int argc, char** argv) {
   auto comm = distributed::Communicator::create({timeout});
   const bool root = comm->rank() == 0;
   const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"), read_overrides(vm));
+  so.teacher_spec = {teacher.meta.arch, teacher.meta.input_shape[0], teacher.meta.num_classes,
+                     teacher.meta.width > 0 ? teacher.meta.width : 16};
   auto synth = generators::make_synthesizer(teacher.model, teacher.meta.input_shape, teacher.meta.num_classes, so, comm);
   if (root) {
     std::cout << "generate: " << recipe.describe() << "; " << count << " images of " << teacher.meta.arch << " "
@@ -510,7 +512,7 @@ int generate(int argc, char** argv) {
     images.push_back(x);
     labels.push_back(y);
     made += x.size(0);
-    if (root && recipe.variables == "pixels") {
+    if (root && (recipe.variables == "pixels" || recipe.variables == "generator+latents")) {
       std::cout << "images " << std::min(made * comm->size(), count) << "/" << count << "  elapsed "
                 << format_duration(elapsed()) << std::endl;
     }

@@ -183,7 +183,7 @@ expect_fail 1 "is not a student checkpoint" "$zsq" extract --checkpoint "$work/t
 
 # --- synthetic data -----------------------------------------------------------
 expect_fail 2 "--teacher is required" "$zsq" generate
-expect_fail 2 "unknown recipe 'genius'; known: noise, zeroq, gdfq" "$zsq" generate --teacher "$work/teacher.h5" --recipe genius
+expect_fail 2 "unknown recipe 'genius'; known: noise, zeroq, gdfq, genie" "$zsq" generate --teacher "$work/teacher.h5" --recipe genius
 expect_fail 2 "no target labels" "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq --ce-weight 1
 expect_fail 2 "unknown BN-statistics loss 'dsg'" "$zsq" generate --teacher "$work/teacher.h5" --bns dsg
 expect_fail 2 "--count must be >= 1" "$zsq" generate --teacher "$work/teacher.h5" --count 0
@@ -206,6 +206,8 @@ expect_fail 1 "--temperature must be > 0" "$zsq" train-teacher --arch resnet8 --
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq --iterations 5 --batch-size 8 --count 8 \
   --out "$work/zeroq.h5"
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe noise --count 8 --out "$work/noise.h5"
+expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe genie --iterations 3 --batch-size 8 --count 8 \
+  --latent-dim 16 --out "$work/genie.h5"
 
 # --- mpirun works as root ----------------------------------------------------
 if [ -n "$mpirun_bin" ]; then

@@ -107,14 +107,36 @@ TEST_F(SynthTest, ZeroqLowersBns) {
   EXPECT_LT(reports.back().bns, 0.5 * reports.front().bns);
 }
 
+TEST_F(SynthTest, GenieLowersBns) {
+  SynthesizerOptions o;
+  o.recipe = "genie";
+  o.batch_size = 16;
+  o.iterations = 40;
+  o.latent_dim = 32;
+  o.teacher_spec = {"resnet8", 1, 10, 8};
+  auto synth = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+  std::vector<double> bns;
+  const auto [x, y] = synth->next_batch([&](const StepReport& r) { bns.push_back(r.bns); });
+  ASSERT_EQ(bns.size(), 40u);
+  double first = 0, last = 0;
+  for (int i = 0; i < 5; ++i) first += bns[i], last += bns[35 + i];
+  EXPECT_LT(last, 0.7 * first);
+  EXPECT_EQ(x.sizes(), torch::IntArrayRef({16, 1, 28, 28}));
+  o.teacher_spec.arch = "";
+  EXPECT_NE(error_of([&] { make_synthesizer(teacher_, {1, 28, 28}, 10, o); }).find("needs the teacher's architecture"),
+            std::string::npos);
+}
+
 TEST_F(SynthTest, SameSeedSameImages) {
-  for (const char* recipe : {"noise", "gdfq"}) {
+  for (const char* recipe : {"noise", "gdfq", "genie"}) {
     SCOPED_TRACE(recipe);
     SynthesizerOptions o;
     o.recipe = recipe;
     o.batch_size = 8;
     o.iterations = 2;
     o.seed = 5;
+    o.latent_dim = 16;
+    o.teacher_spec = {"resnet8", 1, 10, 8};
     auto a = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
     auto b = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
     a->fit(nullptr);
@@ -133,7 +155,7 @@ TEST_F(SynthTest, SameSeedSameImages) {
 TEST_F(SynthTest, ClearErrors) {
   SynthesizerOptions o;
   o.recipe = "genius";
-  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown recipe 'genius'; known: noise, zeroq, gdfq"),
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown recipe 'genius'; known: noise, zeroq, gdfq, genie"),
             std::string::npos);
   o.recipe = "gdfq";
   o.bns = "dsg";
