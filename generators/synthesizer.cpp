@@ -129,6 +129,7 @@ class Base : public Synthesizer {
     recipe_ = recipe;
     const int rank = comm_ ? comm_->rank() : 0;
     gen_ = at::make_generator<at::CPUGeneratorImpl>(o.seed + 1000003ull * static_cast<uint64_t>(rank));
+    predictor_ = teacher_;
     if (!teacher_) return;  // the subclass builds its own teacher copy
     teacher_->eval();
     for (const auto& p : teacher_->parameters()) p.set_requires_grad(false);
@@ -163,12 +164,14 @@ class Base : public Synthesizer {
     return total;
   }
 
+  // Labels for label-free recipes: the plain teacher's prediction.
   torch::Tensor predict(const torch::Tensor& images) {
     torch::NoGradGuard no_grad;
-    return teacher_->forward(images).argmax(1);
+    return predictor_->forward(images).argmax(1);
   }
 
-  models::Classifier teacher_;
+  models::Classifier teacher_;    ///< the model the losses use
+  models::Classifier predictor_;  ///< the plain teacher
   std::vector<int64_t> shape_;
   int64_t classes_;
   SynthesizerOptions options_;
@@ -273,6 +276,8 @@ class GenieSynthesizer : public Base {
     TORCH_CHECK(!o.teacher_spec.arch.empty(), "the genie recipe needs the teacher's architecture (teacher_spec)");
     // The swinging copy of the teacher, with its weights.
     teacher_ = models::build(o.teacher_spec, SwingFactory(gen_));
+    predictor_ = teacher;
+    predictor_->eval();
     torch::NoGradGuard no_grad;
     auto from = teacher->named_parameters();
     for (auto& p : teacher_->named_parameters()) p.value().copy_(from[p.key()]);
