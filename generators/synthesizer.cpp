@@ -6,6 +6,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include <sstream>
@@ -142,8 +144,11 @@ class Base : public Synthesizer {
 
   // Loss of a batch (images in the graph); labels undefined: no CE.
   torch::Tensor loss(const torch::Tensor& images, const torch::Tensor& labels, StepReport* report) {
+    torch::Tensor input = images;
+    if (recipe_.lor && torch::rand({1}, gen_).item<float>() < 0.5f) input = crop_and_flip(images);
     models::set_bn_taps(*teacher_, true);
-    const torch::Tensor logits = teacher_->forward(images);
+    const torch::Tensor features = teacher_->features(input);
+    const torch::Tensor logits = teacher_->head(features);
     const BnsLoss b = bns_loss(bns_, {recipe_.bns, recipe_.margin}, comm_.get());
     models::set_bn_taps(*teacher_, false);
     torch::Tensor total = recipe_.bns_weight * b.total;
@@ -158,10 +163,69 @@ class Base : public Synthesizer {
       total = total + recipe_.prior_weight * prior;
       report->prior = prior.item<double>();
     }
+    if (recipe_.soft_target > 0 && labels.defined()) {
+      // IntraQ's soft inception loss: (p_y - p*)², p* ~ U(soft_target, 1) for half the samples, else 1.
+      const int64_t n = labels.size(0);
+      const torch::Tensor soft = torch::rand({n}, gen_) * (1 - recipe_.soft_target) + recipe_.soft_target;
+      const torch::Tensor target = torch::where(torch::rand({n}, gen_) < 0.5, soft, torch::ones({n}));
+      const torch::Tensor p = torch::softmax(logits, 1).gather(1, labels.unsqueeze(1)).squeeze(1);
+      const torch::Tensor term = (p - target).pow(2).mean();
+      total = total + term;
+      report->ce += term.item<double>();
+    }
+    if (recipe_.margin_low >= 0 && labels.defined() && centroid_count_.defined()) {
+      // IntraQ's marginal distance: 1 - cos(feature, centroid of its class) kept in [low, up].
+      const torch::Tensor known = centroid_count_.index_select(0, labels) > 0;
+      if (known.any().item<bool>()) {
+        const torch::Tensor centre = (centroid_sum_ / centroid_count_.clamp_min(1).unsqueeze(1)).index_select(0, labels);
+        const torch::Tensor d = 1 - torch::cosine_similarity(features, centre, 1);
+        const torch::Tensor mask = known.to(torch::kFloat32);
+        const torch::Tensor count = mask.sum();
+        const torch::Tensor term = (torch::relu(recipe_.margin_low - d) * mask).sum() / count +
+                                   (torch::relu(d - recipe_.margin_up) * mask).sum() / count;
+        total = total + term;
+        report->ce += term.item<double>();
+      }
+    }
     const torch::Tensor target = labels.defined() ? labels : logits.argmax(1);
     report->confidence = torch::softmax(logits.detach(), 1).gather(1, target.unsqueeze(1)).mean().item<double>();
     report->total = total.item<double>();
     return total;
+  }
+
+  // Adds a finished batch's teacher features to the class centroids.
+  void update_centroids(const torch::Tensor& images, const torch::Tensor& labels) {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor f = predictor_->features(images);
+    if (!centroid_count_.defined()) {
+      centroid_sum_ = torch::zeros({classes_, f.size(1)});
+      centroid_count_ = torch::zeros({classes_});
+    }
+    centroid_sum_.index_add_(0, labels, f);
+    centroid_count_.index_add_(0, labels, torch::ones({labels.size(0)}));
+  }
+
+  // IntraQ's local object reinforcement: per image a random crop of 50-100 % of
+  // the area (aspect 3/4-4/3) resized back, and a horizontal flip half the time.
+  torch::Tensor crop_and_flip(const torch::Tensor& images) {
+    const int64_t h = images.size(2), w = images.size(3);
+    std::vector<torch::Tensor> out;
+    for (int64_t i = 0; i < images.size(0); ++i) {
+      const double area = 0.5 + 0.5 * torch::rand({1}, gen_).item<double>();
+      const double ratio = std::exp(std::log(3.0 / 4) + (std::log(4.0 / 3) - std::log(3.0 / 4)) * torch::rand({1}, gen_).item<double>());
+      const int64_t ch = std::clamp<int64_t>(std::llround(std::sqrt(area / ratio) * h), 1, h);
+      const int64_t cw = std::clamp<int64_t>(std::llround(std::sqrt(area * ratio) * w), 1, w);
+      const int64_t y0 = torch::randint(0, h - ch + 1, {1}, gen_).item<int64_t>();
+      const int64_t x0 = torch::randint(0, w - cw + 1, {1}, gen_).item<int64_t>();
+      torch::Tensor crop = images[i].unsqueeze(0).narrow(2, y0, ch).narrow(3, x0, cw);
+      crop = torch::nn::functional::interpolate(crop, torch::nn::functional::InterpolateFuncOptions()
+                                                          .size(std::vector<int64_t>{h, w})
+                                                          .mode(torch::kBilinear)
+                                                          .align_corners(false));
+      if (torch::rand({1}, gen_).item<float>() < 0.5f) crop = torch::flip(crop, {3});
+      out.push_back(crop);
+    }
+    return torch::cat(out);
   }
 
   // Labels for label-free recipes: the plain teacher's prediction.
@@ -170,6 +234,7 @@ class Base : public Synthesizer {
     return predictor_->forward(images).argmax(1);
   }
 
+  torch::Tensor centroid_sum_, centroid_count_;  ///< per class, for the marginal distance
   models::Classifier teacher_;    ///< the model the losses use
   models::Classifier predictor_;  ///< the plain teacher
   std::vector<int64_t> shape_;
@@ -194,7 +259,12 @@ class PixelSynthesizer : public Base {
   using Base::Base;
   std::pair<torch::Tensor, torch::Tensor> next_batch(const std::function<void(const StepReport&)>& progress) override {
     torch::Tensor x = randn({options_.batch_size, shape_[0], shape_[1], shape_[2]}).requires_grad_(true);
+    // Recipes with a label loss optimize towards uniform target labels; the others label by prediction.
+    const bool labelled = recipe_.ce_weight > 0 || recipe_.soft_target > 0 || recipe_.margin_low >= 0;
+    const torch::Tensor y = labelled ? random_labels(options_.batch_size) : torch::Tensor();
     torch::optim::Adam adam({x}, torch::optim::AdamOptions(recipe_.lr));
+    // ReduceLROnPlateau(factor 0.1, min 1e-4) on the total loss: patience 100 (ZeroQ), 50 (IntraQ).
+    const int64_t patience = recipe_.name == "intraq" ? 50 : 100;
     double lr = recipe_.lr, best = std::numeric_limits<double>::infinity();
     int64_t since_best = 0;
     for (int64_t step = 0; step < recipe_.iterations; ++step) {
@@ -202,13 +272,12 @@ class PixelSynthesizer : public Base {
       report.step = step + 1;
       report.steps = recipe_.iterations;
       adam.zero_grad();
-      loss(x, torch::Tensor(), &report).backward();
+      loss(x, y, &report).backward();
       adam.step();
-      // ReduceLROnPlateau(patience 100, factor 0.1, min 1e-4) on the total loss, as ZeroQ.
       if (report.total < best) {
         best = report.total;
         since_best = 0;
-      } else if (++since_best > 100 && lr > 1e-4) {
+      } else if (++since_best > patience && lr > 1e-4) {
         lr = std::max(lr * 0.1, 1e-4);
         static_cast<torch::optim::AdamOptions&>(adam.param_groups()[0].options()).lr(lr);
         since_best = 0;
@@ -216,7 +285,9 @@ class PixelSynthesizer : public Base {
       if (progress) progress(report);
     }
     const torch::Tensor images = x.detach();
-    return {images, predict(images)};
+    const torch::Tensor labels = labelled ? y : predict(images);
+    if (recipe_.margin_low >= 0) update_centroids(images, labels);
+    return {images, labels};
   }
 };
 
@@ -333,7 +404,7 @@ class GenieSynthesizer : public Base {
 } // namespace
 
 const std::vector<std::string>& known_recipes() {
-  static const std::vector<std::string> names = {"noise", "zeroq", "gdfq", "genie"};
+  static const std::vector<std::string> names = {"noise", "zeroq", "gdfq", "genie", "intraq"};
   return names;
 }
 
@@ -343,6 +414,9 @@ std::string Recipe::describe() const {
   if (variables != "noise") {
     out << ", bns=" << bns_variant_name(bns) << "×" << bns_weight << ", ce×" << ce_weight << ", prior×"
         << prior_weight << ", margin " << margin << ", lr " << lr << ", " << iterations << " steps";
+    if (lor) out << ", local object reinforcement";
+    if (soft_target > 0) out << ", soft inception U(" << soft_target << ", 1)";
+    if (margin_low >= 0) out << ", marginal distance [" << margin_low << ", " << margin_up << "]";
   }
   return out.str();
 }
@@ -356,6 +430,12 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
     r = {o.recipe, "pixels", BnsVariant::kZeroQ, 1.0, 0.0, 1.0, 0.0, 0.5, 500};
   } else if (o.recipe == "gdfq") {
     r = {o.recipe, "generator", BnsVariant::kGdfq, 0.1, 1.0, 0.0, 0.0, 1e-3, 400};
+  } else if (o.recipe == "intraq") {
+    r = {o.recipe, "pixels", BnsVariant::kGdfq, 1.0, 0.0, 0.0, 0.0, 0.5, 1000};
+    r.lor = true;
+    r.soft_target = 0.95;
+    r.margin_low = 0.05;
+    r.margin_up = 0.8;
   } else if (o.recipe == "genie") {
     r = {o.recipe, "generator+latents", BnsVariant::kGenie, 1.0, 0.0, 1.0, 0.0, 0.1, 4000};
   } else {
@@ -370,12 +450,18 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   if (o.lr >= 0) r.lr = o.lr;
   if (o.iterations >= 0) r.iterations = o.iterations;
   r.margin = o.margin;
+  if (o.lor >= 0) r.lor = o.lor > 0;
+  if (o.soft_target >= 0) r.soft_target = o.soft_target;
+  if (o.margin_low > -2) r.margin_low = o.margin_low;
+  if (o.margin_up > -2) r.margin_up = o.margin_up;
+  TORCH_CHECK(r.soft_target < 1, "--soft-target must be in [0, 1), got ", r.soft_target);
+  TORCH_CHECK(r.margin_low < 0 || r.margin_up >= r.margin_low, "--margin-up must be >= --margin-low");
   TORCH_CHECK(o.batch_size >= 2, "--batch-size must be >= 2 for synthesis, got ", o.batch_size);
   TORCH_CHECK(o.margin >= 0, "--margin must be >= 0, got ", o.margin);
   TORCH_CHECK(o.latent_dim >= 1, "--latent-dim must be >= 1, got ", o.latent_dim);
   TORCH_CHECK(r.variables == "noise" || r.lr > 0, "--lr must be > 0, got ", r.lr);
-  TORCH_CHECK((r.variables != "pixels" && r.variables != "generator+latents") || r.ce_weight == 0, "the ", r.name,
-              " recipe has no target labels: --ce-weight must be 0");
+  TORCH_CHECK(r.variables != "generator+latents" || (r.ce_weight == 0 && r.soft_target == 0 && r.margin_low < 0),
+              "the ", r.name, " recipe has no target labels: --ce-weight, --soft-target and --margin-low are off");
   return r;
 }
 

@@ -20,6 +20,12 @@
 //          BN(affine off) (GDFQ's CIFAR generator), Adam lr 1e-3 betas
 //          (0.5, 0.999), loss CE(teacher(G(z, y)), y) + 0.1·gdfq BNS, labels
 //          uniform
+//   intraq pixels from N(0, 1) with uniform target labels, gdfq BNS + soft
+//          inception loss (targets U(0.95, 1) for half the samples) + marginal
+//          distance to the class centroids of earlier batches (0.05, 0.8),
+//          local object reinforcement (random resized crop 0.5-1 + flip on
+//          half of the steps), Adam lr 0.5 with plateau decay (patience 50),
+//          1000 steps per batch (IntraQ's CIFAR-10 script)
 //   genie  per batch a fresh generator Linear -> BN -> ×2 -> Conv -> BN ->
 //          LReLU -> ×2 -> Conv -> Tanh -> BN(affine off) and learned latents,
 //          genie BNS + prior, swing convolutions in the teacher's strided
@@ -44,13 +50,16 @@
 namespace zsq::generators {
 
 struct SynthesizerOptions {
-  std::string recipe = "gdfq";   ///< noise, zeroq, gdfq, genie
+  std::string recipe = "gdfq";   ///< noise, zeroq, gdfq, genie, intraq
   int64_t batch_size = 64;       ///< images per step and rank
   int64_t iterations = -1;       ///< optimization steps (zeroq: per batch; gdfq: generator training); -1: recipe's
   double lr = -1;                ///< -1: recipe's
   std::string bns;               ///< "": recipe's; else zeroq, genie, gdfq
   double bns_weight = -1, ce_weight = -1, prior_weight = -1;  ///< -1: recipe's
   double margin = 0;             ///< DSG slack (0: off)
+  int lor = -1;                  ///< IntraQ local object reinforcement: 1 on, 0 off, -1 the recipe's
+  double soft_target = -1;       ///< IntraQ soft inception target floor; -1: the recipe's
+  double margin_low = -2, margin_up = -2;  ///< IntraQ marginal distance; -2: the recipe's, -1: off
   int64_t latent_dim = 100;      ///< generator noise size (genie's code uses 256)
   /// The teacher's architecture (needed by genie, which builds a swinging copy).
   models::ModelSpec teacher_spec{"", 1, 10, 16};
@@ -63,6 +72,10 @@ struct Recipe {
   BnsVariant bns = BnsVariant::kGdfq;
   double bns_weight = 0, ce_weight = 0, prior_weight = 0, margin = 0, lr = 0;
   int64_t iterations = 0;
+  // IntraQ's parts (off by default):
+  bool lor = false;          ///< local object reinforcement: random resized crop + flip half of the steps
+  double soft_target = 0;    ///< soft inception loss: target p* ~ U(soft_target, 1) for half the samples (0: off)
+  double margin_low = -1, margin_up = -1;  ///< marginal distance constraint on 1 - cos(feature, class centroid) (<0: off)
   std::string describe() const;
 };
 /// Throws on an unknown recipe or an impossible part.

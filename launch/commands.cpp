@@ -429,7 +429,7 @@ int generate(int argc, char** argv) {
   po::options_description desc("zsq generate options");
   desc.add_options()
       ("teacher", po::value<std::string>(), "FP32 teacher model file")
-      ("recipe", po::value<std::string>()->default_value("gdfq"), "noise, zeroq, gdfq or genie (see the README)")
+      ("recipe", po::value<std::string>()->default_value("gdfq"), "noise, zeroq, gdfq, genie or intraq (see the README)")
       ("count", po::value<int64_t>()->default_value(1024), "images to write")
       ("out", po::value<std::string>()->default_value("synth.h5"), "HDF5 data set to write")
       ("png", po::value<std::string>(), "also write a PNG grid of the first 64 images")
@@ -442,6 +442,10 @@ int generate(int argc, char** argv) {
       ("ce-weight", po::value<double>()->default_value(-1), "weight of the cross-entropy to the target labels; -1: the recipe's")
       ("prior-weight", po::value<double>()->default_value(-1), "weight of the image prior; -1: the recipe's")
       ("margin", po::value<double>()->default_value(0), "DSG slack on the BN statistics, in running stds (0: off)")
+      ("lor", po::value<std::string>()->default_value(""), "IntraQ local object reinforcement: on or off (default: the recipe's)")
+      ("soft-target", po::value<double>()->default_value(-1), "IntraQ soft inception target floor in [0, 1) (0: off; -1: the recipe's)")
+      ("margin-low", po::value<double>()->default_value(-2), "IntraQ marginal distance, lower bound (-1: off; -2: the recipe's)")
+      ("margin-up", po::value<double>()->default_value(-2), "IntraQ marginal distance, upper bound (-2: the recipe's)")
       ("latent-dim", po::value<int64_t>()->default_value(100), "generator noise size")
       ("seed", po::value<uint64_t>()->default_value(0), "random seed (each process adds an offset)")
       ("progress-every", po::value<int64_t>()->default_value(50), "steps between progress lines")
@@ -474,6 +478,12 @@ int generate(int argc, char** argv) {
   so.prior_weight = get<double>(vm, "prior-weight");
   so.margin = get<double>(vm, "margin");
   so.latent_dim = get<int64_t>(vm, "latent-dim");
+  const std::string lor = get<std::string>(vm, "lor");
+  if (lor != "" && lor != "on" && lor != "off") throw UsageError("--lor must be 'on' or 'off', got '" + lor + "'");
+  so.lor = lor.empty() ? -1 : lor == "on" ? 1 : 0;
+  so.soft_target = get<double>(vm, "soft-target");
+  so.margin_low = get<double>(vm, "margin-low");
+  so.margin_up = get<double>(vm, "margin-up");
   so.seed = get<uint64_t>(vm, "seed");
   generators::Recipe recipe;
   try {

@@ -127,6 +127,31 @@ TEST_F(SynthTest, GenieLowersBns) {
             std::string::npos);
 }
 
+TEST_F(SynthTest, IntraqOptimizesTowardsItsLabelsAndUsesCentroids) {
+  SynthesizerOptions o;
+  o.recipe = "intraq";
+  o.batch_size = 16;
+  o.iterations = 40;
+  o.lr = 0.1;
+  auto synth = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+  std::vector<StepReport> first, second;
+  const auto [x, y] = synth->next_batch([&](const StepReport& r) { first.push_back(r); });
+  EXPECT_GT(first.back().confidence, first.front().confidence);  // p(target label) rises
+  EXPECT_LT(first.back().bns, first.front().bns);
+  EXPECT_GT((torch::bincount(y, {}, 10) > 0).sum().item<int64_t>(), 3);  // uniform target labels, not one predicted class
+  // The second batch also has the marginal distance term (centroids of the first).
+  o.soft_target = 0;
+  o.lor = 0;
+  o.margin_low = 0.9;  // features of one teacher are alike (cosine > 0.1): the lower bound binds
+  o.margin_up = 1.0;
+  auto plain = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+  std::vector<StepReport> a, b;
+  plain->next_batch([&](const StepReport& r) { a.push_back(r); });
+  plain->next_batch([&](const StepReport& r) { b.push_back(r); });
+  EXPECT_EQ(a.front().ce, 0.0);  // no centroid yet: nothing but BN statistics
+  EXPECT_GT(b.front().ce, 0.0);  // the marginal distance now counts
+}
+
 TEST_F(SynthTest, SameSeedSameImages) {
   for (const char* recipe : {"noise", "gdfq", "genie"}) {
     SCOPED_TRACE(recipe);
@@ -155,13 +180,13 @@ TEST_F(SynthTest, SameSeedSameImages) {
 TEST_F(SynthTest, ClearErrors) {
   SynthesizerOptions o;
   o.recipe = "genius";
-  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown recipe 'genius'; known: noise, zeroq, gdfq, genie"),
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown recipe 'genius'; known: noise, zeroq, gdfq, genie, intraq"),
             std::string::npos);
   o.recipe = "gdfq";
   o.bns = "dsg";
   EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown BN-statistics loss 'dsg'"), std::string::npos);
   o.bns = "";
-  o.recipe = "zeroq";
+  o.recipe = "genie";
   o.ce_weight = 1;
   EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("no target labels"), std::string::npos);
   o = SynthesizerOptions();
