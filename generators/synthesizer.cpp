@@ -32,8 +32,14 @@ class GdfqGeneratorImpl : public torch::nn::Module {
     conv3 = register_module("conv3", torch::nn::Conv2d(torch::nn::Conv2dOptions(64, shape_[0], 3).padding(1)));
     bn3 = register_module("bn3", torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(shape_[0]).affine(false)));
   }
-  torch::Tensor forward(const torch::Tensor& z, const torch::Tensor& y) {
-    torch::Tensor x = l1->forward(z * emb->forward(y)).view({z.size(0), 128, shape_[1] / 4, shape_[2] / 4});
+  /// Qimera's disentanglement mapping: a linear layer on the embedding (off by default).
+  void add_mapping(int64_t latent) { dm = register_module("dm", torch::nn::Linear(latent, latent)); }
+  torch::Tensor forward(const torch::Tensor& z, const torch::Tensor& y) { return body(z * emb->forward(y)); }
+  /// The generator after its input embedding (e: N × latent).
+  torch::Tensor body(torch::Tensor e) {
+    if (dm) e = dm->forward(e);
+    const int64_t n = e.size(0);
+    torch::Tensor x = l1->forward(e).view({n, 128, shape_[1] / 4, shape_[2] / 4});
     x = bn0->forward(x);
     const auto up = torch::nn::functional::InterpolateFuncOptions().scale_factor(std::vector<double>{2, 2}).mode(
         torch::kNearest);
@@ -44,7 +50,7 @@ class GdfqGeneratorImpl : public torch::nn::Module {
     return bn3->forward(torch::tanh(conv3->forward(x)));
   }
   torch::nn::Embedding emb{nullptr};
-  torch::nn::Linear l1{nullptr};
+  torch::nn::Linear l1{nullptr}, dm{nullptr};
   torch::nn::BatchNorm2d bn0{nullptr}, bn1{nullptr}, bn2{nullptr}, bn3{nullptr};
   torch::nn::Conv2d conv1{nullptr}, conv2{nullptr}, conv3{nullptr};
 
@@ -143,7 +149,9 @@ class Base : public Synthesizer {
   torch::Tensor random_labels(int64_t n) { return torch::randint(0, classes_, {n}, gen_); }
 
   // Loss of a batch (images in the graph); labels undefined: no CE.
-  torch::Tensor loss(const torch::Tensor& images, const torch::Tensor& labels, StepReport* report) {
+  // soft: optional N × classes target distribution (Qimera), used by the cross-entropy instead of labels.
+  torch::Tensor loss(const torch::Tensor& images, const torch::Tensor& labels, StepReport* report,
+                     const torch::Tensor& soft = torch::Tensor()) {
     torch::Tensor input = images;
     if (recipe_.lor && torch::rand({1}, gen_).item<float>() < 0.5f) input = crop_and_flip(images);
     models::set_bn_taps(*teacher_, true);
@@ -153,8 +161,9 @@ class Base : public Synthesizer {
     models::set_bn_taps(*teacher_, false);
     torch::Tensor total = recipe_.bns_weight * b.total;
     report->bns = b.total.item<double>();
-    if (recipe_.ce_weight > 0 && labels.defined()) {
-      const torch::Tensor ce = torch::cross_entropy_loss(logits, labels);
+    if (recipe_.ce_weight > 0 && (labels.defined() || soft.defined())) {
+      const torch::Tensor ce = soft.defined() ? -(soft * torch::log_softmax(logits, 1)).sum(1).mean()
+                                              : torch::cross_entropy_loss(logits, labels);
       total = total + recipe_.ce_weight * ce;
       report->ce = ce.item<double>();
     }
@@ -300,6 +309,7 @@ class GeneratorSynthesizer : public Base {
     // Every rank starts from the same generator (seeded like rank 0's stream).
     torch::manual_seed(o.seed);
     generator_ = GdfqGenerator(classes, o.latent_dim, shape);
+    if (recipe.mapping) generator_->add_mapping(o.latent_dim);
     if (comm_) distributed::broadcast_state(*comm_, *generator_);
   }
   std::vector<torch::Tensor> parameters() const override { return generator_->parameters(); }
@@ -316,7 +326,18 @@ class GeneratorSynthesizer : public Base {
       const torch::Tensor y = random_labels(options_.batch_size);
       const torch::Tensor z = randn({options_.batch_size, options_.latent_dim});
       adam.zero_grad();
-      loss(generator_->forward(z, y), y, &report).backward();
+      if (recipe_.superpose_prob > 0 && torch::rand({1}, gen_).item<double>() < recipe_.superpose_prob) {
+        // Qimera's superposed embeddings: each sample mixes K classes with
+        // weights softmax(N(0, 1)); its target is the same mixture.
+        const int64_t n = options_.batch_size, k = recipe_.superpose_k;
+        const torch::Tensor ys = random_labels(n * k).view({n, k});
+        const torch::Tensor lambda = torch::softmax(randn({n, k}), 1);
+        const torch::Tensor e = (lambda.unsqueeze(2) * z.unsqueeze(1) * generator_->emb->forward(ys)).sum(1);
+        const torch::Tensor soft = torch::zeros({n, classes_}).scatter_add(1, ys, lambda);
+        loss(generator_->body(e), soft.argmax(1), &report, soft).backward();
+      } else {
+        loss(generator_->forward(z, y), y, &report).backward();
+      }
       if (reducer) reducer->reduce();
       adam.step();
       if (progress) progress(report);
@@ -404,7 +425,7 @@ class GenieSynthesizer : public Base {
 } // namespace
 
 const std::vector<std::string>& known_recipes() {
-  static const std::vector<std::string> names = {"noise", "zeroq", "gdfq", "genie", "intraq"};
+  static const std::vector<std::string> names = {"noise", "zeroq", "gdfq", "genie", "intraq", "qimera"};
   return names;
 }
 
@@ -415,6 +436,8 @@ std::string Recipe::describe() const {
     out << ", bns=" << bns_variant_name(bns) << "×" << bns_weight << ", ce×" << ce_weight << ", prior×"
         << prior_weight << ", margin " << margin << ", lr " << lr << ", " << iterations << " steps";
     if (lor) out << ", local object reinforcement";
+    if (superpose_prob > 0) out << ", superposed embeddings p " << superpose_prob << " K " << superpose_k;
+    if (mapping) out << ", mapping layer";
     if (soft_target > 0) out << ", soft inception U(" << soft_target << ", 1)";
     if (margin_low >= 0) out << ", marginal distance [" << margin_low << ", " << margin_up << "]";
   }
@@ -430,6 +453,10 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
     r = {o.recipe, "pixels", BnsVariant::kZeroQ, 1.0, 0.0, 1.0, 0.0, 0.5, 500};
   } else if (o.recipe == "gdfq") {
     r = {o.recipe, "generator", BnsVariant::kGdfq, 0.1, 1.0, 0.0, 0.0, 1e-3, 400};
+  } else if (o.recipe == "qimera") {
+    r = {o.recipe, "generator", BnsVariant::kGdfq, 0.1, 1.0, 0.0, 0.0, 1e-3, 400};
+    r.superpose_prob = 0.4;  // Qimera's CIFAR-10 script: p 0.4, K 2, mapping layer off
+    r.superpose_k = 2;
   } else if (o.recipe == "intraq") {
     r = {o.recipe, "pixels", BnsVariant::kGdfq, 1.0, 0.0, 0.0, 0.0, 0.5, 1000};
     r.lor = true;
@@ -451,6 +478,13 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   if (o.iterations >= 0) r.iterations = o.iterations;
   r.margin = o.margin;
   if (o.lor >= 0) r.lor = o.lor > 0;
+  if (o.superpose_prob >= 0) r.superpose_prob = o.superpose_prob;
+  if (o.superpose_k > 0) r.superpose_k = o.superpose_k;
+  if (o.mapping >= 0) r.mapping = o.mapping > 0;
+  TORCH_CHECK(r.superpose_prob <= 1, "--superpose-prob must be in [0, 1], got ", r.superpose_prob);
+  TORCH_CHECK(r.superpose_k >= 2, "--superpose-k must be >= 2, got ", r.superpose_k);
+  TORCH_CHECK(r.variables == "generator" || (r.superpose_prob == 0 && !r.mapping),
+              "superposed embeddings and the mapping layer need the class-conditional generator (gdfq, qimera)");
   if (o.soft_target >= 0) r.soft_target = o.soft_target;
   if (o.margin_low > -2) r.margin_low = o.margin_low;
   if (o.margin_up > -2) r.margin_up = o.margin_up;

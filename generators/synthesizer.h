@@ -20,6 +20,12 @@
 //          BN(affine off) (GDFQ's CIFAR generator), Adam lr 1e-3 betas
 //          (0.5, 0.999), loss CE(teacher(G(z, y)), y) + 0.1·gdfq BNS, labels
 //          uniform
+//   qimera gdfq + superposed embeddings: on 40 % of the generator steps every
+//          sample mixes K = 2 classes, input Σ λ_k (z ⊙ Emb(y_k)), λ =
+//          softmax(N(0, 1)), trained with soft cross-entropy to the same
+//          mixture (Qimera's CIFAR-10 script; its mapping layer is off there and
+//          here by default). Deviation: the mixture is of GDFQ's z ⊙ Emb(y)
+//          inputs; Qimera standardizes Emb(y) + z before mixing.
 //   intraq pixels from N(0, 1) with uniform target labels, gdfq BNS + soft
 //          inception loss (targets U(0.95, 1) for half the samples) + marginal
 //          distance to the class centroids of earlier batches (0.05, 0.8),
@@ -50,7 +56,7 @@
 namespace zsq::generators {
 
 struct SynthesizerOptions {
-  std::string recipe = "gdfq";   ///< noise, zeroq, gdfq, genie, intraq
+  std::string recipe = "gdfq";   ///< noise, zeroq, gdfq, genie, intraq, qimera
   int64_t batch_size = 64;       ///< images per step and rank
   int64_t iterations = -1;       ///< optimization steps (zeroq: per batch; gdfq: generator training); -1: recipe's
   double lr = -1;                ///< -1: recipe's
@@ -60,6 +66,9 @@ struct SynthesizerOptions {
   int lor = -1;                  ///< IntraQ local object reinforcement: 1 on, 0 off, -1 the recipe's
   double soft_target = -1;       ///< IntraQ soft inception target floor; -1: the recipe's
   double margin_low = -2, margin_up = -2;  ///< IntraQ marginal distance; -2: the recipe's, -1: off
+  double superpose_prob = -1;    ///< Qimera superposition probability; -1: the recipe's
+  int64_t superpose_k = 0;       ///< classes per superposed sample; 0: the recipe's
+  int mapping = -1;              ///< Qimera mapping layer: 1 on, 0 off, -1 the recipe's
   int64_t latent_dim = 100;      ///< generator noise size (genie's code uses 256)
   /// The teacher's architecture (needed by genie, which builds a swinging copy).
   models::ModelSpec teacher_spec{"", 1, 10, 16};
@@ -76,6 +85,10 @@ struct Recipe {
   bool lor = false;          ///< local object reinforcement: random resized crop + flip half of the steps
   double soft_target = 0;    ///< soft inception loss: target p* ~ U(soft_target, 1) for half the samples (0: off)
   double margin_low = -1, margin_up = -1;  ///< marginal distance constraint on 1 - cos(feature, class centroid) (<0: off)
+  // Qimera's parts (off by default):
+  double superpose_prob = 0;  ///< per generator step, the chance that the batch mixes K classes per sample
+  int64_t superpose_k = 2;
+  bool mapping = false;       ///< the disentanglement mapping layer
   std::string describe() const;
 };
 /// Throws on an unknown recipe or an impossible part.

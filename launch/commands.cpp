@@ -429,7 +429,7 @@ int generate(int argc, char** argv) {
   po::options_description desc("zsq generate options");
   desc.add_options()
       ("teacher", po::value<std::string>(), "FP32 teacher model file")
-      ("recipe", po::value<std::string>()->default_value("gdfq"), "noise, zeroq, gdfq, genie or intraq (see the README)")
+      ("recipe", po::value<std::string>()->default_value("gdfq"), "noise, zeroq, gdfq, qimera, genie or intraq (see the README)")
       ("count", po::value<int64_t>()->default_value(1024), "images to write")
       ("out", po::value<std::string>()->default_value("synth.h5"), "HDF5 data set to write")
       ("png", po::value<std::string>(), "also write a PNG grid of the first 64 images")
@@ -446,6 +446,9 @@ int generate(int argc, char** argv) {
       ("soft-target", po::value<double>()->default_value(-1), "IntraQ soft inception target floor in [0, 1) (0: off; -1: the recipe's)")
       ("margin-low", po::value<double>()->default_value(-2), "IntraQ marginal distance, lower bound (-1: off; -2: the recipe's)")
       ("margin-up", po::value<double>()->default_value(-2), "IntraQ marginal distance, upper bound (-2: the recipe's)")
+      ("superpose-prob", po::value<double>()->default_value(-1), "Qimera: chance per generator step of superposed samples (-1: the recipe's)")
+      ("superpose-k", po::value<int64_t>()->default_value(0), "Qimera: classes mixed per superposed sample (0: the recipe's)")
+      ("mapping", po::value<std::string>()->default_value(""), "Qimera's disentanglement mapping layer: on or off (default: the recipe's)")
       ("latent-dim", po::value<int64_t>()->default_value(100), "generator noise size")
       ("seed", po::value<uint64_t>()->default_value(0), "random seed (each process adds an offset)")
       ("progress-every", po::value<int64_t>()->default_value(50), "steps between progress lines")
@@ -482,6 +485,13 @@ int generate(int argc, char** argv) {
   if (lor != "" && lor != "on" && lor != "off") throw UsageError("--lor must be 'on' or 'off', got '" + lor + "'");
   so.lor = lor.empty() ? -1 : lor == "on" ? 1 : 0;
   so.soft_target = get<double>(vm, "soft-target");
+  so.superpose_prob = get<double>(vm, "superpose-prob");
+  so.superpose_k = get<int64_t>(vm, "superpose-k");
+  const std::string mapping = get<std::string>(vm, "mapping");
+  if (mapping != "" && mapping != "on" && mapping != "off") {
+    throw UsageError("--mapping must be 'on' or 'off', got '" + mapping + "'");
+  }
+  so.mapping = mapping.empty() ? -1 : mapping == "on" ? 1 : 0;
   so.margin_low = get<double>(vm, "margin-low");
   so.margin_up = get<double>(vm, "margin-up");
   so.seed = get<uint64_t>(vm, "seed");

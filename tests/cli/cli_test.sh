@@ -183,7 +183,7 @@ expect_fail 1 "is not a student checkpoint" "$zsq" extract --checkpoint "$work/t
 
 # --- synthetic data -----------------------------------------------------------
 expect_fail 2 "--teacher is required" "$zsq" generate
-expect_fail 2 "unknown recipe 'genius'; known: noise, zeroq, gdfq, genie, intraq" "$zsq" generate --teacher "$work/teacher.h5" --recipe genius
+expect_fail 2 "unknown recipe 'genius'; known: noise, zeroq, gdfq, genie, intraq, qimera" "$zsq" generate --teacher "$work/teacher.h5" --recipe genius
 expect_fail 2 "no target labels" "$zsq" generate --teacher "$work/teacher.h5" --recipe genie --ce-weight 1
 expect_fail 2 "--lor must be 'on' or 'off', got 'maybe'" "$zsq" generate --teacher "$work/teacher.h5" --lor maybe
 expect_fail 2 "--soft-target must be in [0, 1), got 1.5" "$zsq" generate --teacher "$work/teacher.h5" --soft-target 1.5
@@ -210,6 +210,10 @@ expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq --iteratio
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe noise --count 8 --out "$work/noise.h5"
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe genie --iterations 3 --batch-size 8 --count 8 \
   --latent-dim 16 --out "$work/genie.h5"
+expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe qimera --superpose-prob 1 --mapping on --iterations 2 \
+  --batch-size 8 --count 8 --out "$work/qimera.h5"
+expect_fail 2 "need the class-conditional generator" "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq \
+  --superpose-prob 0.5
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe intraq --iterations 3 --batch-size 8 --count 16 \
   --out "$work/intraq.h5"
 grep -q "soft inception U(0.95, 1), marginal distance \[0.05, 0.8\]" "$work/out" && ok "intraq parts listed" ||

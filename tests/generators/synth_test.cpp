@@ -152,6 +152,34 @@ TEST_F(SynthTest, IntraqOptimizesTowardsItsLabelsAndUsesCentroids) {
   EXPECT_GT(b.front().ce, 0.0);  // the marginal distance now counts
 }
 
+TEST_F(SynthTest, QimeraSuperposesClassesWithSoftTargets) {
+  SynthesizerOptions o;
+  o.recipe = "qimera";
+  o.batch_size = 16;
+  o.iterations = 3;
+  o.superpose_prob = 1;  // every step superposed
+  o.mapping = 1;
+  auto synth = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+  const auto params = synth->parameters();
+  std::vector<StepReport> reports;
+  synth->fit([&](const StepReport& r) { reports.push_back(r); });
+  ASSERT_EQ(reports.size(), 3u);
+  // The same run without superposition computes other losses from the first step on.
+  SynthesizerOptions single = o;
+  single.superpose_prob = 0;
+  auto without = make_synthesizer(teacher_, {1, 28, 28}, 10, single);
+  std::vector<StepReport> plain_reports;
+  without->fit([&](const StepReport& r) { plain_reports.push_back(r); });
+  EXPECT_NE(reports.front().ce, plain_reports.front().ce);
+  auto plain = make_synthesizer(teacher_, {1, 28, 28}, 10, SynthesizerOptions{});
+  EXPECT_EQ(params.size(), plain->parameters().size() + 2);  // the mapping layer's weight and bias
+  o.recipe = "zeroq";
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("need the class-conditional generator"), std::string::npos);
+  o.recipe = "qimera";
+  o.superpose_k = 1;
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("--superpose-k must be >= 2"), std::string::npos);
+}
+
 TEST_F(SynthTest, SameSeedSameImages) {
   for (const char* recipe : {"noise", "gdfq", "genie"}) {
     SCOPED_TRACE(recipe);
@@ -180,7 +208,7 @@ TEST_F(SynthTest, SameSeedSameImages) {
 TEST_F(SynthTest, ClearErrors) {
   SynthesizerOptions o;
   o.recipe = "genius";
-  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown recipe 'genius'; known: noise, zeroq, gdfq, genie, intraq"),
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown recipe 'genius'; known: noise, zeroq, gdfq, genie, intraq, qimera"),
             std::string::npos);
   o.recipe = "gdfq";
   o.bns = "dsg";
