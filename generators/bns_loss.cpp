@@ -29,9 +29,13 @@ std::string bns_variant_name(BnsVariant v) {
 BnsLoss bns_loss(const std::vector<nn::BatchNorm2d>& layers, const BnsOptions& o, distributed::Communicator* comm) {
   TORCH_CHECK(!layers.empty(), "BN-statistics loss: the teacher has no BatchNorm layers");
   TORCH_CHECK(o.margin >= 0, "BN-statistics margin must be >= 0, got ", o.margin);
+  TORCH_CHECK(!o.layerwise || o.variant == BnsVariant::kZeroQ,
+              "layerwise sample enhancement needs per-sample statistics: use the zeroq BN-statistics loss");
   BnsLoss out;
   torch::Tensor total;
-  for (const nn::BatchNorm2d& bn : layers) {
+  const int64_t layer_count = static_cast<int64_t>(layers.size());
+  for (int64_t l = 0; l < layer_count; ++l) {
+    const nn::BatchNorm2d& bn = layers[l];
     const torch::Tensor& x = bn->tap_input();
     TORCH_CHECK(x.defined(), "BN-statistics loss: a BatchNorm saw no input with its tap on");
     const torch::Tensor mu = bn->running_mean.detach();
@@ -45,8 +49,14 @@ BnsLoss bns_loss(const std::vector<nn::BatchNorm2d>& layers, const BnsOptions& o
       const torch::Tensor m = flat.mean(2);
       const torch::Tensor s = torch::sqrt(flat.var(2, /*unbiased=*/true) + 1e-6);
       const int64_t n = x.size(0);
-      term = slack_square(m - mu, slack ? o.margin * sigma : torch::Tensor()).sum() / n +
-             slack_square(s - sigma, slack ? o.margin * sigma : torch::Tensor()).sum() / n;
+      // Per-sample terms, N; DSG's enhancement weighs sample i's term of layer (i mod L) twice.
+      torch::Tensor per_sample = slack_square(m - mu, slack ? o.margin * sigma : torch::Tensor()).sum(1) +
+                                 slack_square(s - sigma, slack ? o.margin * sigma : torch::Tensor()).sum(1);
+      if (o.layerwise) {
+        const torch::Tensor boost = (torch::arange(n, torch::kInt64).remainder(layer_count) == l).to(x.scalar_type());
+        per_sample = per_sample * (1 + boost);
+      }
+      term = per_sample.sum() / n;
     } else {
       torch::Tensor m, v;
       int64_t count = 0;

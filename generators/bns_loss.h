@@ -37,6 +37,9 @@ struct BnsOptions {
   BnsVariant variant = BnsVariant::kGdfq;
   /// DSG slack in units of the running std (0: off).
   double margin = 0;
+  /// DSG's layerwise sample enhancement (zeroq variant only, whose terms are
+  /// per sample): sample n counts layer (n mod L) twice, L = number of layers.
+  bool layerwise = false;
 };
 
 struct BnsLoss {

@@ -157,7 +157,7 @@ class Base : public Synthesizer {
     models::set_bn_taps(*teacher_, true);
     const torch::Tensor features = teacher_->features(input);
     const torch::Tensor logits = teacher_->head(features);
-    const BnsLoss b = bns_loss(bns_, {recipe_.bns, recipe_.margin}, comm_.get());
+    const BnsLoss b = bns_loss(bns_, {recipe_.bns, recipe_.margin, recipe_.layerwise}, comm_.get());
     models::set_bn_taps(*teacher_, false);
     torch::Tensor total = recipe_.bns_weight * b.total;
     report->bns = b.total.item<double>();
@@ -425,7 +425,7 @@ class GenieSynthesizer : public Base {
 } // namespace
 
 const std::vector<std::string>& known_recipes() {
-  static const std::vector<std::string> names = {"noise", "zeroq", "gdfq", "genie", "intraq", "qimera"};
+  static const std::vector<std::string> names = {"noise", "zeroq", "dsg", "gdfq", "qimera", "genie", "intraq"};
   return names;
 }
 
@@ -438,6 +438,7 @@ std::string Recipe::describe() const {
     if (lor) out << ", local object reinforcement";
     if (superpose_prob > 0) out << ", superposed embeddings p " << superpose_prob << " K " << superpose_k;
     if (mapping) out << ", mapping layer";
+    if (layerwise) out << ", layerwise sample enhancement";
     if (soft_target > 0) out << ", soft inception U(" << soft_target << ", 1)";
     if (margin_low >= 0) out << ", marginal distance [" << margin_low << ", " << margin_up << "]";
   }
@@ -451,6 +452,9 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
     r.variables = "noise";
   } else if (o.recipe == "zeroq") {
     r = {o.recipe, "pixels", BnsVariant::kZeroQ, 1.0, 0.0, 1.0, 0.0, 0.5, 500};
+  } else if (o.recipe == "dsg") {
+    r = {o.recipe, "pixels", BnsVariant::kZeroQ, 1.0, 0.0, 1.0, 0.1, 0.5, 500};
+    r.layerwise = true;
   } else if (o.recipe == "gdfq") {
     r = {o.recipe, "generator", BnsVariant::kGdfq, 0.1, 1.0, 0.0, 0.0, 1e-3, 400};
   } else if (o.recipe == "qimera") {
@@ -476,11 +480,14 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   if (o.prior_weight >= 0) r.prior_weight = o.prior_weight;
   if (o.lr >= 0) r.lr = o.lr;
   if (o.iterations >= 0) r.iterations = o.iterations;
-  r.margin = o.margin;
+  if (o.margin >= 0) r.margin = o.margin;
   if (o.lor >= 0) r.lor = o.lor > 0;
   if (o.superpose_prob >= 0) r.superpose_prob = o.superpose_prob;
   if (o.superpose_k > 0) r.superpose_k = o.superpose_k;
   if (o.mapping >= 0) r.mapping = o.mapping > 0;
+  if (o.layerwise >= 0) r.layerwise = o.layerwise > 0;
+  TORCH_CHECK(!r.layerwise || r.bns == BnsVariant::kZeroQ,
+              "layerwise sample enhancement needs per-sample statistics: use --bns zeroq");
   TORCH_CHECK(r.superpose_prob <= 1, "--superpose-prob must be in [0, 1], got ", r.superpose_prob);
   TORCH_CHECK(r.superpose_k >= 2, "--superpose-k must be >= 2, got ", r.superpose_k);
   TORCH_CHECK(r.variables == "generator" || (r.superpose_prob == 0 && !r.mapping),
@@ -491,7 +498,7 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   TORCH_CHECK(r.soft_target < 1, "--soft-target must be in [0, 1), got ", r.soft_target);
   TORCH_CHECK(r.margin_low < 0 || r.margin_up >= r.margin_low, "--margin-up must be >= --margin-low");
   TORCH_CHECK(o.batch_size >= 2, "--batch-size must be >= 2 for synthesis, got ", o.batch_size);
-  TORCH_CHECK(o.margin >= 0, "--margin must be >= 0, got ", o.margin);
+  TORCH_CHECK(o.margin >= 0 || o.margin == -1, "--margin must be >= 0, got ", o.margin);
   TORCH_CHECK(o.latent_dim >= 1, "--latent-dim must be >= 1, got ", o.latent_dim);
   TORCH_CHECK(r.variables == "noise" || r.lr > 0, "--lr must be > 0, got ", r.lr);
   TORCH_CHECK(r.variables != "generator+latents" || (r.ce_weight == 0 && r.soft_target == 0 && r.margin_low < 0),

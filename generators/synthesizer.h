@@ -20,6 +20,8 @@
 //          BN(affine off) (GDFQ's CIFAR generator), Adam lr 1e-3 betas
 //          (0.5, 0.999), loss CE(teacher(G(z, y)), y) + 0.1·gdfq BNS, labels
 //          uniform
+//   dsg    zeroq + DSG's slack distribution alignment (margin 0.1 running std,
+//          our choice: DSG publishes no rule) and layerwise sample enhancement
 //   qimera gdfq + superposed embeddings: on 40 % of the generator steps every
 //          sample mixes K = 2 classes, input Σ λ_k (z ⊙ Emb(y_k)), λ =
 //          softmax(N(0, 1)), trained with soft cross-entropy to the same
@@ -56,19 +58,20 @@
 namespace zsq::generators {
 
 struct SynthesizerOptions {
-  std::string recipe = "gdfq";   ///< noise, zeroq, gdfq, genie, intraq, qimera
+  std::string recipe = "gdfq";   ///< noise, zeroq, dsg, gdfq, qimera, genie, intraq
   int64_t batch_size = 64;       ///< images per step and rank
   int64_t iterations = -1;       ///< optimization steps (zeroq: per batch; gdfq: generator training); -1: recipe's
   double lr = -1;                ///< -1: recipe's
   std::string bns;               ///< "": recipe's; else zeroq, genie, gdfq
   double bns_weight = -1, ce_weight = -1, prior_weight = -1;  ///< -1: recipe's
-  double margin = 0;             ///< DSG slack (0: off)
+  double margin = -1;            ///< DSG slack in running stds (0: off; -1: the recipe's)
   int lor = -1;                  ///< IntraQ local object reinforcement: 1 on, 0 off, -1 the recipe's
   double soft_target = -1;       ///< IntraQ soft inception target floor; -1: the recipe's
   double margin_low = -2, margin_up = -2;  ///< IntraQ marginal distance; -2: the recipe's, -1: off
   double superpose_prob = -1;    ///< Qimera superposition probability; -1: the recipe's
   int64_t superpose_k = 0;       ///< classes per superposed sample; 0: the recipe's
   int mapping = -1;              ///< Qimera mapping layer: 1 on, 0 off, -1 the recipe's
+  int layerwise = -1;            ///< DSG layerwise sample enhancement: 1 on, 0 off, -1 the recipe's
   int64_t latent_dim = 100;      ///< generator noise size (genie's code uses 256)
   /// The teacher's architecture (needed by genie, which builds a swinging copy).
   models::ModelSpec teacher_spec{"", 1, 10, 16};
@@ -89,6 +92,7 @@ struct Recipe {
   double superpose_prob = 0;  ///< per generator step, the chance that the batch mixes K classes per sample
   int64_t superpose_k = 2;
   bool mapping = false;       ///< the disentanglement mapping layer
+  bool layerwise = false;     ///< DSG's layerwise sample enhancement (zeroq BNS)
   std::string describe() const;
 };
 /// Throws on an unknown recipe or an impossible part.

@@ -429,7 +429,7 @@ int generate(int argc, char** argv) {
   po::options_description desc("zsq generate options");
   desc.add_options()
       ("teacher", po::value<std::string>(), "FP32 teacher model file")
-      ("recipe", po::value<std::string>()->default_value("gdfq"), "noise, zeroq, gdfq, qimera, genie or intraq (see the README)")
+      ("recipe", po::value<std::string>()->default_value("gdfq"), "noise, zeroq, dsg, gdfq, qimera, genie or intraq (see the README)")
       ("count", po::value<int64_t>()->default_value(1024), "images to write")
       ("out", po::value<std::string>()->default_value("synth.h5"), "HDF5 data set to write")
       ("png", po::value<std::string>(), "also write a PNG grid of the first 64 images")
@@ -441,7 +441,8 @@ int generate(int argc, char** argv) {
       ("bns-weight", po::value<double>()->default_value(-1), "weight of the BN-statistics loss; -1: the recipe's")
       ("ce-weight", po::value<double>()->default_value(-1), "weight of the cross-entropy to the target labels; -1: the recipe's")
       ("prior-weight", po::value<double>()->default_value(-1), "weight of the image prior; -1: the recipe's")
-      ("margin", po::value<double>()->default_value(0), "DSG slack on the BN statistics, in running stds (0: off)")
+      ("margin", po::value<double>()->default_value(-1), "DSG slack on the BN statistics, in running stds (0: off; -1: the recipe's)")
+      ("layerwise", po::value<std::string>()->default_value(""), "DSG layerwise sample enhancement: on or off (default: the recipe's)")
       ("lor", po::value<std::string>()->default_value(""), "IntraQ local object reinforcement: on or off (default: the recipe's)")
       ("soft-target", po::value<double>()->default_value(-1), "IntraQ soft inception target floor in [0, 1) (0: off; -1: the recipe's)")
       ("margin-low", po::value<double>()->default_value(-2), "IntraQ marginal distance, lower bound (-1: off; -2: the recipe's)")
@@ -492,6 +493,11 @@ int generate(int argc, char** argv) {
     throw UsageError("--mapping must be 'on' or 'off', got '" + mapping + "'");
   }
   so.mapping = mapping.empty() ? -1 : mapping == "on" ? 1 : 0;
+  const std::string layerwise = get<std::string>(vm, "layerwise");
+  if (layerwise != "" && layerwise != "on" && layerwise != "off") {
+    throw UsageError("--layerwise must be 'on' or 'off', got '" + layerwise + "'");
+  }
+  so.layerwise = layerwise.empty() ? -1 : layerwise == "on" ? 1 : 0;
   so.margin_low = get<double>(vm, "margin-low");
   so.margin_up = get<double>(vm, "margin-up");
   so.seed = get<uint64_t>(vm, "seed");

@@ -183,7 +183,7 @@ expect_fail 1 "is not a student checkpoint" "$zsq" extract --checkpoint "$work/t
 
 # --- synthetic data -----------------------------------------------------------
 expect_fail 2 "--teacher is required" "$zsq" generate
-expect_fail 2 "unknown recipe 'genius'; known: noise, zeroq, gdfq, genie, intraq, qimera" "$zsq" generate --teacher "$work/teacher.h5" --recipe genius
+expect_fail 2 "unknown recipe 'genius'; known: noise, zeroq, dsg, gdfq, qimera, genie, intraq" "$zsq" generate --teacher "$work/teacher.h5" --recipe genius
 expect_fail 2 "no target labels" "$zsq" generate --teacher "$work/teacher.h5" --recipe genie --ce-weight 1
 expect_fail 2 "--lor must be 'on' or 'off', got 'maybe'" "$zsq" generate --teacher "$work/teacher.h5" --lor maybe
 expect_fail 2 "--soft-target must be in [0, 1), got 1.5" "$zsq" generate --teacher "$work/teacher.h5" --soft-target 1.5
@@ -208,6 +208,9 @@ expect_fail 1 "--temperature must be > 0" "$zsq" train-teacher --arch resnet8 --
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq --iterations 5 --batch-size 8 --count 8 \
   --out "$work/zeroq.h5"
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe noise --count 8 --out "$work/noise.h5"
+expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe dsg --iterations 3 --batch-size 8 --count 8 --out "$work/dsg.h5"
+grep -q "margin 0.1.*layerwise sample enhancement" "$work/out" && ok "dsg parts listed" || bad "dsg: $(head -c 300 "$work/out")"
+expect_fail 2 "use --bns zeroq" "$zsq" generate --teacher "$work/teacher.h5" --recipe gdfq --layerwise on
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe genie --iterations 3 --batch-size 8 --count 8 \
   --latent-dim 16 --out "$work/genie.h5"
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe qimera --superpose-prob 1 --mapping on --iterations 2 \

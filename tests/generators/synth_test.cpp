@@ -66,6 +66,24 @@ TEST_F(SynthTest, SlackMarginZeroesTheLossInsideIt) {
   EXPECT_NE(error_of([&] { bns_loss(bns_, {}); }).find("saw no input with its tap on"), std::string::npos);
 }
 
+TEST_F(SynthTest, LayerwiseEnhancementWeighsOneLayerPerSampleTwice) {
+  const int64_t layers = static_cast<int64_t>(bns_.size());
+  tap(torch::randn({layers, 1, 28, 28}));  // one sample per layer
+  const double plain = bns_loss(bns_, {BnsVariant::kZeroQ, 0, false}).total.item<double>();
+  const double enhanced = bns_loss(bns_, {BnsVariant::kZeroQ, 0, true}).total.item<double>();
+  // Sample i's term of layer i counts twice: the extra is Σ_i term(i, i) / N.
+  double extra = 0;
+  for (int64_t i = 0; i < layers; ++i) {
+    const torch::Tensor x = bns_[i]->tap_input().detach()[i].reshape({bns_[i]->tap_input().size(1), -1});
+    const torch::Tensor sigma = (bns_[i]->running_var + 1e-6).sqrt();
+    extra += ((x.mean(1) - bns_[i]->running_mean).pow(2).sum() + ((x.var(1, true) + 1e-6).sqrt() - sigma).pow(2).sum())
+                 .item<double>() / layers;
+  }
+  EXPECT_NEAR(enhanced - plain, extra, 1e-3 * extra);
+  EXPECT_NE(error_of([&] { bns_loss(bns_, {BnsVariant::kGdfq, 0, true}); }).find("needs per-sample statistics"),
+            std::string::npos);
+}
+
 TEST_F(SynthTest, ImagePrior) {
   const torch::Tensor x = torch::tensor({{{{1.0f, 3.0f}, {1.0f, 3.0f}}}});  // mean 2, unbiased std 2/sqrt(3)·sqrt(... )
   const double mean = 2.0, std = std::sqrt(4.0 / 3.0);
@@ -208,7 +226,7 @@ TEST_F(SynthTest, SameSeedSameImages) {
 TEST_F(SynthTest, ClearErrors) {
   SynthesizerOptions o;
   o.recipe = "genius";
-  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown recipe 'genius'; known: noise, zeroq, gdfq, genie, intraq, qimera"),
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown recipe 'genius'; known: noise, zeroq, dsg, gdfq, qimera, genie, intraq"),
             std::string::npos);
   o.recipe = "gdfq";
   o.bns = "dsg";
