@@ -254,6 +254,36 @@ class Base : public Synthesizer {
   at::Generator gen_;
 };
 
+// ReduceLROnPlateau(mode min, factor 0.1, min_lr 1e-4) stepped on the total
+// loss after every optimization step, as ZeroQ, IntraQ and Genie use it.
+class Plateau {
+ public:
+  Plateau(torch::optim::Optimizer& optimizer, double lr, int64_t patience)
+      : optimizer_(optimizer), lr_(lr), patience_(patience) {}
+  void step(double loss) {
+    if (loss < best_) {
+      best_ = loss;
+      since_best_ = 0;
+    } else if (++since_best_ > patience_ && lr_ > 1e-4) {
+      lr_ = std::max(lr_ * 0.1, 1e-4);
+      for (auto& group : optimizer_.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr_);
+      since_best_ = 0;
+    }
+  }
+
+ private:
+  torch::optim::Optimizer& optimizer_;
+  double lr_, best_ = std::numeric_limits<double>::infinity();
+  int64_t patience_, since_best_ = 0;
+};
+
+StepReport step_report(int64_t step, int64_t steps) {
+  StepReport r;
+  r.step = step + 1;
+  r.steps = steps;
+  return r;
+}
+
 class NoiseSynthesizer : public Base {
  public:
   using Base::Base;
@@ -272,25 +302,13 @@ class PixelSynthesizer : public Base {
     const bool labelled = recipe_.ce_weight > 0 || recipe_.soft_target > 0 || recipe_.margin_low >= 0;
     const torch::Tensor y = labelled ? random_labels(options_.batch_size) : torch::Tensor();
     torch::optim::Adam adam({x}, torch::optim::AdamOptions(recipe_.lr));
-    // ReduceLROnPlateau(factor 0.1, min 1e-4) on the total loss: patience 100 (ZeroQ), 50 (IntraQ).
-    const int64_t patience = recipe_.name == "intraq" ? 50 : 100;
-    double lr = recipe_.lr, best = std::numeric_limits<double>::infinity();
-    int64_t since_best = 0;
+    Plateau plateau(adam, recipe_.lr, recipe_.name == "intraq" ? 50 : 100);  // IntraQ 50, ZeroQ 100
     for (int64_t step = 0; step < recipe_.iterations; ++step) {
-      StepReport report;
-      report.step = step + 1;
-      report.steps = recipe_.iterations;
+      StepReport report = step_report(step, recipe_.iterations);
       adam.zero_grad();
       loss(x, y, &report).backward();
       adam.step();
-      if (report.total < best) {
-        best = report.total;
-        since_best = 0;
-      } else if (++since_best > patience && lr > 1e-4) {
-        lr = std::max(lr * 0.1, 1e-4);
-        static_cast<torch::optim::AdamOptions&>(adam.param_groups()[0].options()).lr(lr);
-        since_best = 0;
-      }
+      plateau.step(report.total);
       if (progress) progress(report);
     }
     const torch::Tensor images = x.detach();
@@ -320,9 +338,7 @@ class GeneratorSynthesizer : public Base {
     std::unique_ptr<distributed::Reducer> reducer;
     if (comm_ && comm_->size() > 1) reducer = std::make_unique<distributed::Reducer>(comm_, generator_->parameters());
     for (int64_t step = 0; step < recipe_.iterations; ++step) {
-      StepReport report;
-      report.step = step + 1;
-      report.steps = recipe_.iterations;
+      StepReport report = step_report(step, recipe_.iterations);
       const torch::Tensor y = random_labels(options_.batch_size);
       const torch::Tensor z = randn({options_.batch_size, options_.latent_dim});
       adam.zero_grad();
@@ -388,25 +404,16 @@ class GenieSynthesizer : public Base {
     torch::Tensor z = randn({options_.batch_size, options_.latent_dim}).requires_grad_(true);
     torch::optim::Adam opt_z({z}, torch::optim::AdamOptions(recipe_.lr));
     torch::optim::Adam opt_g(generator->parameters(), torch::optim::AdamOptions(recipe_.lr / 10));
-    double lr_z = recipe_.lr, lr_g = recipe_.lr / 10, best = std::numeric_limits<double>::infinity();
-    int64_t since_best = 0;
+    Plateau plateau(opt_z, recipe_.lr, 100);
+    double lr_g = recipe_.lr / 10;
     for (int64_t step = 0; step < recipe_.iterations; ++step) {
-      StepReport report;
-      report.step = step + 1;
-      report.steps = recipe_.iterations;
+      StepReport report = step_report(step, recipe_.iterations);
       opt_z.zero_grad();
       opt_g.zero_grad();
       loss(generator->forward(z), torch::Tensor(), &report).backward();
       opt_z.step();
       opt_g.step();
-      if (report.total < best) {
-        best = report.total;
-        since_best = 0;
-      } else if (++since_best > 100 && lr_z > 1e-4) {
-        lr_z = std::max(lr_z * 0.1, 1e-4);
-        static_cast<torch::optim::AdamOptions&>(opt_z.param_groups()[0].options()).lr(lr_z);
-        since_best = 0;
-      }
+      plateau.step(report.total);
       if ((step + 1) % 100 == 0) {
         lr_g *= 0.95;
         static_cast<torch::optim::AdamOptions&>(opt_g.param_groups()[0].options()).lr(lr_g);
