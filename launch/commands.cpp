@@ -13,12 +13,14 @@
 #include "models/quant_factory.h"
 #include "models/zoo.h"
 #include "trainers/evaluate.h"
+#include "trainers/quantize.h"
 #include "trainers/teacher.h"
 
 #include <ATen/Parallel.h>
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -595,6 +597,109 @@ int generate(int argc, char** argv) {
                      .str()
               << std::endl;
   }
+  return 0;
+}
+
+int quantize(int argc, char** argv) {
+  po::options_description desc("zsq quantize options");
+  desc.add_options()
+      ("teacher", po::value<std::string>(), "FP32 teacher model file")
+      ("pool", po::value<std::string>(), "images to train on: an HDF5 data set, e.g. a synthetic pool from zsq generate");
+  add_student_options(desc);
+  desc.add_options()
+      ("steps", po::value<int64_t>()->default_value(1000), "optimizer steps")
+      ("batch-size", po::value<int64_t>()->default_value(64), "images per step")
+      ("lr", po::value<double>()->default_value(1e-3), "peak learning rate (SGD, Nesterov momentum 0.9, cosine to 0)")
+      ("weight-decay", po::value<double>()->default_value(0.0), "weight decay on the latent weights")
+      ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
+      ("bit-weights", po::value<std::string>(), "loss weight per bit-width, comma-separated (default: all 1)")
+      ("calib-count", po::value<int64_t>()->default_value(256), "pool images that calibrate the initial steps")
+      ("eval-data", po::value<std::string>()->default_value("fashion-mnist"),
+       "labelled test set for the final table ('fashion-mnist', an HDF5 file, or 'none')")
+      ("data-dir", po::value<std::string>()->default_value(kFashionMnistDir), "folder with the Fashion-MNIST IDX files")
+      ("log-every", po::value<int64_t>()->default_value(50), "steps between progress lines")
+      ("seed", po::value<uint64_t>()->default_value(0), "random seed")
+      ("out", po::value<std::string>()->default_value("run"), "run folder (created): student.h5, metrics.jsonl");
+  add_common_options(desc);
+  Common common;
+  auto parsed = parse("quantize", "zsq quantize --teacher teacher.h5 --pool synth.h5 [--bits 2,3,4,8] [--out run/]", desc,
+                      argc, argv, &common);
+  if (!parsed) return 0;
+  const po::variables_map& vm = *parsed;
+  if (!vm.count("teacher")) throw UsageError("--teacher is required");
+  if (!vm.count("pool")) {
+    throw UsageError("--pool is required (online generation comes later); make one with zsq generate");
+  }
+  if (log_world_size() > 1) throw UsageError("quantize runs on one process in this version; run it without mpirun");
+  const models::StudentConfig config = read_student_config(vm);
+  trainers::QuantizeOptions q;
+  q.steps = get<int64_t>(vm, "steps");
+  q.batch_size = get<int64_t>(vm, "batch-size");
+  q.lr = get<double>(vm, "lr");
+  q.weight_decay = get<double>(vm, "weight-decay");
+  q.temperature = get<double>(vm, "temperature");
+  q.seed = get<uint64_t>(vm, "seed");
+  if (vm.count("bit-weights")) q.weights = parse_double_list(get<std::string>(vm, "bit-weights"), "--bit-weights");
+  const int64_t calib = get<int64_t>(vm, "calib-count");
+  const int64_t every = get<int64_t>(vm, "log-every");
+  if (calib < 1) throw UsageError("--calib-count must be >= 1");
+  if (every < 1) throw UsageError("--log-every must be >= 1");
+  if (q.steps < 1) throw UsageError("--steps must be >= 1");
+  const fs::path run = get<std::string>(vm, "out");
+  check_output_folder(run.string());  // its parent must exist; the run folder itself is created
+  fs::create_directories(run);
+
+  const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"));
+  const Dataset pool = load_dataset(get<std::string>(vm, "pool"), "", Split::kTrain);
+  trainers::check_data_fits(teacher.meta, pool);
+  const std::string eval_spec = get<std::string>(vm, "eval-data");
+  const auto& shape = teacher.meta.input_shape;
+  models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
+                         teacher.meta.width > 0 ? teacher.meta.width : 16};
+  models::Classifier student = models::build(spec, models::QuantFactory(config));
+  torch::manual_seed(q.seed);
+  const torch::Tensor pick = torch::randperm(pool.size()).narrow(0, 0, std::min(calib, pool.size()));
+  models::init_student(*student, *teacher.model, normalize(pool.images.index_select(0, pick), teacher.norm()));
+
+  std::cout << "quantize: " << spec.arch << " at bits " << models::bits_text(config.bits) << " on " << pool.name << " ("
+            << pool.size() << " images), " << q.steps << " steps, batch " << q.batch_size << ", lr " << q.lr
+            << ", T " << q.temperature << std::endl;
+  std::ofstream metrics(run / "metrics.jsonl");
+  trainers::quantize(*student, *teacher.model, pool, teacher.norm(), q, [&](const trainers::QuantizeStep& r) {
+    Json line;
+    line.add("step", r.step).add("lr", r.lr).add("bits", config.bits).add("kd", r.losses);
+    metrics << line.str() << "\n";
+    if (r.step % every != 0 && r.step != r.steps) return;
+    std::cout << "step " << r.step << "/" << r.steps << "  kd";
+    for (size_t i = 0; i < r.losses.size(); ++i) {
+      std::cout << " b" << config.bits[i] << " " << std::fixed << std::setprecision(4) << r.losses[i];
+    }
+    std::cout << "  lr " << std::setprecision(5) << r.lr << "  " << std::setprecision(0) << r.images_per_second
+              << " img/s  elapsed " << format_duration(r.elapsed_seconds) << "  ETA " << format_duration(r.eta_seconds)
+              << std::endl;
+  });
+  ModelMeta meta = teacher.meta;
+  meta.recipe = resolved_config(desc, vm);
+  const std::string student_path = (run / "student.h5").string();
+  models::save_student(student_path, *student, config, meta);
+  std::cout << "wrote " << student_path << " and " << (run / "metrics.jsonl").string() << std::endl;
+  Json json;
+  json.add("command", "quantize").add("student", student_path).add("bits", config.bits);
+  if (eval_spec != "none") {
+    const Dataset test = load_dataset(eval_spec, get<std::string>(vm, "data-dir"), Split::kTest);
+    trainers::check_data_fits(teacher.meta, test);
+    const trainers::EvalResult t = trainers::evaluate(*teacher.model, test, teacher.norm());
+    std::cout << "top-1 on " << test.name << ": teacher (fp32) " << percent(t.top1);
+    json.add("teacher_top1", t.top1);
+    for (const int64_t b : config.bits) {
+      models::set_bits(*student, b);
+      const trainers::EvalResult r = trainers::evaluate(*student, test, teacher.norm());
+      std::cout << ", " << b << "-bit " << percent(r.top1);
+      json.add("top1_b" + std::to_string(b), r.top1);
+    }
+    std::cout << std::endl;
+  }
+  if (common.json) std::cout << json.str() << std::endl;
   return 0;
 }
 

@@ -11,5 +11,6 @@ int inspect(int argc, char** argv);
 int init_student(int argc, char** argv);
 int extract(int argc, char** argv);
 int generate(int argc, char** argv);
+int quantize(int argc, char** argv);
 
 } // namespace zsq::cli

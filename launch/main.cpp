@@ -20,6 +20,7 @@ const char* kUsage =
     "commands:\n"
     "  train-teacher   train an FP32 teacher on a labelled data set and write teacher.h5\n"
     "  generate        synthesize training images from a teacher's BatchNorm statistics (HDF5, PNG)\n"
+    "  quantize        train the once-for-all student on a pool by distillation (2/3/4/8 bits in one model)\n"
     "  init-student    build the once-for-all student from a teacher (steps calibrated) and write student.h5\n"
     "  extract         write a fixed-precision (--bits) or vertical-layered model from a student\n"
     "  eval            top-1 accuracy of a model file (FP32, fixed, vertical) or of a student per bit-width\n"
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
       {"init-student", zsq::cli::init_student},
       {"extract", zsq::cli::extract},
       {"generate", zsq::cli::generate},
+      {"quantize", zsq::cli::quantize},
   };
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     (argc < 2 ? std::cerr : std::cout) << kUsage;

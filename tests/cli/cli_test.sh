@@ -205,6 +205,12 @@ expect_ok "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 
   --test-data fashion-mnist --distill-from "$work/teacher.h5" --out "$work/kd.h5"
 expect_fail 1 "--temperature must be > 0" "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 16 \
   --data "$work/synth.h5" --test-data fashion-mnist --distill-from "$work/teacher.h5" --temperature 0
+# The once-for-all training on the pool (experimental): a run folder with the student and metrics.
+expect_fail 2 "--pool is required" "$zsq" quantize --teacher "$work/teacher.h5"
+expect_ok "$zsq" quantize --teacher "$work/teacher.h5" --pool "$work/synth.h5" --bits 4,8 --steps 3 --batch-size 16 \
+  --calib-count 16 --eval-data none --out "$work/run"
+[ "$(wc -l <"$work/run/metrics.jsonl")" = 3 ] && ok "one metrics line per step" || bad "metrics.jsonl"
+expect_ok "$zsq" eval --checkpoint "$work/run/student.h5" --limit 200
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq --iterations 5 --batch-size 8 --count 8 \
   --out "$work/zeroq.h5"
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe noise --count 8 --out "$work/noise.h5"
