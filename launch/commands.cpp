@@ -609,7 +609,7 @@ int quantize(int argc, char** argv) {
   desc.add_options()
       ("steps", po::value<int64_t>()->default_value(1000), "optimizer steps")
       ("batch-size", po::value<int64_t>()->default_value(64), "images per step")
-      ("lr", po::value<double>()->default_value(1e-3), "peak learning rate (SGD, Nesterov momentum 0.9, cosine to 0)")
+      ("lr", po::value<double>()->default_value(1e-4), "peak learning rate (SGD, Nesterov momentum 0.9, cosine to 0)")
       ("weight-decay", po::value<double>()->default_value(0.0), "weight decay on the latent weights")
       ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
       ("bit-weights", po::value<std::string>(), "loss weight per bit-width, comma-separated (default: all 1)")

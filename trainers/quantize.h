@@ -28,7 +28,7 @@ namespace zsq::trainers {
 struct QuantizeOptions {
   int64_t steps = 1000;
   int64_t batch_size = 64;
-  double lr = 1e-3;            ///< peak learning rate (SGD with Nesterov momentum 0.9, cosine to 0)
+  double lr = 1e-4;            ///< peak learning rate (SGD with Nesterov momentum 0.9, cosine to 0)
   double weight_decay = 0;     ///< on latent weights only
   double temperature = 4;
   std::vector<double> weights; ///< λ_b per bit-width (empty: all 1)
