@@ -16,12 +16,6 @@ using quant::IntLayer;
 using quant::IntLayerImpl;
 using quant::IntLayerOptions;
 
-std::string bits_text(const std::vector<int64_t>& bits) {
-  std::ostringstream out;
-  for (size_t i = 0; i < bits.size(); ++i) out << (i ? "," : "") << bits[i];
-  return out.str();
-}
-
 namespace {
 
 size_t bits_index(const StudentConfig& config, int64_t bits) {

@@ -86,7 +86,6 @@ ExtractedFile read_extracted(const h5::File& file, bool allow_student = false);
 /// must match or be 0 for fixed files).
 Classifier load_integer_model(const std::string& path, int64_t bits = 0);
 
-/// "2,3,4,8"
-std::string bits_text(const std::vector<int64_t>& bits);
+using quant::bits_text;  // "2,3,4,8"
 
 } // namespace zsq::models

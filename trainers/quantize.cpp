@@ -1,24 +1,11 @@
 #include "trainers/quantize.h"
 
-#include "trainers/teacher.h"
-
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cmath>
 
 namespace zsq::trainers {
-
-double cosine_lr(double peak, int64_t step, int64_t total, int64_t warmup);  // trainers/teacher.cpp
-
-torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits, double temperature) {
-  TORCH_CHECK(student_logits.sizes() == teacher_logits.sizes(), "kd_loss: logits of shape ", student_logits.sizes(),
-              " and ", teacher_logits.sizes());
-  TORCH_CHECK(temperature > 0, "temperature must be > 0, got ", temperature);
-  const torch::Tensor target = torch::softmax(teacher_logits.detach() / temperature, 1);
-  const torch::Tensor log_p = torch::log_softmax(student_logits / temperature, 1);
-  return (target * (torch::log(target.clamp_min(1e-12)) - log_p)).sum(1).mean() * (temperature * temperature);
-}
 
 void quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const Dataset& pool,
               const Normalization& norm, const QuantizeOptions& o,
@@ -49,17 +36,8 @@ void quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, 
   lo.horizontal_flip = o.horizontal_flip;
   BatchLoader loader(pool, norm, lo);
 
-  std::vector<torch::Tensor> latent, other;
-  for (const auto& item : student.named_parameters()) {
-    const std::string& n = item.key();
-    const bool is_weight = item.value().dim() > 1 && n.size() >= 7 && n.compare(n.size() - 7, 7, ".weight") == 0;
-    (is_weight ? latent : other).push_back(item.value());
-  }
-  auto sgd = [&](double wd) { return torch::optim::SGDOptions(o.lr).momentum(0.9).nesterov(true).weight_decay(wd); };
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(latent, std::make_unique<torch::optim::SGDOptions>(sgd(o.weight_decay)));
-  groups.emplace_back(other, std::make_unique<torch::optim::SGDOptions>(sgd(0.0)));
-  torch::optim::SGD optimizer(groups, sgd(o.weight_decay));
+  // Weight decay on the latent weights only (make_sgd spares every 1-D tensor: steps, BatchNorm, biases).
+  const std::unique_ptr<torch::optim::SGD> optimizer = make_sgd(student, o.lr, 0.9, /*nesterov=*/true, o.weight_decay);
 
   const auto start = std::chrono::steady_clock::now();
   int64_t epoch = 0, batch_index = 0;
@@ -71,13 +49,13 @@ void quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, 
     }
     const Batch batch = loader.batch(batch_index++);
     const double lr = cosine_lr(o.lr, step, o.steps, 0);
-    for (auto& group : optimizer.param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+    set_lr(*optimizer, lr);
     torch::Tensor teacher_logits;
     {
       torch::NoGradGuard no_grad;
       teacher_logits = teacher.forward(batch.images);
     }
-    optimizer.zero_grad();
+    optimizer->zero_grad();
     QuantizeStep report;
     for (size_t i = 0; i < bits.size(); ++i) {
       models::set_bits(student, bits[i]);
@@ -89,7 +67,7 @@ void quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, 
       (loss * (o.weights.empty() ? 1.0 : o.weights[i])).backward();
       report.losses.push_back(value);
     }
-    optimizer.step();
+    optimizer->step();
     report.step = step + 1;
     report.steps = o.steps;
     report.lr = lr;

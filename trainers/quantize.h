@@ -18,6 +18,7 @@
 #include "framework/data.h"
 #include "models/quant_factory.h"
 #include "models/zoo.h"
+#include "trainers/teacher.h"  // kd_loss, make_sgd
 
 #include <functional>
 #include <string>
@@ -48,8 +49,5 @@ struct QuantizeStep {
 void quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const Dataset& pool,
               const Normalization& norm, const QuantizeOptions& options,
               const std::function<void(const QuantizeStep&)>& on_step);
-
-/// The distillation loss above for one bit-width (student and teacher logits N×K).
-torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits, double temperature);
 
 } // namespace zsq::trainers

@@ -19,6 +19,32 @@ double cosine_lr(double peak, int64_t step, int64_t total, int64_t warmup) {
   return 0.5 * peak * (1.0 + std::cos(M_PI * std::min(1.0, t)));
 }
 
+std::unique_ptr<torch::optim::SGD> make_sgd(const torch::nn::Module& model, double lr, double momentum, bool nesterov,
+                                            double weight_decay) {
+  std::vector<torch::Tensor> decay, no_decay;
+  for (const auto& p : model.parameters()) (p.dim() <= 1 ? no_decay : decay).push_back(p);
+  auto options = [&](double wd) {
+    return torch::optim::SGDOptions(lr).momentum(momentum).nesterov(nesterov).weight_decay(wd);
+  };
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(decay, std::make_unique<torch::optim::SGDOptions>(options(weight_decay)));
+  groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(options(0.0)));
+  return std::make_unique<torch::optim::SGD>(groups, options(weight_decay));
+}
+
+void set_lr(torch::optim::SGD& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+}
+
+torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits, double temperature) {
+  TORCH_CHECK(student_logits.sizes() == teacher_logits.sizes(), "kd_loss: logits of shape ", student_logits.sizes(),
+              " and ", teacher_logits.sizes());
+  TORCH_CHECK(temperature > 0, "temperature must be > 0, got ", temperature);
+  const torch::Tensor target = torch::softmax(teacher_logits.detach() / temperature, 1);
+  const torch::Tensor log_p = torch::log_softmax(student_logits / temperature, 1);
+  return (target * (torch::log(target.clamp_min(1e-12)) - log_p)).sum(1).mean() * (temperature * temperature);
+}
+
 void check_teacher_options(const TeacherOptions& o, const Dataset& train, const Dataset& test) {
   TORCH_CHECK(o.epochs > 0, "--epochs must be > 0, got ", o.epochs);
   TORCH_CHECK(o.batch_size > 0, "--batch-size must be > 0, got ", o.batch_size);
@@ -104,18 +130,8 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
   lo.horizontal_flip = o.horizontal_flip;
   BatchLoader loader(train, norm, lo);
 
-  // No weight decay on BN parameters and biases (the usual recipe).
-  std::vector<torch::Tensor> decay, no_decay;
-  for (const auto& item : model->named_parameters()) {
-    (item.value().dim() <= 1 ? no_decay : decay).push_back(item.value());
-  }
-  auto sgd = [&](double wd) {
-    return torch::optim::SGDOptions(o.lr).momentum(o.momentum).nesterov(o.nesterov).weight_decay(wd);
-  };
-  std::vector<torch::optim::OptimizerParamGroup> groups;
-  groups.emplace_back(decay, std::make_unique<torch::optim::SGDOptions>(sgd(o.weight_decay)));
-  groups.emplace_back(no_decay, std::make_unique<torch::optim::SGDOptions>(sgd(0.0)));
-  torch::optim::SGD optimizer(groups, sgd(o.weight_decay));
+  const std::unique_ptr<torch::optim::SGD> optimizer =
+      make_sgd(*model, o.lr, o.momentum, o.nesterov, o.weight_decay);
 
   const int64_t steps_per_epoch = loader.num_batches();
   const int64_t total_steps = steps_per_epoch * o.epochs;
@@ -135,20 +151,18 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
     double lr = o.lr;
     for (int64_t b = 0; b < steps_per_epoch; ++b) {
       lr = cosine_lr(o.lr, epoch * steps_per_epoch + b, total_steps, warmup_steps);
-      for (auto& group : optimizer.param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+      set_lr(*optimizer, lr);
       const Batch batch = loader.batch(b);
-      optimizer.zero_grad();
+      optimizer->zero_grad();
       const torch::Tensor logits = model->forward(batch.images);
       torch::Tensor loss;
       if (o.distill_from) {
-        torch::Tensor target;
+        torch::Tensor teacher_logits;
         {
           torch::NoGradGuard no_grad;
-          target = torch::softmax(o.distill_from->forward(batch.images) / o.temperature, 1);
+          teacher_logits = o.distill_from->forward(batch.images);
         }
-        const torch::Tensor log_p = torch::log_softmax(logits / o.temperature, 1);
-        // KL(target || student), 'batchmean', times T² (as IntraQ/FDDA's KLDivLoss(reduction='batchmean')).
-        loss = (target * (torch::log(target.clamp_min(1e-12)) - log_p)).sum(1).mean() * (o.temperature * o.temperature);
+        loss = kd_loss(logits, teacher_logits, o.temperature);
       } else {
         loss = torch::nn::functional::cross_entropy(logits, batch.labels, ce_options);
       }
@@ -157,7 +171,7 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
                   ", step ", b + 1, "; lower --lr");
       loss.backward();
       reducer.reduce();
-      optimizer.step();
+      optimizer->step();
       loss_sum += loss_value * batch.labels.size(0);
       correct += logits.detach().argmax(1).eq(batch.labels).sum().item<int64_t>();
       seen += batch.labels.size(0);

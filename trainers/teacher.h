@@ -9,6 +9,8 @@
 #include "models/zoo.h"
 #include "trainers/evaluate.h"
 
+#include <torch/optim/sgd.h>
+
 #include <functional>
 #include <memory>
 #include <string>
@@ -73,5 +75,17 @@ TeacherResult train_teacher(const TeacherOptions& options, const Dataset& train,
 /// lr at step `step` of `total`: linear warm-up over `warmup` steps, then
 /// cosine from `peak` to 0.
 double cosine_lr(double peak, int64_t step, int64_t total, int64_t warmup);
+
+/// SGD over every parameter of `model`, without weight decay on the
+/// one-dimensional ones (BatchNorm, biases, quantizer steps).
+std::unique_ptr<torch::optim::SGD> make_sgd(const torch::nn::Module& model, double lr, double momentum, bool nesterov,
+                                            double weight_decay);
+/// Sets the learning rate of every parameter group.
+void set_lr(torch::optim::SGD& optimizer, double lr);
+
+/// Distillation loss T² · KL(softmax(t/T) || softmax(s/T)), summed over
+/// classes and averaged over the batch ('batchmean', as IntraQ/FDDA's
+/// KLDivLoss); the teacher logits are detached. Logits N×K.
+torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits, double temperature);
 
 } // namespace zsq::trainers

@@ -7,21 +7,23 @@
 #include <sstream>
 
 namespace zsq::quant {
-namespace {
-
-std::string list_text(const std::vector<int64_t>& v) {
+std::string bits_text(const std::vector<int64_t>& bits) {
   std::ostringstream out;
-  for (size_t i = 0; i < v.size(); ++i) out << (i ? "," : "") << v[i];
+  for (size_t i = 0; i < bits.size(); ++i) out << (i ? "," : "") << bits[i];
   return out.str();
 }
 
-} // namespace
+size_t bit_index(const std::vector<int64_t>& bits, int64_t b) {
+  const auto it = std::find(bits.begin(), bits.end(), b);
+  TORCH_CHECK(it != bits.end(), "bit-width ", b, " is not one of this model's (", bits_text(bits), ")");
+  return static_cast<size_t>(it - bits.begin());
+}
 
 void QuantLayerOptions::check() const {
   TORCH_CHECK(!bits_.empty(), "quantized layer: no bit-widths given");
   TORCH_CHECK(wbits_.size() == bits_.size() && abits_.size() == bits_.size(),
-              "quantized layer: bits (", list_text(bits_), "), wbits (", list_text(wbits_), ") and abits (",
-              list_text(abits_), ") must have the same length");
+              "quantized layer: bits (", bits_text(bits_), "), wbits (", bits_text(wbits_), ") and abits (",
+              bits_text(abits_), ") must have the same length");
   TORCH_CHECK(top_bits_ >= 2 && top_bits_ <= 16, "top bits must be in [2, 16], got ", top_bits_);
   for (size_t i = 0; i < bits_.size(); ++i) {
     TORCH_CHECK(std::count(bits_.begin(), bits_.end(), bits_[i]) == 1, "bit-width ", bits_[i], " listed twice");
@@ -31,11 +33,7 @@ void QuantLayerOptions::check() const {
   }
 }
 
-size_t QuantLayerOptions::index_of(int64_t b) const {
-  const auto it = std::find(bits_.begin(), bits_.end(), b);
-  TORCH_CHECK(it != bits_.end(), "bit-width ", b, " is not one of this model's (", list_text(bits_), ")");
-  return static_cast<size_t>(it - bits_.begin());
-}
+size_t QuantLayerOptions::index_of(int64_t b) const { return bit_index(bits_, b); }
 
 // --- QuantizedLayer -------------------------------------------------------------
 
@@ -135,8 +133,8 @@ void QConv2dImpl::pretty_print(std::ostream& stream) const {
          << ", kernel_size=" << options.kernel_size() << ", stride=" << options.stride()
          << ", padding=" << options.padding();
   if (options.groups() != 1) stream << ", groups=" << options.groups();
-  stream << ", bits=" << list_text(options_.bits()) << ", wbits=" << list_text(options_.wbits())
-         << ", abits=" << list_text(options_.abits()) << ", top_bits=" << options_.top_bits()
+  stream << ", bits=" << bits_text(options_.bits()) << ", wbits=" << bits_text(options_.wbits())
+         << ", abits=" << bits_text(options_.abits()) << ", top_bits=" << options_.top_bits()
          << ", nesting=" << nesting_name(options_.nesting()) << ")";
 }
 
@@ -165,8 +163,8 @@ void QLinearImpl::reset() {
 
 void QLinearImpl::pretty_print(std::ostream& stream) const {
   stream << "zsq::quant::QLinear(in_features=" << options.in_features() << ", out_features=" << options.out_features()
-         << ", bits=" << list_text(options_.bits()) << ", wbits=" << list_text(options_.wbits())
-         << ", abits=" << list_text(options_.abits()) << ", top_bits=" << options_.top_bits()
+         << ", bits=" << bits_text(options_.bits()) << ", wbits=" << bits_text(options_.wbits())
+         << ", abits=" << bits_text(options_.abits()) << ", top_bits=" << options_.top_bits()
          << ", nesting=" << nesting_name(options_.nesting()) << ")";
 }
 
@@ -191,15 +189,11 @@ void SwitchableBatchNorm2dImpl::reset() {
 }
 
 void SwitchableBatchNorm2dImpl::pretty_print(std::ostream& stream) const {
-  stream << "zsq::quant::SwitchableBatchNorm2d(" << num_features_ << ", bits=" << list_text(bits_) << ")";
+  stream << "zsq::quant::SwitchableBatchNorm2d(" << num_features_ << ", bits=" << bits_text(bits_) << ")";
 }
 
 torch::Tensor SwitchableBatchNorm2dImpl::forward(const torch::Tensor& x) { return norms_[index_]->forward(x); }
 
-void SwitchableBatchNorm2dImpl::set_bits(int64_t b) {
-  const auto it = std::find(bits_.begin(), bits_.end(), b);
-  TORCH_CHECK(it != bits_.end(), "bit-width ", b, " is not one of this model's (", list_text(bits_), ")");
-  index_ = static_cast<size_t>(it - bits_.begin());
-}
+void SwitchableBatchNorm2dImpl::set_bits(int64_t b) { index_ = bit_index(bits_, b); }
 
 } // namespace zsq::quant

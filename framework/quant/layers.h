@@ -27,6 +27,11 @@
 
 namespace zsq::quant {
 
+/// "2,3,4,8"
+std::string bits_text(const std::vector<int64_t>& bits);
+/// Position of bit-width b in `bits`; throws naming the model's bit-widths.
+size_t bit_index(const std::vector<int64_t>& bits, int64_t b);
+
 /// Smallest step a quantizer uses.
 inline constexpr double kMinStep = 1e-8;
 /// The step a quantizer uses for a learned step parameter: |s| floored at

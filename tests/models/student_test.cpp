@@ -121,7 +121,9 @@ TEST_F(StudentTest, SwitchingChangesOnlyPerBitState) {
     }
   }
   for (const auto& b : student->named_buffers()) {
-    if (b.key().find(".b2.") != std::string::npos) EXPECT_FALSE(changed(b.key(), b.value())) << b.key();
+    if (b.key().find(".b2.") != std::string::npos) {
+      EXPECT_FALSE(changed(b.key(), b.value())) << b.key();
+    }
   }
   EXPECT_TRUE(changed("layer1.0.conv1.weight", params["layer1.0.conv1.weight"]));
   EXPECT_TRUE(changed("layer1.0.conv1.act_step_b4", params["layer1.0.conv1.act_step_b4"]));
