@@ -85,8 +85,15 @@ void load_state(const h5::File& file, torch::nn::Module& module, const std::vect
     }
   }
   const std::set<std::string> skip(ignore.begin(), ignore.end());
+  const auto skipped = [&](const std::string& name) {
+    if (skip.count(name)) return true;
+    for (const std::string& group : ignore) {
+      if (!group.empty() && group.back() == '/' && name.rfind(group, 0) == 0) return true;
+    }
+    return false;
+  };
   for (const std::string& name : file.dataset_names()) {
-    if (!expected.count(name) && !skip.count(name)) problems.push_back("unexpected tensor '" + name + "'");
+    if (!expected.count(name) && !skipped(name)) problems.push_back("unexpected tensor '" + name + "'");
   }
   if (!problems.empty()) {
     std::ostringstream msg;

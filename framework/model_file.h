@@ -45,7 +45,9 @@ void save_model(const std::string& path, const torch::nn::Module& module, const 
 
 /// Copies the tensors of `file` into `module` by name. Every parameter and
 /// buffer must be present with the same shape; extra datasets are an error
-/// unless listed in `ignore`. Throws one message listing every mismatch.
+/// unless listed in `ignore` (an entry ending in '/' ignores that whole group,
+/// e.g. "train/" for a checkpoint's training state). Throws one message
+/// listing every mismatch.
 void load_state(const h5::File& file, torch::nn::Module& module, const std::vector<std::string>& ignore = {});
 
 /// The named tensors (parameters, then buffers) in name order.

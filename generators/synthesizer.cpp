@@ -2,6 +2,7 @@
 
 #include "distributed/reducer.h"
 #include "distributed/sync.h"
+#include "framework/model_file.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -130,6 +131,13 @@ TORCH_MODULE(GenieGenerator);
 // Shared machinery: the teacher with taps, the losses of one batch.
 class Base : public Synthesizer {
  public:
+  torch::Tensor rng_state() const override { return gen_.get_state(); }
+  void set_rng_state(const torch::Tensor& state) override {
+    TORCH_CHECK(state.scalar_type() == torch::kUInt8 && state.sizes() == gen_.get_state().sizes(),
+                "the checkpoint's random state of the synthesizer has the wrong type or size");
+    gen_.set_state(state);
+  }
+
   Base(models::Classifier teacher, std::vector<int64_t> shape, int64_t classes, const Recipe& recipe,
        const SynthesizerOptions& o, std::shared_ptr<distributed::Communicator> comm)
       : teacher_(std::move(teacher)), shape_(std::move(shape)), classes_(classes), options_(o),
@@ -333,30 +341,79 @@ class GeneratorSynthesizer : public Base {
   std::vector<torch::Tensor> parameters() const override { return generator_->parameters(); }
 
   void fit(const std::function<void(const StepReport&)>& progress) override {
-    generator_->train();
-    torch::optim::Adam adam(generator_->parameters(), torch::optim::AdamOptions(recipe_.lr).betas({0.5, 0.999}));
-    std::unique_ptr<distributed::Reducer> reducer;
-    if (comm_ && comm_->size() > 1) reducer = std::make_unique<distributed::Reducer>(comm_, generator_->parameters());
     for (int64_t step = 0; step < recipe_.iterations; ++step) {
       StepReport report = step_report(step, recipe_.iterations);
-      const torch::Tensor y = random_labels(options_.batch_size);
-      const torch::Tensor z = randn({options_.batch_size, options_.latent_dim});
-      adam.zero_grad();
-      if (recipe_.superpose_prob > 0 && torch::rand({1}, gen_).item<double>() < recipe_.superpose_prob) {
-        // Qimera's superposed embeddings: each sample mixes K classes with
-        // weights softmax(N(0, 1)); its target is the same mixture.
-        const int64_t n = options_.batch_size, k = recipe_.superpose_k;
-        const torch::Tensor ys = random_labels(n * k).view({n, k});
-        const torch::Tensor lambda = torch::softmax(randn({n, k}), 1);
-        const torch::Tensor e = (lambda.unsqueeze(2) * z.unsqueeze(1) * generator_->emb->forward(ys)).sum(1);
-        const torch::Tensor soft = torch::zeros({n, classes_}).scatter_add(1, ys, lambda);
-        loss(generator_->body(e), soft.argmax(1), &report, soft).backward();
-      } else {
-        loss(generator_->forward(z, y), y, &report).backward();
-      }
-      if (reducer) reducer->reduce();
-      adam.step();
+      train_step(&report);
       if (progress) progress(report);
+    }
+  }
+
+  bool trains_generator() const override { return true; }
+
+  std::pair<torch::Tensor, torch::Tensor> train_step(StepReport* report) override {
+    generator_->train();
+    train_step_setup();
+    const torch::Tensor y = random_labels(options_.batch_size);
+    const torch::Tensor z = randn({options_.batch_size, options_.latent_dim});
+    adam_->zero_grad();
+    torch::Tensor images, labels;
+    if (recipe_.superpose_prob > 0 && torch::rand({1}, gen_).item<double>() < recipe_.superpose_prob) {
+      // Qimera's superposed embeddings: each sample mixes K classes with
+      // weights softmax(N(0, 1)); its target is the same mixture.
+      const int64_t n = options_.batch_size, k = recipe_.superpose_k;
+      const torch::Tensor ys = random_labels(n * k).view({n, k});
+      const torch::Tensor lambda = torch::softmax(randn({n, k}), 1);
+      const torch::Tensor e = (lambda.unsqueeze(2) * z.unsqueeze(1) * generator_->emb->forward(ys)).sum(1);
+      const torch::Tensor soft = torch::zeros({n, classes_}).scatter_add(1, ys, lambda);
+      images = generator_->body(e);
+      labels = soft.argmax(1);
+      loss(images, labels, report, soft).backward();
+    } else {
+      images = generator_->forward(z, y);
+      labels = y;
+      loss(images, y, report).backward();
+    }
+    if (reducer_) reducer_->reduce();
+    adam_->step();
+    return {images.detach(), labels};
+  }
+
+  NamedTensors state() override {
+    NamedTensors out;
+    for (const auto& [name, t] : named_state(*generator_)) out.emplace_back("generator." + name, t);
+    if (adam_) {
+      NamedTensors params;
+      for (const auto& item : generator_->named_parameters()) params.emplace_back(item.key(), item.value());
+      for (const auto& [name, t] : optimizer_state(*adam_, params)) out.emplace_back("adam." + name, t);
+    }
+    return out;
+  }
+
+  void load_state(const std::map<std::string, torch::Tensor>& state) override {
+    std::map<std::string, torch::Tensor> adam;
+    size_t found = 0;
+    torch::NoGradGuard no_grad;
+    for (const auto& [name, t] : named_state(*generator_)) {
+      const auto it = state.find("generator." + name);
+      TORCH_CHECK(it != state.end(), "the checkpoint has no generator tensor '", name, "'");
+      TORCH_CHECK(it->second.sizes() == t.sizes(), "the checkpoint's generator tensor '", name, "' has shape ",
+                  it->second.sizes(), ", the recipe's generator ", t.sizes());
+      t.copy_(it->second);
+      ++found;
+    }
+    for (const auto& [name, t] : state) {
+      if (name.rfind("adam.", 0) == 0) {
+        adam.emplace(name.substr(5), t);
+      } else {
+        TORCH_CHECK(name.rfind("generator.", 0) == 0, "unexpected synthesizer state '", name, "'");
+      }
+    }
+    TORCH_CHECK(found + adam.size() == state.size(), "the checkpoint's generator does not match the recipe's");
+    if (!adam.empty()) {
+      train_step_setup();
+      NamedTensors params;
+      for (const auto& item : generator_->named_parameters()) params.emplace_back(item.key(), item.value());
+      load_optimizer_state(*adam_, params, adam);
     }
   }
 
@@ -368,7 +425,16 @@ class GeneratorSynthesizer : public Base {
   }
 
  private:
+  void train_step_setup() {
+    if (adam_) return;
+    adam_ = std::make_unique<torch::optim::Adam>(generator_->parameters(),
+                                                 torch::optim::AdamOptions(recipe_.lr).betas({0.5, 0.999}));
+    if (comm_ && comm_->size() > 1) reducer_ = std::make_unique<distributed::Reducer>(comm_, generator_->parameters());
+  }
+
   GdfqGenerator generator_;
+  std::unique_ptr<torch::optim::Adam> adam_;
+  std::unique_ptr<distributed::Reducer> reducer_;
 };
 
 // Genie-D: per batch a fresh generator and learned latents, optimized together
@@ -430,6 +496,15 @@ class GenieSynthesizer : public Base {
 };
 
 } // namespace
+
+std::pair<torch::Tensor, torch::Tensor> Synthesizer::train_step(StepReport*) {
+  TORCH_CHECK(false, "recipe '", recipe_.name, "' trains no generator; only gdfq and qimera alternate with the student");
+}
+
+void Synthesizer::load_state(const std::map<std::string, torch::Tensor>& state) {
+  TORCH_CHECK(state.empty(), "recipe '", recipe_.name, "' keeps no state, the checkpoint has ", state.size(),
+              " synthesizer tensors");
+}
 
 const std::vector<std::string>& known_recipes() {
   static const std::vector<std::string> names = {"noise", "zeroq", "dsg", "gdfq", "qimera", "genie", "intraq"};

@@ -46,6 +46,7 @@
 #pragma once
 
 #include "distributed/communicator.h"
+#include "framework/optim_state.h"
 #include "generators/bns_loss.h"
 #include "models/zoo.h"
 
@@ -114,6 +115,18 @@ class Synthesizer {
   virtual std::pair<torch::Tensor, torch::Tensor> next_batch(const std::function<void(const StepReport&)>& progress) = 0;
   /// The generator's parameters (empty when there is none).
   virtual std::vector<torch::Tensor> parameters() const { return {}; }
+  /// Recipes with one generator trained for the whole run (gdfq, qimera) can
+  /// alternate with a student: one generator step, returning the (detached)
+  /// images and labels it was trained on. Others throw.
+  virtual bool trains_generator() const { return false; }
+  virtual std::pair<torch::Tensor, torch::Tensor> train_step(StepReport* report);
+  /// What a checkpoint needs to continue bit-for-bit: the generator's tensors
+  /// and its optimizer's state (identical on every rank), by name.
+  virtual NamedTensors state() { return {}; }
+  virtual void load_state(const std::map<std::string, torch::Tensor>& state);
+  /// This rank's random stream (uint8 tensor), for checkpoints.
+  virtual torch::Tensor rng_state() const = 0;
+  virtual void set_rng_state(const torch::Tensor& state) = 0;
   const Recipe& recipe() const { return recipe_; }
 
  protected:

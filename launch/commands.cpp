@@ -24,6 +24,8 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <optional>
+#include <set>
 
 namespace zsq::cli {
 namespace fs = std::filesystem;
@@ -427,6 +429,62 @@ int init_student(int argc, char** argv) {
   return 0;
 }
 
+// The synthesizer's options; `prefix` ("" for generate, "gen-" for quantize,
+// whose own --lr, --ce-weight ... train the student) starts every name.
+void add_synth_options(po::options_description& desc, const std::string& prefix) {
+  // Boost copies the names; the temporaries live until the end of the statement.
+  const auto key = [&](const char* n) { return prefix + n; };
+  desc.add_options()
+      (key("iterations").c_str(), po::value<int64_t>()->default_value(-1),
+       "optimization steps (zeroq: per batch; gdfq: generator training); -1: the recipe's")
+      (key("lr").c_str(), po::value<double>()->default_value(-1), "learning rate; -1: the recipe's")
+      (key("bns").c_str(), po::value<std::string>()->default_value(""), "BN-statistics loss: zeroq, genie or gdfq (default: the recipe's)")
+      (key("bns-weight").c_str(), po::value<double>()->default_value(-1), "weight of the BN-statistics loss; -1: the recipe's")
+      (key("ce-weight").c_str(), po::value<double>()->default_value(-1), "weight of the cross-entropy to the target labels; -1: the recipe's")
+      (key("prior-weight").c_str(), po::value<double>()->default_value(-1), "weight of the image prior; -1: the recipe's")
+      (key("margin").c_str(), po::value<double>()->default_value(-1), "DSG slack on the BN statistics, in running stds (0: off; -1: the recipe's)")
+      (key("layerwise").c_str(), po::value<std::string>()->default_value(""), "DSG layerwise sample enhancement: on or off (default: the recipe's)")
+      (key("lor").c_str(), po::value<std::string>()->default_value(""), "IntraQ local object reinforcement: on or off (default: the recipe's)")
+      (key("soft-target").c_str(), po::value<double>()->default_value(-1), "IntraQ soft inception target floor in [0, 1) (0: off; -1: the recipe's)")
+      (key("margin-low").c_str(), po::value<double>()->default_value(-2), "IntraQ marginal distance, lower bound (-1: off; -2: the recipe's)")
+      (key("margin-up").c_str(), po::value<double>()->default_value(-2), "IntraQ marginal distance, upper bound (-2: the recipe's)")
+      (key("superpose-prob").c_str(), po::value<double>()->default_value(-1), "Qimera: chance per generator step of superposed samples (-1: the recipe's)")
+      (key("superpose-k").c_str(), po::value<int64_t>()->default_value(0), "Qimera: classes mixed per superposed sample (0: the recipe's)")
+      (key("mapping").c_str(), po::value<std::string>()->default_value(""), "Qimera's disentanglement mapping layer: on or off (default: the recipe's)")
+      (key("latent-dim").c_str(), po::value<int64_t>()->default_value(100), "generator noise size");
+}
+
+void read_synth_options(const po::variables_map& vm, const std::string& prefix, generators::SynthesizerOptions* out) {
+  generators::SynthesizerOptions& so = *out;
+  const auto flag = [&](const char* n) { return prefix + n; };
+  so.iterations = get<int64_t>(vm, flag("iterations").c_str());
+  so.lr = get<double>(vm, flag("lr").c_str());
+  so.bns = get<std::string>(vm, flag("bns").c_str());
+  so.bns_weight = get<double>(vm, flag("bns-weight").c_str());
+  so.ce_weight = get<double>(vm, flag("ce-weight").c_str());
+  so.prior_weight = get<double>(vm, flag("prior-weight").c_str());
+  so.margin = get<double>(vm, flag("margin").c_str());
+  so.latent_dim = get<int64_t>(vm, flag("latent-dim").c_str());
+  const std::string lor = get<std::string>(vm, flag("lor").c_str());
+  if (lor != "" && lor != "on" && lor != "off") throw UsageError("--" + flag("lor") + " must be 'on' or 'off', got '" + lor + "'");
+  so.lor = lor.empty() ? -1 : lor == "on" ? 1 : 0;
+  so.soft_target = get<double>(vm, flag("soft-target").c_str());
+  so.superpose_prob = get<double>(vm, flag("superpose-prob").c_str());
+  so.superpose_k = get<int64_t>(vm, flag("superpose-k").c_str());
+  const std::string mapping = get<std::string>(vm, flag("mapping").c_str());
+  if (mapping != "" && mapping != "on" && mapping != "off") {
+    throw UsageError("--" + flag("mapping") + " must be 'on' or 'off', got '" + mapping + "'");
+  }
+  so.mapping = mapping.empty() ? -1 : mapping == "on" ? 1 : 0;
+  const std::string layerwise = get<std::string>(vm, flag("layerwise").c_str());
+  if (layerwise != "" && layerwise != "on" && layerwise != "off") {
+    throw UsageError("--" + flag("layerwise") + " must be 'on' or 'off', got '" + layerwise + "'");
+  }
+  so.layerwise = layerwise.empty() ? -1 : layerwise == "on" ? 1 : 0;
+  so.margin_low = get<double>(vm, flag("margin-low").c_str());
+  so.margin_up = get<double>(vm, flag("margin-up").c_str());
+}
+
 int generate(int argc, char** argv) {
   po::options_description desc("zsq generate options");
   desc.add_options()
@@ -435,24 +493,9 @@ int generate(int argc, char** argv) {
       ("count", po::value<int64_t>()->default_value(1024), "images to write")
       ("out", po::value<std::string>()->default_value("synth.h5"), "HDF5 data set to write")
       ("png", po::value<std::string>(), "also write a PNG grid of the first 64 images")
-      ("batch-size", po::value<int64_t>()->default_value(64), "images per step and process")
-      ("iterations", po::value<int64_t>()->default_value(-1),
-       "optimization steps (zeroq: per batch; gdfq: generator training); -1: the recipe's")
-      ("lr", po::value<double>()->default_value(-1), "learning rate; -1: the recipe's")
-      ("bns", po::value<std::string>()->default_value(""), "BN-statistics loss: zeroq, genie or gdfq (default: the recipe's)")
-      ("bns-weight", po::value<double>()->default_value(-1), "weight of the BN-statistics loss; -1: the recipe's")
-      ("ce-weight", po::value<double>()->default_value(-1), "weight of the cross-entropy to the target labels; -1: the recipe's")
-      ("prior-weight", po::value<double>()->default_value(-1), "weight of the image prior; -1: the recipe's")
-      ("margin", po::value<double>()->default_value(-1), "DSG slack on the BN statistics, in running stds (0: off; -1: the recipe's)")
-      ("layerwise", po::value<std::string>()->default_value(""), "DSG layerwise sample enhancement: on or off (default: the recipe's)")
-      ("lor", po::value<std::string>()->default_value(""), "IntraQ local object reinforcement: on or off (default: the recipe's)")
-      ("soft-target", po::value<double>()->default_value(-1), "IntraQ soft inception target floor in [0, 1) (0: off; -1: the recipe's)")
-      ("margin-low", po::value<double>()->default_value(-2), "IntraQ marginal distance, lower bound (-1: off; -2: the recipe's)")
-      ("margin-up", po::value<double>()->default_value(-2), "IntraQ marginal distance, upper bound (-2: the recipe's)")
-      ("superpose-prob", po::value<double>()->default_value(-1), "Qimera: chance per generator step of superposed samples (-1: the recipe's)")
-      ("superpose-k", po::value<int64_t>()->default_value(0), "Qimera: classes mixed per superposed sample (0: the recipe's)")
-      ("mapping", po::value<std::string>()->default_value(""), "Qimera's disentanglement mapping layer: on or off (default: the recipe's)")
-      ("latent-dim", po::value<int64_t>()->default_value(100), "generator noise size")
+      ("batch-size", po::value<int64_t>()->default_value(64), "images per step and process");
+  add_synth_options(desc, "");
+  desc.add_options()
       ("seed", po::value<uint64_t>()->default_value(0), "random seed (each process adds an offset)")
       ("progress-every", po::value<int64_t>()->default_value(50), "steps between progress lines")
       ("collective-timeout", po::value<double>()->default_value(600), "under mpirun: seconds a collective may take");
@@ -476,32 +519,7 @@ int generate(int argc, char** argv) {
   generators::SynthesizerOptions so;
   so.recipe = get<std::string>(vm, "recipe");
   so.batch_size = get<int64_t>(vm, "batch-size");
-  so.iterations = get<int64_t>(vm, "iterations");
-  so.lr = get<double>(vm, "lr");
-  so.bns = get<std::string>(vm, "bns");
-  so.bns_weight = get<double>(vm, "bns-weight");
-  so.ce_weight = get<double>(vm, "ce-weight");
-  so.prior_weight = get<double>(vm, "prior-weight");
-  so.margin = get<double>(vm, "margin");
-  so.latent_dim = get<int64_t>(vm, "latent-dim");
-  const std::string lor = get<std::string>(vm, "lor");
-  if (lor != "" && lor != "on" && lor != "off") throw UsageError("--lor must be 'on' or 'off', got '" + lor + "'");
-  so.lor = lor.empty() ? -1 : lor == "on" ? 1 : 0;
-  so.soft_target = get<double>(vm, "soft-target");
-  so.superpose_prob = get<double>(vm, "superpose-prob");
-  so.superpose_k = get<int64_t>(vm, "superpose-k");
-  const std::string mapping = get<std::string>(vm, "mapping");
-  if (mapping != "" && mapping != "on" && mapping != "off") {
-    throw UsageError("--mapping must be 'on' or 'off', got '" + mapping + "'");
-  }
-  so.mapping = mapping.empty() ? -1 : mapping == "on" ? 1 : 0;
-  const std::string layerwise = get<std::string>(vm, "layerwise");
-  if (layerwise != "" && layerwise != "on" && layerwise != "off") {
-    throw UsageError("--layerwise must be 'on' or 'off', got '" + layerwise + "'");
-  }
-  so.layerwise = layerwise.empty() ? -1 : layerwise == "on" ? 1 : 0;
-  so.margin_low = get<double>(vm, "margin-low");
-  so.margin_up = get<double>(vm, "margin-up");
+  read_synth_options(vm, "", &so);
   so.seed = get<uint64_t>(vm, "seed");
   generators::Recipe recipe;
   try {
@@ -600,37 +618,106 @@ int generate(int argc, char** argv) {
   return 0;
 }
 
+namespace {
+
+// "key = value" lines of a resolved config.
+std::map<std::string, std::string> config_values(const std::string& text) {
+  std::map<std::string, std::string> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t eq = line.find(" = ");
+    if (eq != std::string::npos) out[line.substr(0, eq)] = line.substr(eq + 3);
+  }
+  return out;
+}
+
+// A resumed run must train with the recipe it started with; only options that
+// do not change the numbers may differ.
+void check_same_recipe(const std::string& checkpoint, const std::string& stored, const std::string& now) {
+  static const std::set<std::string> free = {"out", "resume", "log-every", "eval-data", "data-dir", "threads",
+                                             "log-level", "json", "config", "collective-timeout",
+                                             "checkpoint-every", "stop-after", "teacher", "pool"};
+  const auto a = config_values(stored), b = config_values(now);
+  std::vector<std::string> diffs;
+  for (const auto& [key, value] : b) {
+    if (free.count(key)) continue;
+    const auto it = a.find(key);
+    const std::string was = it == a.end() ? "(unset)" : it->second;
+    if (was != value) diffs.push_back("--" + key + " " + value + " (the checkpoint has " + was + ")");
+  }
+  for (const auto& [key, value] : a) {
+    if (!free.count(key) && !b.count(key)) diffs.push_back("--" + key + " unset (the checkpoint has " + value + ")");
+  }
+  if (diffs.empty()) return;
+  std::string msg = "'" + checkpoint + "' was trained with another recipe; resume with the same options:";
+  for (const auto& d : diffs) msg += "\n  " + d;
+  throw UsageError(msg);
+}
+
+// Keeps the metrics lines of steps <= `step` (a killed run may have logged further).
+void truncate_metrics(const fs::path& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    const size_t at = line.find("\"step\":");
+    if (at == std::string::npos) continue;
+    if (std::stoll(line.substr(at + 7)) <= step) kept += line + "\n";
+  }
+  in.close();
+  std::ofstream(path, std::ios::trunc) << kept;
+}
+
+} // namespace
+
 int quantize(int argc, char** argv) {
   po::options_description desc("zsq quantize options");
   desc.add_options()
       ("teacher", po::value<std::string>(), "FP32 teacher model file")
-      ("pool", po::value<std::string>(), "images to train on: an HDF5 data set, e.g. a synthetic pool from zsq generate");
+      ("pool", po::value<std::string>(),
+       "train on this fixed set of images instead of generating online: an HDF5 data set (e.g. from zsq generate), "
+       "or 'fashion-mnist' for the real-data baseline")
+      ("recipe", po::value<std::string>()->default_value("gdfq"),
+       "online generation (without --pool): gdfq or qimera alternate a generator with the student; "
+       "noise, zeroq, dsg, genie, intraq make fresh batches");
   add_student_options(desc);
   desc.add_options()
-      ("steps", po::value<int64_t>()->default_value(1000), "optimizer steps")
-      ("batch-size", po::value<int64_t>()->default_value(64), "images per step")
+      ("steps", po::value<int64_t>()->default_value(1000), "student optimizer steps")
+      ("batch-size", po::value<int64_t>()->default_value(64), "images per step, over all processes")
       ("lr", po::value<double>()->default_value(1e-4), "peak learning rate (SGD, Nesterov momentum 0.9, cosine to 0)")
       ("weight-decay", po::value<double>()->default_value(0.0), "weight decay on the latent weights")
       ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
+      ("ce-weight", po::value<double>()->default_value(0.0), "weight of the cross-entropy to the images' labels")
+      ("weighting", po::value<std::string>()->default_value("sum"),
+       "bit-widths per step: sum (all, weighted by --bit-weights), sandwich (highest, lowest, one random middle), "
+       "min-norm (MGDA combination of the per-bit gradients)")
       ("bit-weights", po::value<std::string>(), "loss weight per bit-width, comma-separated (default: all 1)")
-      ("calib-count", po::value<int64_t>()->default_value(256), "pool images that calibrate the initial steps")
+      ("recursive", po::value<std::string>()->default_value("off"),
+       "on: each bit-width learns from the next higher one instead of the teacher")
+      ("calib-count", po::value<int64_t>()->default_value(256), "images that calibrate the initial steps")
+      ("generator-warmup", po::value<int64_t>()->default_value(200),
+       "online gdfq/qimera: generator-only steps before the student trains");
+  add_synth_options(desc, "gen-");
+  desc.add_options()
+      ("checkpoint-every", po::value<int64_t>()->default_value(100), "steps between checkpoints (0: only at the end)")
+      ("stop-after", po::value<int64_t>()->default_value(0),
+       "end after this many steps with a checkpoint (0: run to the end); --resume continues")
+      ("resume", po::bool_switch(), "continue the run in --out from its checkpoint")
       ("eval-data", po::value<std::string>()->default_value("fashion-mnist"),
        "labelled test set for the final table ('fashion-mnist', an HDF5 file, or 'none')")
       ("data-dir", po::value<std::string>()->default_value(kFashionMnistDir), "folder with the Fashion-MNIST IDX files")
       ("log-every", po::value<int64_t>()->default_value(50), "steps between progress lines")
+      ("collective-timeout", po::value<double>()->default_value(600), "under mpirun: seconds a collective may take")
       ("seed", po::value<uint64_t>()->default_value(0), "random seed")
-      ("out", po::value<std::string>()->default_value("run"), "run folder (created): student.h5, metrics.jsonl");
+      ("out", po::value<std::string>()->default_value("run"), "run folder (created): checkpoint.h5, metrics.jsonl");
   add_common_options(desc);
   Common common;
-  auto parsed = parse("quantize", "zsq quantize --teacher teacher.h5 --pool synth.h5 [--bits 2,3,4,8] [--out run/]", desc,
-                      argc, argv, &common);
+  auto parsed = parse("quantize", "zsq quantize --teacher teacher.h5 [--pool synth.h5 | --recipe gdfq] [--bits 2,3,4,8] [--out run/]",
+                      desc, argc, argv, &common);
   if (!parsed) return 0;
   const po::variables_map& vm = *parsed;
   if (!vm.count("teacher")) throw UsageError("--teacher is required");
-  if (!vm.count("pool")) {
-    throw UsageError("--pool is required (online generation comes later); make one with zsq generate");
-  }
-  if (log_world_size() > 1) throw UsageError("quantize runs on one process in this version; run it without mpirun");
   const models::StudentConfig config = read_student_config(vm);
   trainers::QuantizeOptions q;
   q.steps = get<int64_t>(vm, "steps");
@@ -638,54 +725,179 @@ int quantize(int argc, char** argv) {
   q.lr = get<double>(vm, "lr");
   q.weight_decay = get<double>(vm, "weight-decay");
   q.temperature = get<double>(vm, "temperature");
+  q.ce_weight = get<double>(vm, "ce-weight");
+  q.weighting = get<std::string>(vm, "weighting");
+  q.calib_count = get<int64_t>(vm, "calib-count");
+  q.checkpoint_every = get<int64_t>(vm, "checkpoint-every");
+  q.stop_after = get<int64_t>(vm, "stop-after");
+  q.resume = vm["resume"].as<bool>();
   q.seed = get<uint64_t>(vm, "seed");
+  const std::string recursive = get<std::string>(vm, "recursive");
+  if (recursive != "on" && recursive != "off") throw UsageError("--recursive must be 'on' or 'off', got '" + recursive + "'");
+  q.recursive = recursive == "on";
   if (vm.count("bit-weights")) q.weights = parse_double_list(get<std::string>(vm, "bit-weights"), "--bit-weights");
-  const int64_t calib = get<int64_t>(vm, "calib-count");
   const int64_t every = get<int64_t>(vm, "log-every");
-  if (calib < 1) throw UsageError("--calib-count must be >= 1");
-  if (every < 1) throw UsageError("--log-every must be >= 1");
   if (q.steps < 1) throw UsageError("--steps must be >= 1");
+  if (q.batch_size < 1) throw UsageError("--batch-size must be >= 1");
+  if (q.calib_count < 1) throw UsageError("--calib-count must be >= 1");
+  if (every < 1) throw UsageError("--log-every must be >= 1");
+  if (q.checkpoint_every < 0) throw UsageError("--checkpoint-every must be >= 0");
+  if (q.stop_after < 0) throw UsageError("--stop-after must be >= 0");
+  if (std::find(trainers::known_weightings().begin(), trainers::known_weightings().end(), q.weighting) ==
+      trainers::known_weightings().end()) {
+    throw UsageError("unknown --weighting '" + q.weighting + "' (sum, sandwich, min-norm)");
+  }
+  if (q.weighting == "min-norm" && !q.weights.empty()) throw UsageError("--bit-weights has no meaning with --weighting min-norm");
+  if (!q.weights.empty() && q.weights.size() != config.bits.size()) {
+    throw UsageError("--bit-weights needs one value per bit-width (" + std::to_string(config.bits.size()) + "), got " +
+                     std::to_string(q.weights.size()));
+  }
+  const double timeout = get<double>(vm, "collective-timeout");
+  if (timeout < 0) throw UsageError("--collective-timeout must be >= 0 seconds");
+  const bool online = !vm.count("pool");
+  generators::SynthesizerOptions so;
+  so.recipe = get<std::string>(vm, "recipe");
+  read_synth_options(vm, "gen-", &so);
+  so.seed = q.seed;
+  q.generator_warmup = get<int64_t>(vm, "generator-warmup");
+  if (q.generator_warmup < 0) throw UsageError("--generator-warmup must be >= 0");
+  if (online) {
+    try {
+      const generators::Recipe recipe = generators::resolve_recipe(so);
+      if (recipe.variables != "generator") q.generator_warmup = 0;  // only a trained generator warms up
+    } catch (const c10::Error& e) {
+      throw UsageError(e.what_without_backtrace());
+    }
+  } else {
+    q.generator_warmup = 0;
+  }
+
   const fs::path run = get<std::string>(vm, "out");
   check_output_folder(run.string());  // its parent must exist; the run folder itself is created
-  fs::create_directories(run);
+  const fs::path checkpoint = run / "checkpoint.h5";
+  q.checkpoint = checkpoint.string();
+  const std::string recipe_text = resolved_config(desc, vm);
+  if (q.resume) {
+    if (!fs::exists(checkpoint)) {
+      throw UsageError("--resume: there is no '" + checkpoint.string() + "' to continue; start the run without --resume");
+    }
+    const trainers::CheckpointInfo info = trainers::read_checkpoint_info(checkpoint.string());
+    const h5::File file = h5::File::open_read(checkpoint.string());
+    check_same_recipe(checkpoint.string(), read_meta_attrs(file).recipe, recipe_text);
+    (void)info;
+  } else if (fs::exists(checkpoint)) {
+    throw UsageError("'" + checkpoint.string() + "' exists; add --resume to continue that run, or choose another --out");
+  }
 
+  auto comm = distributed::Communicator::create({timeout});
+  const bool root = comm->rank() == 0;
+  if (root) {
+    fs::create_directories(run);
+    // Temporary files of a write that a killed run left behind.
+    for (const auto& entry : fs::directory_iterator(run)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind(".checkpoint.h5.tmp.", 0) == 0) fs::remove(entry.path());
+    }
+  }
   const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"));
-  const Dataset pool = load_dataset(get<std::string>(vm, "pool"), "", Split::kTrain);
-  trainers::check_data_fits(teacher.meta, pool);
-  const std::string eval_spec = get<std::string>(vm, "eval-data");
   const auto& shape = teacher.meta.input_shape;
   models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
                          teacher.meta.width > 0 ? teacher.meta.width : 16};
-  models::Classifier student = models::build(spec, models::QuantFactory(config));
-  torch::manual_seed(q.seed);
-  const torch::Tensor pick = torch::randperm(pool.size()).narrow(0, 0, std::min(calib, pool.size()));
-  models::init_student(*student, *teacher.model, normalize(pool.images.index_select(0, pick), teacher.norm()));
-
-  std::cout << "quantize: " << spec.arch << " at bits " << models::bits_text(config.bits) << " on " << pool.name << " ("
-            << pool.size() << " images), " << q.steps << " steps, batch " << q.batch_size << ", lr " << q.lr
-            << ", T " << q.temperature << std::endl;
-  std::ofstream metrics(run / "metrics.jsonl");
-  trainers::quantize(*student, *teacher.model, pool, teacher.norm(), q, [&](const trainers::QuantizeStep& r) {
-    Json line;
-    line.add("step", r.step).add("lr", r.lr).add("bits", config.bits).add("kd", r.losses);
-    metrics << line.str() << "\n";
-    if (r.step % every != 0 && r.step != r.steps) return;
-    std::cout << "step " << r.step << "/" << r.steps << "  kd";
-    for (size_t i = 0; i < r.losses.size(); ++i) {
-      std::cout << " b" << config.bits[i] << " " << std::fixed << std::setprecision(4) << r.losses[i];
+  std::optional<Dataset> pool;
+  std::unique_ptr<generators::Synthesizer> synth;
+  if (online) {
+    if (q.batch_size % comm->size() != 0) {
+      throw UsageError("--batch-size " + std::to_string(q.batch_size) + " must be a multiple of the number of processes (" +
+                       std::to_string(comm->size()) + ")");
     }
-    std::cout << "  lr " << std::setprecision(5) << r.lr << "  " << std::setprecision(0) << r.images_per_second
+    so.batch_size = q.batch_size / comm->size();
+    so.teacher_spec = spec;
+    // The synthesizer gets its own copy of the teacher: its BN taps must not disturb the distillation.
+    models::Classifier copy = models::build(spec, models::Fp32Factory());
+    load_state(h5::File::open_read(get<std::string>(vm, "teacher")), *copy);
+    synth = generators::make_synthesizer(copy, shape, teacher.meta.num_classes, so, comm);
+  } else {
+    const std::string spec_text = get<std::string>(vm, "pool");
+    pool = load_dataset(spec_text, spec_text == "fashion-mnist" ? get<std::string>(vm, "data-dir") : "", Split::kTrain);
+    trainers::check_data_fits(teacher.meta, *pool);
+  }
+  const std::string eval_spec = get<std::string>(vm, "eval-data");
+  models::Classifier student = models::build(spec, models::QuantFactory(config));
+
+  ModelMeta meta = teacher.meta;
+  meta.recipe = recipe_text;
+  const trainers::CheckpointMeta write_meta = [&](h5::File& file) {
+    ModelMeta m = meta;
+    m.precision = "once-for-all " + models::bits_text(config.bits);
+    file.set_attr("format", std::string(models::kStudentFormat));
+    file.set_attr("version", models::kExtractFormatVersion);
+    write_meta_attrs(file, m);
+    models::write_student_config(file, config);
+  };
+
+  if (root) {
+    std::cout << "quantize: " << spec.arch << " at bits " << models::bits_text(config.bits) << " on "
+              << (online ? "images generated online (" + synth->recipe().describe() + ")"
+                         : pool->name + " (" + std::to_string(pool->size()) + " images)")
+              << ", " << q.steps << " steps, batch " << q.batch_size << ", lr " << q.lr << ", T " << q.temperature
+              << ", weighting " << q.weighting << (q.recursive ? " (recursive)" : "")
+              << (comm->size() > 1 ? ", " + std::to_string(comm->size()) + " processes" : std::string()) << std::endl;
+  }
+  const fs::path metrics_path = run / "metrics.jsonl";
+  if (root && q.resume) truncate_metrics(metrics_path, trainers::read_checkpoint_info(checkpoint.string()).step);
+  std::ofstream metrics;
+  if (root) metrics.open(metrics_path, q.resume ? std::ios::app : std::ios::trunc);
+  trainers::QuantizeData data;
+  data.pool = pool ? &*pool : nullptr;
+  data.norm = teacher.norm();
+  data.synthesizer = synth.get();
+  const auto on_step = [&](const trainers::QuantizeStep& r) {
+    if (!root) return;
+    if (r.step == 0) {  // generator warm-up
+      if (r.warmup_step % every == 0 || r.warmup_step == r.warmup_steps) {
+        std::cout << "generator warm-up " << r.warmup_step << "/" << r.warmup_steps << "  loss " << std::fixed
+                  << std::setprecision(4) << r.generator_loss << std::endl;
+      }
+      return;
+    }
+    Json line;
+    line.add("step", r.step).add("lr", r.lr).add("bits", r.bits).add("loss", r.losses);
+    if (!r.alphas.empty()) line.add("alpha", r.alphas);
+    if (r.generator_loss >= 0) line.add("generator_loss", r.generator_loss);
+    line.add("images_per_second", r.images_per_second);
+    metrics << line.str() << "\n";
+    if (r.checkpointed) metrics.flush();
+    if (r.step % every != 0 && r.step != r.steps && !(r.checkpointed && q.stop_after > 0)) return;
+    std::cout << "step " << r.step << "/" << r.steps << "  loss";
+    for (size_t i = 0; i < r.losses.size(); ++i) {
+      std::cout << " b" << r.bits[i] << " " << std::fixed << std::setprecision(4) << r.losses[i];
+    }
+    if (r.generator_loss >= 0) std::cout << "  generator " << std::setprecision(4) << r.generator_loss;
+    std::cout << "  lr " << std::setprecision(6) << r.lr << "  " << std::setprecision(0) << r.images_per_second
               << " img/s  elapsed " << format_duration(r.elapsed_seconds) << "  ETA " << format_duration(r.eta_seconds)
               << std::endl;
-  });
-  ModelMeta meta = teacher.meta;
-  meta.recipe = resolved_config(desc, vm);
-  const std::string student_path = (run / "student.h5").string();
-  models::save_student(student_path, *student, config, meta);
-  std::cout << "wrote " << student_path << " and " << (run / "metrics.jsonl").string() << std::endl;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  trainers::QuantizeResult result;
+  try {
+    result = trainers::quantize(*student, *teacher.model, data, q, write_meta, comm, on_step);
+  } catch (...) {
+    if (metrics.is_open()) metrics.flush();
+    throw;
+  }
+  metrics.close();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!root) return 0;
+  if (result.resumed_from >= 0) std::cout << "resumed from step " << result.resumed_from << std::endl;
+  std::cout << "wrote " << checkpoint.string() << " (step " << result.steps_done << "/" << q.steps << ") and "
+            << metrics_path.string() << " in " << format_duration(seconds) << std::endl;
   Json json;
-  json.add("command", "quantize").add("student", student_path).add("bits", config.bits);
-  if (eval_spec != "none") {
+  json.add("command", "quantize").add("checkpoint", checkpoint.string()).add("bits", config.bits)
+      .add("steps_done", result.steps_done).add("complete", result.complete).add("seconds", seconds);
+  if (!result.complete) {
+    std::cout << "stopped after " << result.steps_done << " of " << q.steps << " steps; continue with the same command and --resume"
+              << std::endl;
+  } else if (eval_spec != "none") {
     const Dataset test = load_dataset(eval_spec, get<std::string>(vm, "data-dir"), Split::kTest);
     trainers::check_data_fits(teacher.meta, test);
     const trainers::EvalResult t = trainers::evaluate(*teacher.model, test, teacher.norm());

@@ -315,11 +315,13 @@ void save_student(const std::string& path, const torch::nn::Module& student, con
   });
 }
 
+void write_student_config(h5::File& file, const StudentConfig& config) { write_config(file, config); }
+
 LoadedStudent load_student(const std::string& path) {
   const h5::File file = h5::File::open_read(path);
   const ExtractedFile x = read_extracted(file, /*allow_student=*/true);
   LoadedStudent s{build(x.spec, QuantFactory(x.config)), x.spec, x.config, x.meta};
-  load_state(file, *s.model);
+  load_state(file, *s.model, {kTrainingStateGroup});  // a checkpoint's training state is not the model's
   set_bits(*s.model, x.config.bits.front());
   s.model->eval();
   return s;

@@ -23,12 +23,19 @@ namespace zsq::models {
 inline constexpr const char* kFixedFormat = "zsq-fixed";
 inline constexpr const char* kVerticalFormat = "zsq-vertical";
 inline constexpr const char* kStudentFormat = "zsq-student";
+/// The group of a checkpoint (a zsq-student file) that holds the training
+/// state: optimizer, generator, RNG states (trainers/checkpoint.h).
+inline constexpr const char* kTrainingStateGroup = "train/";
 inline constexpr int64_t kExtractFormatVersion = 1;
 
 /// Writes the whole student (latent weights, steps, every per-bit BN and
 /// input step) and how it was built, atomically, as a zsq-student file.
 void save_student(const std::string& path, const torch::nn::Module& student, const StudentConfig& config,
                   const ModelMeta& meta);
+
+/// Writes the student's configuration attributes (bits, wbits, abits, ...)
+/// as a zsq-student file holds them.
+void write_student_config(h5::File& file, const StudentConfig& config);
 
 /// A student read back from a zsq-student file.
 struct LoadedStudent {

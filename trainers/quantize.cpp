@@ -1,82 +1,417 @@
 #include "trainers/quantize.h"
 
+#include "distributed/reducer.h"
+#include "distributed/sync.h"
+#include "framework/model_file.h"
+#include "framework/optim_state.h"
+#include "models/extract.h"
+
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <map>
+#include <thread>
 
 namespace zsq::trainers {
+namespace {
 
-void quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const Dataset& pool,
-              const Normalization& norm, const QuantizeOptions& o,
-              const std::function<void(const QuantizeStep&)>& on_step) {
-  const std::vector<int64_t> bits = models::model_bits(student);
+constexpr const char* kOptimizerGroup = "train/optimizer/";
+constexpr const char* kSynthesizerGroup = "train/synthesizer/";
+constexpr const char* kRngGroup = "train/rng/";
+
+uint64_t splitmix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// The bit-widths trained at student step `step` (ascending). Sandwich draws its
+// middle bit-width from (seed, step) only, so every rank and a resumed run
+// draw the same one.
+std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, const std::string& weighting, uint64_t seed,
+                               int64_t step) {
+  if (weighting != "sandwich" || bits.size() <= 3) return bits;
+  const size_t middle = 1 + splitmix(seed * 0x100000001b3ULL + static_cast<uint64_t>(step)) % (bits.size() - 2);
+  return {bits.front(), bits[middle], bits.back()};
+}
+
+NamedTensors named_parameters(torch::nn::Module& module) {
+  NamedTensors out;
+  for (const auto& item : module.named_parameters()) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
+// The datasets of `file` under `group`, by name without the group.
+std::map<std::string, torch::Tensor> read_group(const h5::File& file, const std::string& group) {
+  std::map<std::string, torch::Tensor> out;
+  for (const std::string& name : file.dataset_names()) {
+    if (name.rfind(group, 0) == 0) out.emplace(name.substr(group.size()), file.read_tensor(name));
+  }
+  return out;
+}
+
+torch::Tensor flat_gradient(const NamedTensors& params) {
+  std::vector<torch::Tensor> parts;
+  for (const auto& [name, p] : params) {
+    parts.push_back(p.grad().defined() ? p.grad().reshape(-1).to(torch::kFloat64)
+                                       : torch::zeros({p.numel()}, torch::kFloat64));
+  }
+  return torch::cat(parts);
+}
+
+void set_flat_gradient(const NamedTensors& params, const torch::Tensor& flat) {
+  int64_t offset = 0;
+  for (const auto& [name, p] : params) {
+    const torch::Tensor g = flat.narrow(0, offset, p.numel()).view(p.sizes()).to(p.scalar_type());
+    if (p.grad().defined()) {
+      p.mutable_grad().copy_(g);
+    } else {
+      p.mutable_grad() = g.clone();
+    }
+    offset += p.numel();
+  }
+}
+
+class Checkpointer {
+ public:
+  Checkpointer(const QuantizeOptions& o, const CheckpointMeta& meta, std::shared_ptr<distributed::Communicator> comm)
+      : o_(o), meta_(meta), comm_(std::move(comm)) {
+    if (const char* delay = std::getenv("ZSQ_TEST_CHECKPOINT_DELAY")) delay_ = std::atof(delay);
+  }
+
+  // Collective when several ranks (the random states are gathered); rank 0 writes.
+  void write(models::ClassifierImpl& student, torch::optim::SGD& optimizer, const NamedTensors& params,
+             generators::Synthesizer* synth, int64_t step) {
+    const int world = comm_ ? comm_->size() : 1;
+    torch::Tensor rng;
+    if (synth) {
+      rng = synth->rng_state().contiguous();
+      rng = world > 1 ? comm_->all_gather(rng) : rng.unsqueeze(0);
+    }
+    if (comm_ && comm_->rank() != 0) return;
+    const NamedTensors momenta = optimizer_state(optimizer, params);
+    const NamedTensors synth_state = synth ? synth->state() : NamedTensors{};
+    h5::atomic_write(o_.checkpoint, [&](h5::File& file) {
+      for (const auto& [name, t] : named_state(student)) file.write_tensor(name, t);
+      meta_(file);
+      for (const auto& [name, t] : momenta) file.write_tensor(kOptimizerGroup + name, t);
+      // A test hook: a slow write, so that a test can kill the process in the middle of one.
+      if (delay_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay_));
+      for (const auto& [name, t] : synth_state) file.write_tensor(kSynthesizerGroup + name, t);
+      if (rng.defined()) {
+        for (int r = 0; r < world; ++r) file.write_tensor(kRngGroup + ("rank" + std::to_string(r)), rng[r]);
+      }
+      file.set_attr("train_step", step);
+      file.set_attr("train_steps", o_.steps);
+      file.set_attr("train_generator_warmup", o_.generator_warmup);
+      file.set_attr("train_world_size", static_cast<int64_t>(world));
+    });
+  }
+
+ private:
+  const QuantizeOptions& o_;
+  const CheckpointMeta& meta_;
+  std::shared_ptr<distributed::Communicator> comm_;
+  double delay_ = 0;
+};
+
+// Restores a checkpoint into the student, its optimizer and the synthesizer;
+// returns the student step it was written at.
+int64_t restore(const QuantizeOptions& o, models::ClassifierImpl& student, torch::optim::SGD& optimizer,
+                const NamedTensors& params, generators::Synthesizer* synth, int rank, int world) {
+  const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
+  TORCH_CHECK(info.world_size == world, "'", o.checkpoint, "' was written by ", info.world_size,
+              " process(es); resume it with the same number (mpirun -np ", info.world_size, "), this job has ", world);
+  TORCH_CHECK(info.steps == o.steps, "'", o.checkpoint, "' plans ", info.steps, " steps, this run ", o.steps,
+              "; a resumed run keeps its schedule");
+  const h5::File file = h5::File::open_read(o.checkpoint);
+  TORCH_CHECK(file.attr_int("train_generator_warmup").value_or(0) == o.generator_warmup, "'", o.checkpoint,
+              "' was made with another --generator-warmup");
+  load_state(file, student, {models::kTrainingStateGroup});
+  load_optimizer_state(optimizer, params, read_group(file, kOptimizerGroup));
+  const auto synth_state = read_group(file, kSynthesizerGroup);
+  const auto rng = read_group(file, kRngGroup);
+  if (synth) {
+    synth->load_state(synth_state);
+    const auto it = rng.find("rank" + std::to_string(rank));
+    TORCH_CHECK(it != rng.end(), "'", o.checkpoint, "' has no random state for rank ", rank,
+                " (it was made from a pool, not with online generation)");
+    synth->set_rng_state(it->second);
+  } else {
+    TORCH_CHECK(synth_state.empty() && rng.empty(), "'", o.checkpoint,
+                "' was made with online generation; resume it with the same --recipe, not a --pool");
+  }
+  return info.step;
+}
+
+} // namespace
+
+const std::vector<std::string>& known_weightings() {
+  static const std::vector<std::string> names = {"sum", "sandwich", "min-norm"};
+  return names;
+}
+
+std::vector<double> min_norm_weights(const torch::Tensor& gram_in, int iterations) {
+  const torch::Tensor gram = gram_in.to(torch::kFloat64).contiguous();
+  const int64_t k = gram.size(0);
+  TORCH_CHECK(gram.dim() == 2 && gram.size(1) == k && k > 0, "min_norm_weights: the Gram matrix must be K×K");
+  const auto m = gram.accessor<double, 2>();
+  std::vector<double> alpha(static_cast<size_t>(k), 1.0 / static_cast<double>(k));
+  for (int it = 0; it < iterations; ++it) {
+    // (Mα)_i and αᵀMα
+    std::vector<double> ma(static_cast<size_t>(k), 0.0);
+    double a = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < k; ++j) ma[i] += m[i][j] * alpha[j];
+      a += alpha[i] * ma[i];
+    }
+    const int64_t t = std::min_element(ma.begin(), ma.end()) - ma.begin();
+    // Line search between v = Σ α g and g_t: minimize ||(1-γ)v + γ g_t||².
+    const double b = ma[t], c = m[t][t];
+    const double denominator = a - 2 * b + c;
+    if (denominator <= 1e-30) break;
+    const double gamma = std::clamp((a - b) / denominator, 0.0, 1.0);
+    double change = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      const double next = (1 - gamma) * alpha[i] + (i == t ? gamma : 0.0);
+      change += std::abs(next - alpha[i]);
+      alpha[i] = next;
+    }
+    if (change < 1e-9) break;
+  }
+  return alpha;
+}
+
+CheckpointInfo read_checkpoint_info(const std::string& path) {
+  const h5::File file = h5::File::open_read(path);
+  TORCH_CHECK(file.attr_string("format").value_or("") == models::kStudentFormat && file.has_attr("train_step"),
+              "'", path, "' is not a checkpoint of zsq quantize (no training state)");
+  CheckpointInfo info;
+  info.step = file.attr_int("train_step").value_or(0);
+  info.steps = file.attr_int("train_steps").value_or(0);
+  info.world_size = file.attr_int("train_world_size").value_or(1);
+  TORCH_CHECK(info.step >= 0 && info.step <= info.steps && info.world_size >= 1, "'", path,
+              "' has an inconsistent training state (step ", info.step, " of ", info.steps, ")");
+  return info;
+}
+
+QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const QuantizeData& data,
+                        const QuantizeOptions& o, const CheckpointMeta& meta,
+                        std::shared_ptr<distributed::Communicator> comm,
+                        const std::function<void(const QuantizeStep&)>& on_step) {
+  const std::vector<int64_t> bits = [&] {
+    std::vector<int64_t> b = models::model_bits(student);
+    std::sort(b.begin(), b.end());
+    return b;
+  }();
+  const int rank = comm ? comm->rank() : 0;
+  const int world = comm ? comm->size() : 1;
   TORCH_CHECK(!bits.empty(), "quantize: the student has no quantized layers");
+  TORCH_CHECK((data.pool != nullptr) != (data.synthesizer != nullptr), "quantize: give a pool or a synthesizer");
   TORCH_CHECK(o.steps > 0, "--steps must be > 0, got ", o.steps);
-  TORCH_CHECK(o.batch_size > 0 && o.batch_size <= pool.size(), "--batch-size must be in [1, ", pool.size(),
-              " (the pool)], got ", o.batch_size);
+  TORCH_CHECK(o.batch_size > 0 && o.batch_size % world == 0, "--batch-size (", o.batch_size,
+              ") must be a positive multiple of the number of processes (", world, ")");
+  if (data.pool) {
+    TORCH_CHECK(o.batch_size <= data.pool->size(), "--batch-size must be at most the pool's size (",
+                data.pool->size(), "), got ", o.batch_size);
+  }
   TORCH_CHECK(o.lr > 0, "--lr must be > 0, got ", o.lr);
   TORCH_CHECK(o.weight_decay >= 0, "--weight-decay must be >= 0, got ", o.weight_decay);
   TORCH_CHECK(o.temperature > 0, "--temperature must be > 0, got ", o.temperature);
+  TORCH_CHECK(o.ce_weight >= 0, "--ce-weight must be >= 0, got ", o.ce_weight);
+  TORCH_CHECK(std::find(known_weightings().begin(), known_weightings().end(), o.weighting) != known_weightings().end(),
+              "unknown --weighting '", o.weighting, "' (sum, sandwich, min-norm)");
   TORCH_CHECK(o.weights.empty() || o.weights.size() == bits.size(), "--bit-weights needs one value per bit-width (",
               bits.size(), "), got ", o.weights.size());
+  TORCH_CHECK(o.weights.empty() || o.weighting != "min-norm", "--bit-weights has no meaning with --weighting min-norm");
   for (double w : o.weights) TORCH_CHECK(w >= 0, "--bit-weights must be >= 0, got ", w);
+  TORCH_CHECK(o.calib_count >= 1, "--calib-count must be >= 1, got ", o.calib_count);
+  TORCH_CHECK(o.generator_warmup >= 0, "--generator-warmup must be >= 0, got ", o.generator_warmup);
+  TORCH_CHECK(o.generator_warmup == 0 || (data.synthesizer && data.synthesizer->trains_generator()),
+              "--generator-warmup needs a recipe that trains a generator (gdfq, qimera)");
+  TORCH_CHECK(o.checkpoint_every >= 0 && o.stop_after >= 0, "--checkpoint-every and --stop-after must be >= 0");
+  TORCH_CHECK(!o.resume || !o.checkpoint.empty(), "resuming needs a checkpoint path");
+  const int64_t local_batch = o.batch_size / world;
+  const auto weight_of = [&](int64_t b) {
+    if (o.weights.empty()) return 1.0;
+    return o.weights[std::find(bits.begin(), bits.end(), b) - bits.begin()];
+  };
 
-  torch::manual_seed(o.seed);
   teacher.eval();
   for (const auto& p : teacher.parameters()) p.set_requires_grad(false);
   student.eval();  // GDFQ: BatchNorm keeps the teacher's statistics, its affine parameters train
+  generators::Synthesizer* synth = data.synthesizer;
+  const bool online_generator = synth && synth->trains_generator();
 
-  LoaderOptions lo;
-  lo.batch_size = o.batch_size;
-  lo.shuffle = true;
-  lo.seed = o.seed;
-  lo.drop_last = true;
-  lo.crop_padding = o.crop_padding;
-  lo.horizontal_flip = o.horizontal_flip;
-  BatchLoader loader(pool, norm, lo);
+  std::unique_ptr<BatchLoader> loader;
+  if (data.pool) {
+    LoaderOptions lo;
+    lo.batch_size = local_batch;
+    lo.shuffle = true;
+    lo.seed = o.seed;
+    lo.rank = rank;
+    lo.world_size = world;
+    lo.drop_last = true;
+    lo.crop_padding = o.crop_padding;
+    lo.horizontal_flip = o.horizontal_flip;
+    loader = std::make_unique<BatchLoader>(*data.pool, data.norm, lo);
+    TORCH_CHECK(loader->num_batches() > 0, "the pool is too small for --batch-size ", o.batch_size, " on ", world,
+                " process(es)");
+  }
+  auto next_images = [&](QuantizeStep* report) -> std::pair<torch::Tensor, torch::Tensor> {
+    if (online_generator) {
+      generators::StepReport g;
+      auto batch = synth->train_step(&g);
+      report->generator_loss = g.total;
+      return batch;
+    }
+    return synth->next_batch(nullptr);
+  };
 
   // Weight decay on the latent weights only (make_sgd spares every 1-D tensor: steps, BatchNorm, biases).
   const std::unique_ptr<torch::optim::SGD> optimizer = make_sgd(student, o.lr, 0.9, /*nesterov=*/true, o.weight_decay);
+  const NamedTensors params = named_parameters(student);
+  std::unique_ptr<distributed::Reducer> reducer;
+  if (world > 1 && o.weighting != "min-norm") {
+    std::vector<torch::Tensor> list;
+    for (const auto& [name, p] : params) list.push_back(p);
+    reducer = std::make_unique<distributed::Reducer>(comm, list);
+  }
+  Checkpointer checkpointer(o, meta, comm);
+
+  QuantizeResult result;
+  int64_t first = 0;
+  if (o.resume) {
+    first = restore(o, student, *optimizer, params, synth, rank, world);
+    result.resumed_from = first;
+  } else {
+    torch::manual_seed(o.seed);
+    for (int64_t w = 0; w < o.generator_warmup; ++w) {
+      QuantizeStep report;
+      report.warmup_step = w + 1;
+      report.warmup_steps = o.generator_warmup;
+      report.steps = o.steps;
+      next_images(&report);
+      if (on_step) on_step(report);
+    }
+    torch::Tensor calibration;
+    if (data.pool) {
+      const torch::Tensor pick =
+          torch::randperm(data.pool->size()).narrow(0, 0, std::min(o.calib_count, data.pool->size()));
+      calibration = normalize(data.pool->images.index_select(0, pick), data.norm);
+    } else {
+      torch::NoGradGuard no_grad;
+      std::vector<torch::Tensor> parts;
+      int64_t have = 0;
+      while (have < o.calib_count) {
+        parts.push_back(synth->next_batch(nullptr).first);
+        have += parts.back().size(0);
+      }
+      calibration = torch::cat(parts).narrow(0, 0, o.calib_count);
+    }
+    models::init_student(student, teacher, calibration);
+    if (world > 1) distributed::broadcast_state(*comm, student);  // rank 0's calibration for every rank
+  }
+  int64_t last_checkpoint = o.resume ? first : -1;
 
   const auto start = std::chrono::steady_clock::now();
-  int64_t epoch = 0, batch_index = 0;
-  loader.set_epoch(0);
-  for (int64_t step = 0; step < o.steps; ++step) {
-    if (batch_index == loader.num_batches()) {
-      loader.set_epoch(++epoch);
-      batch_index = 0;
+  int64_t epoch = -1;
+  int64_t done_here = 0;
+  for (int64_t step = first; step < o.steps; ++step) {
+    QuantizeStep report;
+    torch::Tensor images, labels;
+    if (loader) {
+      const int64_t e = step / loader->num_batches();
+      if (e != epoch) loader->set_epoch(epoch = e);
+      const Batch batch = loader->batch(step % loader->num_batches());
+      images = batch.images;
+      labels = batch.labels;
+    } else {
+      std::tie(images, labels) = next_images(&report);
+      TORCH_CHECK(images.size(0) == local_batch, "the synthesizer gave ", images.size(0), " images, expected ",
+                  local_batch);
     }
-    const Batch batch = loader.batch(batch_index++);
     const double lr = cosine_lr(o.lr, step, o.steps, 0);
     set_lr(*optimizer, lr);
     torch::Tensor teacher_logits;
     {
       torch::NoGradGuard no_grad;
-      teacher_logits = teacher.forward(batch.images);
+      teacher_logits = teacher.forward(images);
     }
+    const std::vector<int64_t> now = step_bits(bits, o.weighting, o.seed, step);
+    const bool min_norm = o.weighting == "min-norm";
+    std::vector<double> losses(now.size());
+    std::vector<torch::Tensor> gradients(now.size());
     optimizer->zero_grad();
-    QuantizeStep report;
-    for (size_t i = 0; i < bits.size(); ++i) {
-      models::set_bits(student, bits[i]);
-      const torch::Tensor loss = kd_loss(student.forward(batch.images), teacher_logits, o.temperature);
-      const double value = loss.item<double>();
-      TORCH_CHECK(std::isfinite(value), "training diverged: the ", bits[i], "-bit loss is ", value, " at step ",
-                  step + 1, "; lower --lr");
-      // Backward per bit-width: the graphs do not stay alive together; gradients accumulate.
-      (loss * (o.weights.empty() ? 1.0 : o.weights[i])).backward();
-      report.losses.push_back(value);
+    torch::Tensor higher;  // logits of the next higher bit-width (recursive distillation)
+    for (size_t i = now.size(); i-- > 0;) {
+      models::set_bits(student, now[i]);
+      const torch::Tensor logits = student.forward(images);
+      torch::Tensor loss = kd_loss(logits, o.recursive && higher.defined() ? higher : teacher_logits, o.temperature);
+      if (o.ce_weight > 0) loss = loss + o.ce_weight * torch::cross_entropy_loss(logits, labels);
+      losses[i] = loss.item<double>();
+      if (min_norm) {
+        optimizer->zero_grad();
+        loss.backward();
+        gradients[i] = flat_gradient(params);
+      } else {
+        // Backward per bit-width: the graphs do not stay alive together; gradients accumulate.
+        (loss * weight_of(now[i])).backward();
+      }
+      higher = logits.detach();
+    }
+    // Every rank decides on the same (global mean) losses, so a divergence stops all of them together.
+    torch::Tensor global = torch::tensor(losses, torch::kFloat64);
+    if (world > 1) comm->all_reduce(global, distributed::ReduceOp::kAverage);
+    for (size_t i = 0; i < now.size(); ++i) {
+      losses[i] = global[static_cast<int64_t>(i)].item<double>();
+      TORCH_CHECK(std::isfinite(losses[i]), "training diverged: the ", now[i], "-bit loss is ", losses[i],
+                  " at step ", step + 1, "; ",
+                  last_checkpoint >= 0 ? "the checkpoint of step " + std::to_string(last_checkpoint) + " is kept"
+                                       : std::string("no checkpoint was written"),
+                  "; lower --lr");
+    }
+    if (min_norm) {
+      torch::Tensor g = torch::stack(gradients);  // K × P, float64
+      if (world > 1) comm->all_reduce(g, distributed::ReduceOp::kAverage);
+      const std::vector<double> alpha = min_norm_weights(g.matmul(g.t()));
+      const torch::Tensor a = torch::tensor(alpha, torch::kFloat64) * static_cast<double>(now.size());
+      set_flat_gradient(params, a.matmul(g));
+      report.alphas = alpha;
+    } else if (reducer) {
+      reducer->reduce();
     }
     optimizer->step();
+    ++done_here;
+
+    const bool stop = o.stop_after > 0 && done_here >= o.stop_after;
+    const bool last = step + 1 == o.steps;
+    if (!o.checkpoint.empty() && (last || stop || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))) {
+      checkpointer.write(student, *optimizer, params, synth, step + 1);
+      last_checkpoint = step + 1;
+      report.checkpointed = true;
+    }
     report.step = step + 1;
     report.steps = o.steps;
+    report.warmup_steps = o.generator_warmup;
+    report.bits = now;
+    report.losses = losses;
     report.lr = lr;
     report.elapsed_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    report.images_per_second = static_cast<double>(report.step * o.batch_size) / report.elapsed_seconds;
-    report.eta_seconds = report.elapsed_seconds / report.step * (o.steps - report.step);
+    report.images_per_second = static_cast<double>(done_here * o.batch_size) / report.elapsed_seconds;
+    report.eta_seconds = report.elapsed_seconds / static_cast<double>(done_here) * static_cast<double>(o.steps - step - 1);
     if (on_step) on_step(report);
+    result.steps_done = step + 1;
+    if (stop) break;
   }
+  if (first == o.steps) result.steps_done = first;
+  result.complete = result.steps_done == o.steps;
   models::set_bits(student, bits.front());
+  return result;
 }
 
 } // namespace zsq::trainers

@@ -1,53 +1,128 @@
-// Once-for-all quantization-aware training on a fixed pool of images (e.g. a
-// synthetic pool from `zsq generate`): every step, the student runs at every
-// bit-width on the same batch and each bit-width's distillation loss to the
-// FP32 teacher is summed into one backward pass and one optimizer step.
+// Once-for-all quantization-aware training without the training data: one
+// vertical-layered student is distilled from the FP32 teacher at every
+// bit-width, on a fixed pool of images (e.g. from `zsq generate`) or on images
+// a generator synthesizes online, trained in alternation with the student
+// (GDFQ's scheme: one generator step, then one student step on the same,
+// detached images).
 //
 //   KD_b = T² · KL(softmax(t/T) || softmax(s_b/T)), summed over classes and
-//   averaged over the batch ('batchmean', as IntraQ/FDDA's KLDivLoss), and
-//   L = Σ_b λ_b · KD_b with fixed weights λ_b (default 1).
+//   averaged over the batch ('batchmean', as IntraQ/FDDA's KLDivLoss), plus
+//   optionally ce · CE(s_b, y) to the pool's or generator's labels;
+//   L = Σ_b λ_b · KD_b, one backward pass per bit-width into one optimizer step.
+//
+// Weighting of the bit-widths (QuantizeOptions::weighting):
+//   sum       every bit-width every step, fixed weights λ_b (default 1)
+//   sandwich  each step the highest, the lowest and one random middle
+//             bit-width (the same draw on every rank), with their λ_b
+//   min-norm  MGDA: per-bit gradients g_b, α = argmin ||Σ α_b g_b|| on the
+//             simplex (Frank-Wolfe, Sener & Koltun's MinNormSolver), the step
+//             uses K · Σ α_b g_b so that its scale matches the sum of K losses
+// Recursive distillation (recursive = true): the top bit-width learns from the
+// teacher, every other one from the student at the next higher bit-width in
+// this step's set (its logits detached).
 //
 // As GDFQ's trainer, the student stays in eval mode: every BatchNorm keeps the
 // teacher's running statistics while its affine parameters train.
 //
-// Not yet built (next session): online generation alternating with the
-// student, checkpoints with exact resume, data parallelism, other weighting
-// rules (sandwich, recursive distillation, min-norm).
+// Data parallel (comm with several ranks): the pool is sharded and the global
+// batch split over the ranks, gradients averaged by a Reducer (min-norm: the
+// per-bit gradients are averaged before α is solved, so every rank takes the
+// same step); a generator is shared (generators/synthesizer.h). Rank 0 writes
+// the checkpoints: the student (a zsq-student file, so `zsq eval
+// --checkpoint` and `zsq extract` read it) plus, in group "train/", the SGD
+// momenta, the synthesizer's generator and optimizer, and every rank's random
+// state; attributes train_step, train_steps, train_world_size. Resuming restores
+// all of it, so a resumed run ends bit-for-bit where an uninterrupted one ends
+// (same world size). Writes are atomic: a run killed at any moment leaves the
+// previous checkpoint intact.
 #pragma once
 
+#include "distributed/communicator.h"
 #include "framework/data.h"
+#include "framework/h5.h"
+#include "generators/synthesizer.h"
 #include "models/quant_factory.h"
 #include "models/zoo.h"
 #include "trainers/teacher.h"  // kd_loss, make_sgd
 
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace zsq::trainers {
 
 struct QuantizeOptions {
-  int64_t steps = 1000;
-  int64_t batch_size = 64;
-  double lr = 1e-4;            ///< peak learning rate (SGD with Nesterov momentum 0.9, cosine to 0)
-  double weight_decay = 0;     ///< on latent weights only
+  int64_t steps = 1000;          ///< student optimizer steps
+  int64_t batch_size = 64;       ///< global batch (split over the ranks)
+  double lr = 1e-4;              ///< peak learning rate (SGD with Nesterov momentum 0.9, cosine to 0)
+  double weight_decay = 0;       ///< on latent weights only
   double temperature = 4;
-  std::vector<double> weights; ///< λ_b per bit-width (empty: all 1)
-  int64_t crop_padding = 2;    ///< augmentation of the pool's images
+  double ce_weight = 0;          ///< cross-entropy to the labels, per bit-width
+  std::vector<double> weights;   ///< λ_b per bit-width (empty: all 1)
+  std::string weighting = "sum"; ///< sum, sandwich, min-norm
+  bool recursive = false;        ///< each bit-width distilled from the next higher one
+  int64_t crop_padding = 2;      ///< augmentation of the pool's images
   bool horizontal_flip = true;
+  int64_t calib_count = 256;     ///< images that calibrate the activation steps at the start
+  int64_t generator_warmup = 0;  ///< online generation: generator-only steps before the student trains
+  int64_t checkpoint_every = 0;  ///< steps between checkpoints (0: only at the end)
+  int64_t stop_after = 0;        ///< end (with a checkpoint) after this many steps of this process (0: run to the end)
+  std::string checkpoint;        ///< checkpoint path ("": none)
+  bool resume = false;           ///< continue from `checkpoint`
   uint64_t seed = 0;
 };
 
+/// The weighting rules QuantizeOptions::weighting accepts.
+const std::vector<std::string>& known_weightings();
+
 struct QuantizeStep {
-  int64_t step = 0, steps = 0;
-  std::vector<double> losses;  ///< KD per bit-width, in the model's bit order
+  int64_t step = 0, steps = 0;   ///< student steps done / planned (0 during the generator warm-up)
+  int64_t warmup_step = 0, warmup_steps = 0;
+  std::vector<int64_t> bits;     ///< the bit-widths trained this step
+  std::vector<double> losses;    ///< KD per bit-width of `bits` (global batch mean)
+  std::vector<double> alphas;    ///< min-norm weights (empty otherwise)
+  double generator_loss = -1;    ///< online generation: the generator's loss (-1: none)
   double lr = 0, images_per_second = 0, elapsed_seconds = 0, eta_seconds = 0;
+  bool checkpointed = false;     ///< a checkpoint was written after this step
 };
 
-/// Trains `student` (initialised, e.g. by init_student) on `pool` normalized
-/// with `norm`. Throws on a non-finite loss, naming the step and bit-width.
-void quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const Dataset& pool,
-              const Normalization& norm, const QuantizeOptions& options,
-              const std::function<void(const QuantizeStep&)>& on_step);
+struct QuantizeResult {
+  int64_t steps_done = 0;        ///< student steps in the checkpoint at the end
+  bool complete = false;         ///< all planned steps done (false: stopped by stop_after)
+  int64_t resumed_from = -1;     ///< step the run resumed from (-1: fresh)
+};
+
+/// Where the images come from: a pool (sharded over the ranks, augmented) or a
+/// synthesizer (a generator recipe alternates with the student; other recipes
+/// give fresh batches of their kind).
+struct QuantizeData {
+  const Dataset* pool = nullptr;
+  Normalization norm;                          ///< the teacher's (for the pool)
+  generators::Synthesizer* synthesizer = nullptr;
+};
+
+/// Writes the zsq-student attributes (format, meta, config) into a checkpoint.
+using CheckpointMeta = std::function<void(h5::File&)>;
+
+/// Trains `student` (built by a QuantFactory; initialised from the teacher and
+/// calibrated here unless resuming). Throws on bad options, on a checkpoint
+/// that does not fit, and on a non-finite loss (naming step and bit-width; the
+/// last checkpoint stays as it was). `comm` may be null (one process).
+QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const QuantizeData& data,
+                        const QuantizeOptions& options, const CheckpointMeta& meta,
+                        std::shared_ptr<distributed::Communicator> comm,
+                        const std::function<void(const QuantizeStep&)>& on_step);
+
+/// α on the simplex minimizing ||Σ α_i g_i||² for the Gram matrix G (K×K,
+/// G_ij = g_i·g_j), by Frank-Wolfe as MGDA's MinNormSolver (float64).
+std::vector<double> min_norm_weights(const torch::Tensor& gram, int iterations = 250);
+
+/// The step and world size a checkpoint was written at (throws when `path` is
+/// not a checkpoint).
+struct CheckpointInfo {
+  int64_t step = 0, steps = 0, world_size = 1;
+};
+CheckpointInfo read_checkpoint_info(const std::string& path);
 
 } // namespace zsq::trainers
