@@ -49,10 +49,10 @@ void broadcast_state(Communicator& comm, const torch::nn::Module& module, int ro
   if (comm.size() == 1) return;
   torch::NoGradGuard no_grad;
   for (auto& [name, tensor] : state_in_name_order(module, buffers_only)) {
-    if (tensor.is_contiguous()) {
+    if (tensor.is_contiguous() && tensor.scalar_type() != torch::kBool) {
       comm.broadcast(tensor, root);
-    } else {
-      torch::Tensor copy = tensor.contiguous();
+    } else {  // bool flags travel as uint8
+      torch::Tensor copy = tensor.scalar_type() == torch::kBool ? tensor.to(torch::kUInt8) : tensor.contiguous();
       comm.broadcast(copy, root);
       tensor.copy_(copy);
     }

@@ -873,7 +873,7 @@ int quantize(int argc, char** argv) {
       std::cout << " b" << r.bits[i] << " " << std::fixed << std::setprecision(4) << r.losses[i];
     }
     if (r.generator_loss >= 0) std::cout << "  generator " << std::setprecision(4) << r.generator_loss;
-    std::cout << "  lr " << std::setprecision(6) << r.lr << "  " << std::setprecision(0) << r.images_per_second
+    std::cout << "  lr " << std::defaultfloat << std::setprecision(3) << r.lr << "  " << std::fixed << std::setprecision(0) << r.images_per_second
               << " img/s  elapsed " << format_duration(r.elapsed_seconds) << "  ETA " << format_duration(r.eta_seconds)
               << std::endl;
   };

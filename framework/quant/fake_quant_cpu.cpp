@@ -70,7 +70,7 @@ template <typename T> inline auto lsq_code(T vc, const Params&) { return round_h
 // vertical-layered, shift nesting: q = q_top >> Δ (arithmetic: floor), level = 2^Δ·q + c.
 template <typename T> inline T vl_shift_level(T vc, const Params& p) {
   const auto q = to_int(round_half_even(vc)) >> p.shift;
-  return to_float(q * (1 << p.shift)) + p.centre;
+  return to_float(q * (1 << p.shift)) + p.centre + (vc - vc);  // vc - vc: NaN stays NaN through the integers
 }
 
 // vertical-layered, round nesting: each step down q_{j-1} = min((q_j + 1) >> 1,
@@ -83,7 +83,7 @@ template <typename T> inline T vl_round_level(T vc, const Params& p) {
     const int32_t top = (1 << (j - 2)) - 1;
     q = down > top ? top + 0 * down : down;  // "top + 0 * down": a scalar or a vector, as down
   }
-  return to_float(q * (1 << p.shift));
+  return to_float(q * (1 << p.shift)) + (vc - vc);  // NaN stays NaN through the integers
 }
 
 enum class Kind { kLsq, kVlShift, kVlRound };

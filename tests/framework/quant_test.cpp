@@ -233,6 +233,26 @@ TEST_F(QuantTest, VerticalLayeredMatchesTheAtenReference) {
   }
 }
 
+TEST_F(QuantTest, NotANumberStaysNotANumber) {
+  // A NaN latent weight or activation must surface in the output (torch.round and
+  // torch.clamp propagate it), or a diverged run would train on silently.
+  // 17 elements: a full 8-lane span, a second one, and the scalar tail.
+  for (const int64_t at : {0, 9, 16}) {
+    torch::Tensor w = torch::randn({1, 17}) * 0.05;
+    w[0][at] = std::nan("");
+    const torch::Tensor step = torch::tensor({0.01f});
+    for (const Nesting nesting : {Nesting::kShift, Nesting::kRound}) {
+      for (const int64_t bits : {2, 4, 8}) {
+        const torch::Tensor y = vl_fake_quant(w, step, 8, bits, nesting, 1.0);
+        EXPECT_TRUE(std::isnan(y[0][at].item<float>())) << "bits " << bits << " at " << at;
+        EXPECT_EQ(torch::isnan(y).sum().item<int64_t>(), 1);
+      }
+    }
+    const torch::Tensor y = lsq_fake_quant(w.view(-1), torch::tensor(0.01f), signed_range(4), 1.0);
+    EXPECT_TRUE(std::isnan(y[at].item<float>()));
+  }
+}
+
 TEST_F(QuantTest, TopBitsOfVerticalLayeredIsLsq) {
   const torch::Tensor step = torch::rand({5}) * 0.01 + 0.005;
   const torch::Tensor w = test_input({5, 40}, step, signed_range(8));

@@ -1,8 +1,15 @@
-// The once-for-all training loop on a pool: the distillation loss by hand,
-// and training lowering the summed loss on the pool.
+// The once-for-all training loop: the distillation loss by hand, training
+// lowering the summed loss, the min-norm solver, optimizer state round trips,
+// sandwich sampling, and a divergence that stops the run and keeps the last
+// checkpoint.
 #include "trainers/quantize.h"
 
+#include "framework/h5.h"
+#include "framework/optim_state.h"
+#include "models/extract.h"
 #include "tests/support.h"
+
+#include <set>
 
 namespace zsq::trainers {
 namespace {
@@ -21,31 +28,49 @@ TEST_F(QuantizeTest, DistillationLossByHand) {
   EXPECT_NE(error_of([&] { kd_loss(s, t, 0.0); }).find("temperature must be > 0"), std::string::npos);
 }
 
-TEST_F(QuantizeTest, TrainingLowersTheSummedLoss) {
-  auto teacher = models::build({"resnet8", 1, 10, 8}, models::Fp32Factory());
+struct Toy {
+  models::Classifier teacher;
+  Dataset pool;
+  Normalization norm{{0.5}, {0.25}};
+  models::StudentConfig config;
+};
+
+Toy make_setup(std::vector<int64_t> bits) {
+  Toy s;
+  s.teacher = models::build({"resnet8", 1, 10, 8}, models::Fp32Factory());
   {
     torch::NoGradGuard no_grad;
-    for (int i = 0; i < 10; ++i) teacher->forward(torch::randn({32, 1, 28, 28}));
+    for (int i = 0; i < 10; ++i) s.teacher->forward(torch::randn({32, 1, 28, 28}));
   }
-  teacher->eval();
-  Dataset pool;
-  pool.images = torch::randint(0, 256, {64, 1, 28, 28}, torch::kUInt8);
-  pool.labels = torch::zeros({64}, torch::kInt64);
-  pool.name = "pool";
-  const Normalization norm{{0.5}, {0.25}};
-  models::StudentConfig config;
-  config.bits = {4, 8};
-  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(config));
-  models::init_student(*student, *teacher, normalize(pool.images, norm));
+  s.teacher->eval();
+  s.pool.images = torch::randint(0, 256, {64, 1, 28, 28}, torch::kUInt8);
+  s.pool.labels = torch::zeros({64}, torch::kInt64);
+  s.pool.name = "pool";
+  s.config.bits = std::move(bits);
+  return s;
+}
+
+QuantizeOptions small_options() {
   QuantizeOptions o;
   o.steps = 30;
   o.batch_size = 32;
   o.lr = 0.02;
   o.crop_padding = 0;
   o.horizontal_flip = false;
+  o.calib_count = 64;
+  return o;
+}
+
+TEST_F(QuantizeTest, TrainingLowersTheSummedLoss) {
+  Toy s = make_setup({4, 8});
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  QuantizeOptions o = small_options();
   std::vector<QuantizeStep> steps;
-  quantize(*student, *teacher, pool, norm, o, [&](const QuantizeStep& r) { steps.push_back(r); });
+  const QuantizeResult result = quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr,
+                                         [&](const QuantizeStep& r) { steps.push_back(r); });
   ASSERT_EQ(steps.size(), 30u);
+  EXPECT_TRUE(result.complete);
+  EXPECT_EQ(result.steps_done, 30);
   // The objective (the sum over bit-widths) falls; one bit-width alone may trade off against another.
   double first = 0, last = 0;
   for (int i = 0; i < 4; ++i) {
@@ -54,8 +79,140 @@ TEST_F(QuantizeTest, TrainingLowersTheSummedLoss) {
   }
   EXPECT_LT(last, 0.8 * first);
   o.weights = {1.0};
-  EXPECT_NE(error_of([&] { quantize(*student, *teacher, pool, norm, o, nullptr); }).find("one value per bit-width (2)"),
+  EXPECT_NE(error_of([&] { quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr); })
+                .find("one value per bit-width (2)"),
             std::string::npos);
+  o.weights = {};
+  o.weighting = "average";
+  EXPECT_NE(error_of([&] { quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr); })
+                .find("unknown --weighting 'average'"),
+            std::string::npos);
+}
+
+TEST_F(QuantizeTest, MinNormWeights) {
+  // Orthogonal gradients of norms 1 and 2: minimize a² + 4b² with a + b = 1 -> (0.8, 0.2).
+  auto alpha = min_norm_weights(torch::tensor({{1.0, 0.0}, {0.0, 4.0}}, torch::kFloat64));
+  EXPECT_NEAR(alpha[0], 0.8, 1e-6);
+  EXPECT_NEAR(alpha[1], 0.2, 1e-6);
+  // g1 = (1, 0), g2 = (1, 1): the closest point of the segment to 0 is g1.
+  alpha = min_norm_weights(torch::tensor({{1.0, 1.0}, {1.0, 2.0}}, torch::kFloat64));
+  EXPECT_NEAR(alpha[0], 1.0, 1e-6);
+  EXPECT_NEAR(alpha[1], 0.0, 1e-6);
+  // Three random gradients: the result is on the simplex and no vertex or the centre does better.
+  const torch::Tensor g = torch::randn({3, 5}, torch::kFloat64);
+  alpha = min_norm_weights(g.matmul(g.t()), 2000);
+  const torch::Tensor a = torch::tensor(alpha, torch::kFloat64);
+  EXPECT_NEAR(a.sum().item<double>(), 1.0, 1e-9);
+  EXPECT_GE(a.min().item<double>(), 0.0);
+  const double best = a.matmul(g).norm().item<double>();
+  for (int i = 0; i < 3; ++i) EXPECT_LE(best, g[i].norm().item<double>() + 1e-9);
+  EXPECT_LE(best, g.mean(0).norm().item<double>() + 1e-9);
+}
+
+TEST_F(QuantizeTest, OptimizerStateRoundTrip) {
+  for (const bool adam : {false, true}) {
+    torch::nn::Linear a(4, 3), b(4, 3);
+    {
+      torch::NoGradGuard no_grad;
+      b->weight.copy_(a->weight);
+      b->bias.copy_(a->bias);
+    }
+    const auto make = [&](torch::nn::Linear& m) -> std::unique_ptr<torch::optim::Optimizer> {
+      if (adam) return std::make_unique<torch::optim::Adam>(m->parameters(), torch::optim::AdamOptions(0.01));
+      return std::make_unique<torch::optim::SGD>(m->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+    };
+    auto oa = make(a), ob = make(b);
+    const torch::Tensor x = torch::randn({8, 4});
+    const auto step = [&](torch::nn::Linear& m, torch::optim::Optimizer& o) {
+      o.zero_grad();
+      m->forward(x).pow(2).sum().backward();
+      o.step();
+    };
+    for (int i = 0; i < 3; ++i) {
+      step(a, *oa);
+      step(b, *ob);
+    }
+    const NamedTensors named_a = {{"weight", a->weight}, {"bias", a->bias}};
+    const NamedTensors named_b = {{"weight", b->weight}, {"bias", b->bias}};
+    std::map<std::string, torch::Tensor> saved;
+    for (const auto& [name, t] : optimizer_state(*oa, named_a)) saved[name] = t.clone();
+    EXPECT_EQ(saved.size(), adam ? 6u : 2u);
+    ob = make(b);  // a fresh optimizer, then the restored state
+    load_optimizer_state(*ob, named_b, saved);
+    for (int i = 0; i < 3; ++i) {
+      step(a, *oa);
+      step(b, *ob);
+    }
+    EXPECT_TRUE(torch::equal(a->weight, b->weight)) << (adam ? "adam" : "sgd");
+    saved["nothing.exp_avg"] = torch::zeros({1});
+    EXPECT_NE(error_of([&] { load_optimizer_state(*ob, named_b, saved); }).find("names no parameter"), std::string::npos);
+  }
+}
+
+TEST_F(QuantizeTest, SandwichTrainsHighestLowestAndOneMiddle) {
+  Toy s = make_setup({2, 3, 4, 6, 8});
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  QuantizeOptions o = small_options();
+  o.steps = 12;
+  o.weighting = "sandwich";
+  std::set<int64_t> middles;
+  quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
+    ASSERT_EQ(r.bits.size(), 3u);
+    EXPECT_EQ(r.bits.front(), 2);
+    EXPECT_EQ(r.bits.back(), 8);
+    middles.insert(r.bits[1]);
+  });
+  EXPECT_GE(middles.size(), 2u);  // the middle one varies over 12 steps
+  for (int64_t b : middles) EXPECT_TRUE(b == 3 || b == 4 || b == 6);
+  // min-norm: the weights form a convex combination of the per-bit gradients.
+  o.weighting = "min-norm";
+  o.steps = 3;
+  quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
+    ASSERT_EQ(r.alphas.size(), 5u);
+    double sum = 0;
+    for (double a : r.alphas) {
+      sum += a;
+      EXPECT_GE(a, 0.0);
+    }
+    EXPECT_NEAR(sum, 1.0, 1e-9);
+  });
+}
+
+TEST_F(QuantizeTest, DivergenceStopsAndKeepsTheLastCheckpoint) {
+  Toy s = make_setup({4, 8});
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  QuantizeOptions o = small_options();
+  o.steps = 10;
+  o.checkpoint_every = 2;
+  o.checkpoint = path("checkpoint.h5");
+  const CheckpointMeta meta = [&](h5::File& file) {
+    file.set_attr("format", std::string(models::kStudentFormat));
+    models::write_student_config(file, s.config);
+  };
+  // After step 5 a weight turns NaN: step 6 must stop the run; the checkpoint stays at step 4.
+  const std::string error = error_of([&] {
+    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, meta, nullptr, [&](const QuantizeStep& r) {
+      for (const auto& item : student->named_parameters()) {
+        EXPECT_TRUE(torch::isfinite(item.value()).all().item<bool>()) << item.key() << " at step " << r.step;
+      }
+      if (r.step == 5) {
+        torch::NoGradGuard no_grad;
+        student->parameters()[0].view(-1)[0] = std::nan("");
+      }
+    });
+  });
+  EXPECT_NE(error.find("training diverged"), std::string::npos) << error;
+  EXPECT_NE(error.find("at step 6"), std::string::npos) << error;
+  EXPECT_NE(error.find("the checkpoint of step 4 is kept"), std::string::npos) << error;
+  const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
+  EXPECT_EQ(info.step, 4);
+  const h5::File file = h5::File::open_read(o.checkpoint);
+  for (const std::string& name : file.dataset_names()) {
+    const torch::Tensor t = file.read_tensor(name);
+    if (torch::isFloatingType(t.scalar_type())) {
+      EXPECT_TRUE(torch::isfinite(t).all().item<bool>()) << name;
+    }
+  }
 }
 
 } // namespace
