@@ -205,12 +205,85 @@ expect_ok "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 
   --test-data fashion-mnist --distill-from "$work/teacher.h5" --out "$work/kd.h5"
 expect_fail 1 "--temperature must be > 0" "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 16 \
   --data "$work/synth.h5" --test-data fashion-mnist --distill-from "$work/teacher.h5" --temperature 0
-# The once-for-all training on the pool (experimental): a run folder with the student and metrics.
-expect_fail 2 "--pool is required" "$zsq" quantize --teacher "$work/teacher.h5"
-expect_ok "$zsq" quantize --teacher "$work/teacher.h5" --pool "$work/synth.h5" --bits 4,8 --steps 3 --batch-size 16 \
-  --calib-count 16 --eval-data none --out "$work/run"
-[ "$(wc -l <"$work/run/metrics.jsonl")" = 3 ] && ok "one metrics line per step" || bad "metrics.jsonl"
-expect_ok "$zsq" eval --checkpoint "$work/run/student.h5" --limit 200
+# --- the main job: zsq quantize, checkpoints, resume ---------------------------
+same_checkpoints() {  # same_checkpoints A B: every dataset bit-identical, same step
+  "$py" - "$1" "$2" <<'PY'
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+def names(f):
+    out = []
+    f.visititems(lambda n, o: out.append(n) if isinstance(o, h5py.Dataset) else None)
+    return out
+na, nb = names(a), names(b)
+assert na == nb, set(na) ^ set(nb)
+assert any(n.startswith("train/optimizer/") for n in na), "no optimizer state"
+differ = [n for n in na if not np.array_equal(a[n][()], b[n][()])]
+assert not differ, differ[:5]
+assert a.attrs["train_step"] == b.attrs["train_step"]
+PY
+}
+q_pool=(quantize --teacher "$work/teacher.h5" --pool "$work/synth.h5" --bits 2,4,8 --steps 6 --batch-size 16
+  --calib-count 16 --checkpoint-every 2 --eval-data none --threads 2)
+expect_ok "$zsq" "${q_pool[@]}" --out "$work/run" --json
+[ "$(wc -l <"$work/run/metrics.jsonl")" = 6 ] && ok "one metrics line per step" || bad "metrics.jsonl"
+grep -q '"loss": \[' "$work/run/metrics.jsonl" && grep -q '"images_per_second"' "$work/run/metrics.jsonl" &&
+  ok "metrics hold the loss per bit-width and img/s" || bad "metrics: $(head -c 300 "$work/run/metrics.jsonl")"
+grep -q "img/s .* ETA" "$work/out" && ok "progress line with img/s and ETA" || bad "progress: $(head -c 300 "$work/out")"
+expect_ok "$zsq" eval --checkpoint "$work/run/checkpoint.h5" --limit 200
+grep -q "w2a2" "$work/out" && grep -q "w8a8" "$work/out" && ok "eval --checkpoint reads the run's checkpoint" ||
+  bad "eval --checkpoint: $(cat "$work/out")"
+expect_ok "$zsq" extract --checkpoint "$work/run/checkpoint.h5" --bits 4 --out "$work/run-w4.h5"
+expect_ok "$zsq" eval --model "$work/run-w4.h5" --limit 200
+# Stopped after 3 steps and resumed = uninterrupted, bit for bit (checkpoint, optimizer, metrics).
+expect_ok "$zsq" "${q_pool[@]}" --stop-after 3 --out "$work/run-b"
+grep -q "continue with the same command and --resume" "$work/out" && ok "a stopped run says how to continue" ||
+  bad "stop-after: $(cat "$work/out")"
+expect_fail 2 "exists; add --resume" "$zsq" "${q_pool[@]}" --out "$work/run-b"
+expect_fail 2 "--lr 0.001 (the checkpoint has 0.0001)" "$zsq" "${q_pool[@]}" --lr 0.001 --resume --out "$work/run-b"
+expect_ok "$zsq" "${q_pool[@]}" --resume --out "$work/run-b"
+grep -q "resumed from step 3" "$work/out" && ok "resume says where it continued" || bad "resume: $(cat "$work/out")"
+same_checkpoints "$work/run/checkpoint.h5" "$work/run-b/checkpoint.h5" && ok "resumed pool run = uninterrupted run" ||
+  bad "resumed pool run differs"
+cmp -s <(cut -d, -f1-6 "$work/run/metrics.jsonl") <(cut -d, -f1-6 "$work/run-b/metrics.jsonl") &&
+  ok "resumed metrics = uninterrupted metrics" || bad "metrics differ after resume"
+expect_fail 2 "there is no '$work/run-c/checkpoint.h5' to continue" "$zsq" "${q_pool[@]}" --resume --out "$work/run-c"
+expect_fail 2 "unknown --weighting 'mean'" "$zsq" "${q_pool[@]}" --weighting mean --out "$work/run-c"
+expect_fail 2 "--bit-weights needs one value per bit-width (3)" "$zsq" "${q_pool[@]}" --bit-weights 1,2 --out "$work/run-c"
+expect_fail 2 "--recursive must be 'on' or 'off'" "$zsq" "${q_pool[@]}" --recursive yes --out "$work/run-c"
+expect_fail 1 "training diverged" "$zsq" "${q_pool[@]}" --lr 1e30 --out "$work/run-nan"
+[ ! -e "$work/run-nan/checkpoint.h5" ] && ok "a run diverging before its first checkpoint writes none" ||
+  bad "run-nan has a checkpoint"
+expect_ok "$zsq" "${q_pool[@]}" --weighting sandwich --recursive on --out "$work/run-s"
+expect_ok "$zsq" "${q_pool[@]}" --weighting min-norm --out "$work/run-m"
+grep -q '"alpha"' "$work/run-m/metrics.jsonl" && ok "min-norm logs its weights" || bad "min-norm metrics"
+# Online generation (gdfq generator alternating with the student): resume is bit-exact too.
+q_online=(quantize --teacher "$work/teacher.h5" --recipe gdfq --generator-warmup 3 --bits 2,8 --steps 4 --batch-size 8
+  --calib-count 8 --checkpoint-every 2 --eval-data none --threads 2)
+expect_ok "$zsq" "${q_online[@]}" --out "$work/run-g"
+grep -q "generator warm-up 3/3" "$work/out" && ok "online run warms the generator up" || bad "warm-up: $(head -c 300 "$work/out")"
+expect_ok "$zsq" "${q_online[@]}" --stop-after 1 --out "$work/run-g2"
+expect_ok "$zsq" "${q_online[@]}" --resume --out "$work/run-g2"
+same_checkpoints "$work/run-g/checkpoint.h5" "$work/run-g2/checkpoint.h5" && ok "resumed online run = uninterrupted run" ||
+  bad "resumed online run differs"
+# SIGKILL in the middle of a checkpoint write (a test hook slows the write down):
+# the previous checkpoint stays loadable, and --resume finishes the run.
+rm -rf "$work/run-k"
+ZSQ_TEST_CHECKPOINT_DELAY=2 "$zsq" "${q_pool[@]}" --out "$work/run-k" >"$work/kill.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do  # until the second write has begun (the first one is complete)
+  [ -e "$work/run-k/checkpoint.h5" ] && ls "$work/run-k"/.checkpoint.h5.tmp.* >/dev/null 2>&1 && break
+  sleep 0.1
+done
+kill -9 "$pid"
+wait "$pid" 2>/dev/null
+ls "$work/run-k"/.checkpoint.h5.tmp.* >/dev/null 2>&1 && ok "killed during a checkpoint write" ||
+  bad "no write in progress when killed"
+expect_ok "$zsq" eval --checkpoint "$work/run-k/checkpoint.h5" --limit 100
+expect_ok "$zsq" "${q_pool[@]}" --resume --out "$work/run-k"
+grep -q "resumed from step 2" "$work/out" && ok "resumed from the checkpoint before the kill" || bad "run-k: $(cat "$work/out")"
+ls "$work/run-k"/.checkpoint.h5.tmp.* >/dev/null 2>&1 && bad "stale temporary file left" || ok "stale temporary file removed"
+same_checkpoints "$work/run/checkpoint.h5" "$work/run-k/checkpoint.h5" && ok "killed + resumed run = uninterrupted run" ||
+  bad "killed + resumed run differs"
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq --iterations 5 --batch-size 8 --count 8 \
   --out "$work/zeroq.h5"
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe noise --count 8 --out "$work/noise.h5"
@@ -246,6 +319,25 @@ if [ -n "$mpirun_bin" ]; then
   grep -q "2 processes" "$work/out" && ok "generate runs on two processes" || bad "generate under mpirun: $(cat "$work/out")"
   expect_ok "$zsq" inspect "$work/synth2.h5"
   grep -q "images: 30 of shape" "$work/out" && ok "two processes wrote one pool of 30" || bad "synth2.h5: $(cat "$work/out")"
+  # The main job on two processes: pool and online generation, stop and resume bit-exact.
+  q_mpi=(quantize --teacher "$work/teacher.h5" --pool "$work/synth.h5" --bits 2,8 --steps 4 --batch-size 16
+    --calib-count 16 --checkpoint-every 2 --eval-data none --threads 1)
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi[@]}" --out "$work/mrun"
+  grep -q "2 processes" "$work/out" && ok "quantize runs on two processes" || bad "quantize under mpirun: $(cat "$work/out")"
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi[@]}" --stop-after 1 --out "$work/mrun2"
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi[@]}" --resume --out "$work/mrun2"
+  same_checkpoints "$work/mrun/checkpoint.h5" "$work/mrun2/checkpoint.h5" && ok "two-process resume = uninterrupted" ||
+    bad "two-process resume differs"
+  expect_fail 1 "resume it with the same number (mpirun -np 2)" "$zsq" "${q_mpi[@]}" --resume --out "$work/mrun2"
+  q_mpi_online=(quantize --teacher "$work/teacher.h5" --recipe gdfq --generator-warmup 2 --bits 2,8 --steps 4
+    --batch-size 16 --calib-count 8 --checkpoint-every 2 --eval-data none --threads 1 --weighting min-norm)
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi_online[@]}" --out "$work/mrun3"
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi_online[@]}" --stop-after 1 --out "$work/mrun4"
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi_online[@]}" --resume --out "$work/mrun4"
+  same_checkpoints "$work/mrun3/checkpoint.h5" "$work/mrun4/checkpoint.h5" &&
+    ok "two-process online resume = uninterrupted" || bad "two-process online resume differs"
+  "$py" -c "import h5py,sys; f=h5py.File(sys.argv[1]); assert 'train/rng/rank0' in f and 'train/rng/rank1' in f" \
+    "$work/mrun3/checkpoint.h5" && ok "checkpoint holds every rank's random state" || bad "rng states missing"
 fi
 
 echo "cli: $passed passed, $failed failed"
