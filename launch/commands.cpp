@@ -48,6 +48,18 @@ std::string percent(double fraction) {
   return out.str();
 }
 
+// "key = value" lines of a resolved config.
+std::map<std::string, std::string> config_values(const std::string& text) {
+  std::map<std::string, std::string> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t eq = line.find(" = ");
+    if (eq != std::string::npos) out[line.substr(0, eq)] = line.substr(eq + 3);
+  }
+  return out;
+}
+
 void add_data_options(po::options_description& desc, const char* default_data) {
   desc.add_options()
       ("data", po::value<std::string>()->default_value(default_data),
@@ -257,11 +269,27 @@ int eval_checkpoint(const po::variables_map& vm, const Common& common, int64_t b
   std::vector<int64_t> bits = student.config.bits;
   if (vm.count("bits")) bits = {get<int64_t>(vm, "bits")};
   const Normalization norm{student.meta.input_mean, student.meta.input_std};
+  // The teacher: --teacher, else the one the checkpoint's recipe names, when it is still there.
+  std::string teacher_path = vm.count("teacher") ? get<std::string>(vm, "teacher") : "";
+  if (teacher_path.empty()) {
+    const auto recipe = config_values(student.meta.recipe);
+    if (recipe.count("teacher") && fs::exists(recipe.at("teacher"))) teacher_path = recipe.at("teacher");
+  }
   std::cout << path << " (" << student.spec.arch << ", once-for-all " << models::bits_text(student.config.bits)
             << ") on " << data.name << ", " << data.size() << " images\n";
-  std::cout << "  bits   weights/acts   top-1     loss\n";
   Json json;
   json.add("command", "eval").add("checkpoint", path).add("arch", student.spec.arch).add("data", data.name);
+  double teacher_top1 = -1;
+  if (!teacher_path.empty()) {
+    const trainers::LoadedModel teacher = trainers::load_model(teacher_path);
+    teacher_top1 = trainers::evaluate(*teacher.model, data, teacher.norm(), batch).top1;
+    json.add("teacher", teacher_path).add("teacher_top1", teacher_top1);
+  }
+  std::cout << "  bits   weights/acts   top-1     loss" << (teacher_top1 >= 0 ? "   vs fp32" : "") << "\n";
+  if (teacher_top1 >= 0) {
+    std::cout << "  fp32   teacher       " << std::setw(7) << percent(teacher_top1) << "       -   (" << teacher_path
+              << ")\n";
+  }
   std::vector<double> top1s;
   for (const int64_t b : bits) {
     models::set_bits(*student.model, b);
@@ -270,7 +298,9 @@ int eval_checkpoint(const po::variables_map& vm, const Common& common, int64_t b
     const std::string precision =
         "w" + std::to_string(student.config.wbits.at(i)) + "a" + std::to_string(student.config.abits.at(i));
     std::cout << "  " << std::setw(4) << b << "   " << std::left << std::setw(13) << precision << std::right
-              << std::setw(7) << percent(r.top1) << "  " << std::fixed << std::setprecision(4) << r.loss << "\n";
+              << std::setw(7) << percent(r.top1) << "  " << std::fixed << std::setprecision(4) << r.loss;
+    if (teacher_top1 >= 0) std::cout << "  " << std::showpos << std::setprecision(2) << std::setw(7) << 100 * (r.top1 - teacher_top1) << std::noshowpos;
+    std::cout << "\n";
     json.add("top1_b" + std::to_string(b), r.top1);
     top1s.push_back(r.top1);
   }
@@ -285,7 +315,8 @@ int eval(int argc, char** argv) {
   po::options_description desc("zsq eval options");
   desc.add_options()
       ("model", po::value<std::string>(), "model file: FP32 (zsq-model), fixed (zsq-fixed) or vertical-layered (zsq-vertical)")
-      ("checkpoint", po::value<std::string>(), "once-for-all student (zsq-student): top-1 at every bit-width")
+      ("checkpoint", po::value<std::string>(), "once-for-all checkpoint or student (zsq-student): top-1 at every bit-width")
+      ("teacher", po::value<std::string>(), "with --checkpoint: the FP32 teacher to compare with (default: the one the checkpoint's recipe names, if it exists)")
       ("bits", po::value<int64_t>(), "bit-width: required for vertical-layered files; with --checkpoint, only this one");
   add_data_options(desc, "fashion-mnist");
   desc.add_options()
@@ -619,18 +650,6 @@ int generate(int argc, char** argv) {
 }
 
 namespace {
-
-// "key = value" lines of a resolved config.
-std::map<std::string, std::string> config_values(const std::string& text) {
-  std::map<std::string, std::string> out;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    const size_t eq = line.find(" = ");
-    if (eq != std::string::npos) out[line.substr(0, eq)] = line.substr(eq + 3);
-  }
-  return out;
-}
 
 // A resumed run must train with the recipe it started with; only options that
 // do not change the numbers may differ.
