@@ -708,6 +708,8 @@ int quantize(int argc, char** argv) {
       ("weight-decay", po::value<double>()->default_value(0.0), "weight decay on the latent weights")
       ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
       ("ce-weight", po::value<double>()->default_value(0.0), "weight of the cross-entropy to the images' labels")
+      ("feature-weight", po::value<double>()->default_value(0.0),
+       "weight of the squared error of the penultimate features to the teacher's")
       ("weighting", po::value<std::string>()->default_value("sum"),
        "bit-widths per step: sum (all, weighted by --bit-weights), sandwich (highest, lowest, one random middle), "
        "min-norm (MGDA combination of the per-bit gradients)")
@@ -745,6 +747,9 @@ int quantize(int argc, char** argv) {
   q.weight_decay = get<double>(vm, "weight-decay");
   q.temperature = get<double>(vm, "temperature");
   q.ce_weight = get<double>(vm, "ce-weight");
+  q.feature_weight = get<double>(vm, "feature-weight");
+  if (q.ce_weight < 0) throw UsageError("--ce-weight must be >= 0");
+  if (q.feature_weight < 0) throw UsageError("--feature-weight must be >= 0");
   q.weighting = get<std::string>(vm, "weighting");
   q.calib_count = get<int64_t>(vm, "calib-count");
   q.checkpoint_every = get<int64_t>(vm, "checkpoint-every");

@@ -223,6 +223,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   TORCH_CHECK(o.weight_decay >= 0, "--weight-decay must be >= 0, got ", o.weight_decay);
   TORCH_CHECK(o.temperature > 0, "--temperature must be > 0, got ", o.temperature);
   TORCH_CHECK(o.ce_weight >= 0, "--ce-weight must be >= 0, got ", o.ce_weight);
+  TORCH_CHECK(o.feature_weight >= 0, "--feature-weight must be >= 0, got ", o.feature_weight);
   TORCH_CHECK(std::find(known_weightings().begin(), known_weightings().end(), o.weighting) != known_weightings().end(),
               "unknown --weighting '", o.weighting, "' (sum, sandwich, min-norm)");
   TORCH_CHECK(o.weights.empty() || o.weights.size() == bits.size(), "--bit-weights needs one value per bit-width (",
@@ -337,10 +338,11 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     }
     const double lr = cosine_lr(o.lr, step, o.steps, 0);
     set_lr(*optimizer, lr);
-    torch::Tensor teacher_logits;
+    torch::Tensor teacher_logits, teacher_features;
     {
       torch::NoGradGuard no_grad;
-      teacher_logits = teacher.forward(images);
+      teacher_features = teacher.features(images);
+      teacher_logits = teacher.head(teacher_features);
     }
     const std::vector<int64_t> now = step_bits(bits, o.weighting, o.seed, step);
     const bool min_norm = o.weighting == "min-norm";
@@ -350,9 +352,11 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     torch::Tensor higher;  // logits of the next higher bit-width (recursive distillation)
     for (size_t i = now.size(); i-- > 0;) {
       models::set_bits(student, now[i]);
-      const torch::Tensor logits = student.forward(images);
+      const torch::Tensor features = student.features(images);
+      const torch::Tensor logits = student.head(features);
       torch::Tensor loss = kd_loss(logits, o.recursive && higher.defined() ? higher : teacher_logits, o.temperature);
       if (o.ce_weight > 0) loss = loss + o.ce_weight * torch::cross_entropy_loss(logits, labels);
+      if (o.feature_weight > 0) loss = loss + o.feature_weight * torch::mse_loss(features, teacher_features);
       losses[i] = loss.item<double>();
       if (min_norm) {
         optimizer->zero_grad();

@@ -7,7 +7,9 @@
 //
 //   KD_b = T² · KL(softmax(t/T) || softmax(s_b/T)), summed over classes and
 //   averaged over the batch ('batchmean', as IntraQ/FDDA's KLDivLoss), plus
-//   optionally ce · CE(s_b, y) to the pool's or generator's labels;
+//   optionally ce · CE(s_b, y) to the pool's or generator's labels and
+//   feature · MSE(f_b, f_t) of the penultimate (pooled) features, mean over
+//   elements (feature matching, our choice of layer);
 //   L = Σ_b λ_b · KD_b, one backward pass per bit-width into one optimizer step.
 //
 // Weighting of the bit-widths (QuantizeOptions::weighting):
@@ -59,6 +61,7 @@ struct QuantizeOptions {
   double weight_decay = 0;       ///< on latent weights only
   double temperature = 4;
   double ce_weight = 0;          ///< cross-entropy to the labels, per bit-width
+  double feature_weight = 0;     ///< MSE of the penultimate features to the teacher's, per bit-width
   std::vector<double> weights;   ///< λ_b per bit-width (empty: all 1)
   std::string weighting = "sum"; ///< sum, sandwich, min-norm
   bool recursive = false;        ///< each bit-width distilled from the next higher one

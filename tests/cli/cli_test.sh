@@ -255,6 +255,8 @@ expect_fail 1 "training diverged" "$zsq" "${q_pool[@]}" --lr 1e30 --out "$work/r
   bad "run-nan has a checkpoint"
 expect_ok "$zsq" "${q_pool[@]}" --weighting sandwich --recursive on --out "$work/run-s"
 expect_ok "$zsq" "${q_pool[@]}" --weighting min-norm --out "$work/run-m"
+expect_ok "$zsq" "${q_pool[@]}" --feature-weight 1 --ce-weight 0.5 --out "$work/run-f"
+expect_fail 2 "--feature-weight must be >= 0" "$zsq" "${q_pool[@]}" --feature-weight -1 --out "$work/run-c"
 grep -q '"alpha"' "$work/run-m/metrics.jsonl" && ok "min-norm logs its weights" || bad "min-norm metrics"
 # Online generation (gdfq generator alternating with the student): resume is bit-exact too.
 q_online=(quantize --teacher "$work/teacher.h5" --recipe gdfq --generator-warmup 3 --bits 2,8 --steps 4 --batch-size 8
