@@ -716,6 +716,8 @@ int quantize(int argc, char** argv) {
       ("bit-weights", po::value<std::string>(), "loss weight per bit-width, comma-separated (default: all 1)")
       ("recursive", po::value<std::string>()->default_value("off"),
        "on: each bit-width learns from the next higher one instead of the teacher")
+      ("train", po::value<std::string>()->default_value("all"),
+       "what trains: all, or per-bit (only each bit-width's activation steps and BatchNorm; shared weights frozen)")
       ("calib-count", po::value<int64_t>()->default_value(256), "images that calibrate the initial steps")
       ("generator-warmup", po::value<int64_t>()->default_value(200),
        "online gdfq/qimera: generator-only steps before the student trains");
@@ -759,6 +761,8 @@ int quantize(int argc, char** argv) {
   const std::string recursive = get<std::string>(vm, "recursive");
   if (recursive != "on" && recursive != "off") throw UsageError("--recursive must be 'on' or 'off', got '" + recursive + "'");
   q.recursive = recursive == "on";
+  q.train = get<std::string>(vm, "train");
+  if (q.train != "all" && q.train != "per-bit") throw UsageError("--train must be 'all' or 'per-bit', got '" + q.train + "'");
   if (vm.count("bit-weights")) q.weights = parse_double_list(get<std::string>(vm, "bit-weights"), "--bit-weights");
   const int64_t every = get<int64_t>(vm, "log-every");
   if (q.steps < 1) throw UsageError("--steps must be >= 1");

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <map>
+#include <regex>
 #include <thread>
 
 namespace zsq::trainers {
@@ -39,9 +40,12 @@ std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, const std::stri
   return {bits.front(), bits[middle], bits.back()};
 }
 
-NamedTensors named_parameters(torch::nn::Module& module) {
+// The parameters that train (all, or the per-bit ones with --train per-bit).
+NamedTensors trained_parameters(torch::nn::Module& module) {
   NamedTensors out;
-  for (const auto& item : module.named_parameters()) out.emplace_back(item.key(), item.value());
+  for (const auto& item : module.named_parameters()) {
+    if (item.value().requires_grad()) out.emplace_back(item.key(), item.value());
+  }
   return out;
 }
 
@@ -150,6 +154,11 @@ int64_t restore(const QuantizeOptions& o, models::ClassifierImpl& student, torch
 
 } // namespace
 
+bool is_per_bit_tensor(const std::string& name) {
+  static const std::regex per_bit(R"((^|\.)act_step_b\d+$|\.b\d+\.[^.]+$)");
+  return std::regex_search(name, per_bit);
+}
+
 const std::vector<std::string>& known_weightings() {
   static const std::vector<std::string> names = {"sum", "sandwich", "min-norm"};
   return names;
@@ -230,6 +239,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
               bits.size(), "), got ", o.weights.size());
   TORCH_CHECK(o.weights.empty() || o.weighting != "min-norm", "--bit-weights has no meaning with --weighting min-norm");
   for (double w : o.weights) TORCH_CHECK(w >= 0, "--bit-weights must be >= 0, got ", w);
+  TORCH_CHECK(o.train == "all" || o.train == "per-bit", "--train must be 'all' or 'per-bit', got '", o.train, "'");
   TORCH_CHECK(o.calib_count >= 1, "--calib-count must be >= 1, got ", o.calib_count);
   TORCH_CHECK(o.generator_warmup >= 0, "--generator-warmup must be >= 0, got ", o.generator_warmup);
   TORCH_CHECK(o.generator_warmup == 0 || (data.synthesizer && data.synthesizer->trains_generator()),
@@ -275,7 +285,14 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
 
   // Weight decay on the latent weights only (make_sgd spares every 1-D tensor: steps, BatchNorm, biases).
   const std::unique_ptr<torch::optim::SGD> optimizer = make_sgd(student, o.lr, 0.9, /*nesterov=*/true, o.weight_decay);
-  const NamedTensors params = named_parameters(student);
+  int64_t trained = 0;
+  for (const auto& item : student.named_parameters()) {
+    const bool trains = o.train == "all" || is_per_bit_tensor(item.key());
+    item.value().set_requires_grad(trains);
+    trained += trains;
+  }
+  TORCH_CHECK(trained > 0, "--train ", o.train, ": the student has nothing to train");
+  const NamedTensors params = trained_parameters(student);
   std::unique_ptr<distributed::Reducer> reducer;
   if (world > 1 && o.weighting != "min-norm") {
     std::vector<torch::Tensor> list;

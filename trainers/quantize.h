@@ -23,6 +23,10 @@
 // teacher, every other one from the student at the next higher bit-width in
 // this step's set (its logits detached).
 //
+// train = "per-bit" freezes what the bit-widths share (latent weights, weight
+// steps) and trains only each bit-width's own activation steps and BatchNorm:
+// a bit-width's accuracy then depends on its own loss only.
+//
 // As GDFQ's trainer, the student stays in eval mode: every BatchNorm keeps the
 // teacher's running statistics while its affine parameters train.
 //
@@ -65,6 +69,7 @@ struct QuantizeOptions {
   std::vector<double> weights;   ///< λ_b per bit-width (empty: all 1)
   std::string weighting = "sum"; ///< sum, sandwich, min-norm
   bool recursive = false;        ///< each bit-width distilled from the next higher one
+  std::string train = "all";     ///< all; per-bit: only per-bit tensors (activation steps, switchable BN) train
   int64_t crop_padding = 2;      ///< augmentation of the pool's images
   bool horizontal_flip = true;
   int64_t calib_count = 256;     ///< images that calibrate the activation steps at the start
@@ -75,6 +80,9 @@ struct QuantizeOptions {
   bool resume = false;           ///< continue from `checkpoint`
   uint64_t seed = 0;
 };
+
+/// True for the tensors of one bit-width only (act_step_b<k>, <bn>.b<k>.<leaf>).
+bool is_per_bit_tensor(const std::string& name);
 
 /// The weighting rules QuantizeOptions::weighting accepts.
 const std::vector<std::string>& known_weightings();

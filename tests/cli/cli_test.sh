@@ -257,6 +257,8 @@ expect_ok "$zsq" "${q_pool[@]}" --weighting sandwich --recursive on --out "$work
 expect_ok "$zsq" "${q_pool[@]}" --weighting min-norm --out "$work/run-m"
 expect_ok "$zsq" "${q_pool[@]}" --feature-weight 1 --ce-weight 0.5 --out "$work/run-f"
 expect_fail 2 "--feature-weight must be >= 0" "$zsq" "${q_pool[@]}" --feature-weight -1 --out "$work/run-c"
+expect_fail 2 "--train must be 'all' or 'per-bit'" "$zsq" "${q_pool[@]}" --train some --out "$work/run-c"
+expect_ok "$zsq" "${q_pool[@]}" --train per-bit --out "$work/run-p"
 grep -q '"alpha"' "$work/run-m/metrics.jsonl" && ok "min-norm logs its weights" || bad "min-norm metrics"
 # Online generation (gdfq generator alternating with the student): resume is bit-exact too.
 q_online=(quantize --teacher "$work/teacher.h5" --recipe gdfq --generator-warmup 3 --bits 2,8 --steps 4 --batch-size 8

@@ -178,6 +178,39 @@ TEST_F(QuantizeTest, SandwichTrainsHighestLowestAndOneMiddle) {
   });
 }
 
+TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
+  EXPECT_TRUE(is_per_bit_tensor("layer1.0.conv1.act_step_b4"));
+  EXPECT_TRUE(is_per_bit_tensor("layer1.0.bn1.b2.weight"));
+  EXPECT_FALSE(is_per_bit_tensor("layer1.0.conv1.weight"));
+  EXPECT_FALSE(is_per_bit_tensor("layer1.0.conv1.weight_step"));
+  Toy s = make_setup({2, 8});
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  QuantizeOptions o = small_options();
+  o.steps = 4;
+  o.train = "per-bit";
+  std::map<std::string, torch::Tensor> first;
+  int64_t shared = 0, own = 0;
+  quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
+    for (const auto& item : student->named_parameters()) {
+      if (r.step == 1) {
+        first[item.key()] = item.value().detach().clone();
+      } else if (r.step == 4) {
+        const bool same = torch::equal(first[item.key()], item.value());
+        if (is_per_bit_tensor(item.key())) {
+          own += !same;
+        } else {
+          shared += !same;
+        }
+      }
+    }
+  });
+  EXPECT_EQ(shared, 0);  // latent weights, weight steps: frozen
+  EXPECT_GT(own, 0);     // activation steps and per-bit BatchNorm train
+  o.train = "some";
+  EXPECT_THROW_WITH(quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr),
+                    "--train must be 'all' or 'per-bit'");
+}
+
 TEST_F(QuantizeTest, DivergenceStopsAndKeepsTheLastCheckpoint) {
   Toy s = make_setup({4, 8});
   auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
