@@ -656,7 +656,7 @@ namespace {
 void check_same_recipe(const std::string& checkpoint, const std::string& stored, const std::string& now) {
   static const std::set<std::string> free = {"out", "resume", "log-every", "eval-data", "data-dir", "threads",
                                              "log-level", "json", "config", "collective-timeout",
-                                             "checkpoint-every", "stop-after", "teacher", "pool"};
+                                             "checkpoint-every", "stop-after"};
   const auto a = config_values(stored), b = config_values(now);
   std::vector<std::string> diffs;
   for (const auto& [key, value] : b) {
