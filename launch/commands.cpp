@@ -869,6 +869,7 @@ int quantize(int argc, char** argv) {
                          : pool->name + " (" + std::to_string(pool->size()) + " images)")
               << ", " << q.steps << " steps, batch " << q.batch_size << ", lr " << q.lr << ", T " << q.temperature
               << ", weighting " << q.weighting << (q.recursive ? " (recursive)" : "")
+              << (q.train == "per-bit" ? ", shared weights frozen (per-bit training)" : "")
               << (comm->size() > 1 ? ", " + std::to_string(comm->size()) + " processes" : std::string()) << std::endl;
   }
   const fs::path metrics_path = run / "metrics.jsonl";
