@@ -1,5 +1,7 @@
 #include "framework/optim_state.h"
 
+#include <set>
+
 namespace zsq {
 namespace {
 

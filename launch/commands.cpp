@@ -805,14 +805,14 @@ int quantize(int argc, char** argv) {
   const fs::path checkpoint = run / "checkpoint.h5";
   q.checkpoint = checkpoint.string();
   const std::string recipe_text = resolved_config(desc, vm);
+  int64_t resume_step = 0;
   if (q.resume) {
     if (!fs::exists(checkpoint)) {
       throw UsageError("--resume: there is no '" + checkpoint.string() + "' to continue; start the run without --resume");
     }
-    const trainers::CheckpointInfo info = trainers::read_checkpoint_info(checkpoint.string());
     const h5::File file = h5::File::open_read(checkpoint.string());
+    resume_step = trainers::read_checkpoint_info(file).step;  // also: it is a checkpoint at all
     check_same_recipe(checkpoint.string(), read_meta_attrs(file).recipe, recipe_text);
-    (void)info;
   } else if (fs::exists(checkpoint)) {
     throw UsageError("'" + checkpoint.string() + "' exists; add --resume to continue that run, or choose another --out");
   }
@@ -854,13 +854,8 @@ int quantize(int argc, char** argv) {
 
   ModelMeta meta = teacher.meta;
   meta.recipe = recipe_text;
-  const trainers::CheckpointMeta write_meta = [&](h5::File& file) {
-    ModelMeta m = meta;
-    m.precision = "once-for-all " + models::bits_text(config.bits);
-    file.set_attr("format", std::string(models::kStudentFormat));
-    file.set_attr("version", models::kExtractFormatVersion);
-    write_meta_attrs(file, m);
-    models::write_student_config(file, config);
+  const trainers::CheckpointStudent write_student = [&](h5::File& file) {
+    models::write_student(file, *student, config, meta);
   };
 
   if (root) {
@@ -873,7 +868,7 @@ int quantize(int argc, char** argv) {
               << (comm->size() > 1 ? ", " + std::to_string(comm->size()) + " processes" : std::string()) << std::endl;
   }
   const fs::path metrics_path = run / "metrics.jsonl";
-  if (root && q.resume) truncate_metrics(metrics_path, trainers::read_checkpoint_info(checkpoint.string()).step);
+  if (root && q.resume) truncate_metrics(metrics_path, resume_step);
   std::ofstream metrics;
   if (root) metrics.open(metrics_path, q.resume ? std::ios::app : std::ios::trunc);
   trainers::QuantizeData data;
@@ -909,7 +904,7 @@ int quantize(int argc, char** argv) {
   const auto start = std::chrono::steady_clock::now();
   trainers::QuantizeResult result;
   try {
-    result = trainers::quantize(*student, *teacher.model, data, q, write_meta, comm, on_step);
+    result = trainers::quantize(*student, *teacher.model, data, q, write_student, comm, on_step);
   } catch (...) {
     if (metrics.is_open()) metrics.flush();
     throw;

@@ -301,21 +301,21 @@ void fill_from_vertical(const h5::File& file, const std::string& name, IntLayerI
 
 } // namespace
 
-void save_student(const std::string& path, const torch::nn::Module& student, const StudentConfig& config,
-                  const ModelMeta& meta) {
-  const auto state = named_state(student);
+void write_student(h5::File& file, const torch::nn::Module& student, const StudentConfig& config,
+                   const ModelMeta& meta) {
+  for (const auto& [name, tensor] : named_state(student)) file.write_tensor(name, tensor);
   ModelMeta m = meta;
   m.precision = "once-for-all " + bits_text(config.bits);
-  h5::atomic_write(path, [&](h5::File& file) {
-    for (const auto& [name, tensor] : state) file.write_tensor(name, tensor);
-    file.set_attr("format", std::string(kStudentFormat));
-    file.set_attr("version", kExtractFormatVersion);
-    write_meta_attrs(file, m);
-    write_config(file, config);
-  });
+  file.set_attr("format", std::string(kStudentFormat));
+  file.set_attr("version", kExtractFormatVersion);
+  write_meta_attrs(file, m);
+  write_config(file, config);
 }
 
-void write_student_config(h5::File& file, const StudentConfig& config) { write_config(file, config); }
+void save_student(const std::string& path, const torch::nn::Module& student, const StudentConfig& config,
+                  const ModelMeta& meta) {
+  h5::atomic_write(path, [&](h5::File& file) { write_student(file, student, config, meta); });
+}
 
 LoadedStudent load_student(const std::string& path) {
   const h5::File file = h5::File::open_read(path);

@@ -33,9 +33,10 @@ inline constexpr int64_t kExtractFormatVersion = 1;
 void save_student(const std::string& path, const torch::nn::Module& student, const StudentConfig& config,
                   const ModelMeta& meta);
 
-/// Writes the student's configuration attributes (bits, wbits, abits, ...)
-/// as a zsq-student file holds them.
-void write_student_config(h5::File& file, const StudentConfig& config);
+/// Writes the student's tensors and zsq-student attributes into an open file
+/// (what save_student writes; a checkpoint adds its training state to it).
+void write_student(h5::File& file, const torch::nn::Module& student, const StudentConfig& config,
+                   const ModelMeta& meta);
 
 /// A student read back from a zsq-student file.
 struct LoadedStudent {

@@ -82,14 +82,15 @@ void set_flat_gradient(const NamedTensors& params, const torch::Tensor& flat) {
 
 class Checkpointer {
  public:
-  Checkpointer(const QuantizeOptions& o, const CheckpointMeta& meta, std::shared_ptr<distributed::Communicator> comm)
-      : o_(o), meta_(meta), comm_(std::move(comm)) {
+  Checkpointer(const QuantizeOptions& o, const CheckpointStudent& write_student,
+               std::shared_ptr<distributed::Communicator> comm)
+      : o_(o), write_student_(write_student), comm_(std::move(comm)) {
     if (const char* delay = std::getenv("ZSQ_TEST_CHECKPOINT_DELAY")) delay_ = std::atof(delay);
   }
 
   // Collective when several ranks (the random states are gathered); rank 0 writes.
-  void write(models::ClassifierImpl& student, torch::optim::SGD& optimizer, const NamedTensors& params,
-             generators::Synthesizer* synth, int64_t step) {
+  void write(torch::optim::SGD& optimizer, const NamedTensors& params, generators::Synthesizer* synth,
+             int64_t step) {
     const int world = comm_ ? comm_->size() : 1;
     torch::Tensor rng;
     if (synth) {
@@ -100,8 +101,7 @@ class Checkpointer {
     const NamedTensors momenta = optimizer_state(optimizer, params);
     const NamedTensors synth_state = synth ? synth->state() : NamedTensors{};
     h5::atomic_write(o_.checkpoint, [&](h5::File& file) {
-      for (const auto& [name, t] : named_state(student)) file.write_tensor(name, t);
-      meta_(file);
+      write_student_(file);
       for (const auto& [name, t] : momenta) file.write_tensor(kOptimizerGroup + name, t);
       // A test hook: a slow write, so that a test can kill the process in the middle of one.
       if (delay_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay_));
@@ -118,7 +118,7 @@ class Checkpointer {
 
  private:
   const QuantizeOptions& o_;
-  const CheckpointMeta& meta_;
+  const CheckpointStudent& write_student_;
   std::shared_ptr<distributed::Communicator> comm_;
   double delay_ = 0;
 };
@@ -127,12 +127,12 @@ class Checkpointer {
 // returns the student step it was written at.
 int64_t restore(const QuantizeOptions& o, models::ClassifierImpl& student, torch::optim::SGD& optimizer,
                 const NamedTensors& params, generators::Synthesizer* synth, int rank, int world) {
-  const CheckpointInfo info = read_checkpoint_info(o.checkpoint);
+  const h5::File file = h5::File::open_read(o.checkpoint);
+  const CheckpointInfo info = read_checkpoint_info(file);
   TORCH_CHECK(info.world_size == world, "'", o.checkpoint, "' was written by ", info.world_size,
               " process(es); resume it with the same number (mpirun -np ", info.world_size, "), this job has ", world);
   TORCH_CHECK(info.steps == o.steps, "'", o.checkpoint, "' plans ", info.steps, " steps, this run ", o.steps,
               "; a resumed run keeps its schedule");
-  const h5::File file = h5::File::open_read(o.checkpoint);
   TORCH_CHECK(file.attr_int("train_generator_warmup").value_or(0) == o.generator_warmup, "'", o.checkpoint,
               "' was made with another --generator-warmup");
   load_state(file, student, {models::kTrainingStateGroup});
@@ -195,8 +195,10 @@ std::vector<double> min_norm_weights(const torch::Tensor& gram_in, int iteration
   return alpha;
 }
 
-CheckpointInfo read_checkpoint_info(const std::string& path) {
-  const h5::File file = h5::File::open_read(path);
+CheckpointInfo read_checkpoint_info(const std::string& path) { return read_checkpoint_info(h5::File::open_read(path)); }
+
+CheckpointInfo read_checkpoint_info(const h5::File& file) {
+  const std::string& path = file.path();
   TORCH_CHECK(file.attr_string("format").value_or("") == models::kStudentFormat && file.has_attr("train_step"),
               "'", path, "' is not a checkpoint of zsq quantize (no training state)");
   CheckpointInfo info;
@@ -209,7 +211,7 @@ CheckpointInfo read_checkpoint_info(const std::string& path) {
 }
 
 QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const QuantizeData& data,
-                        const QuantizeOptions& o, const CheckpointMeta& meta,
+                        const QuantizeOptions& o, const CheckpointStudent& write_student,
                         std::shared_ptr<distributed::Communicator> comm,
                         const std::function<void(const QuantizeStep&)>& on_step) {
   const std::vector<int64_t> bits = [&] {
@@ -299,7 +301,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     for (const auto& [name, p] : params) list.push_back(p);
     reducer = std::make_unique<distributed::Reducer>(comm, list);
   }
-  Checkpointer checkpointer(o, meta, comm);
+  Checkpointer checkpointer(o, write_student, comm);
 
   QuantizeResult result;
   int64_t first = 0;
@@ -335,6 +337,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     if (world > 1) distributed::broadcast_state(*comm, student);  // rank 0's calibration for every rank
   }
   int64_t last_checkpoint = o.resume ? first : -1;
+  result.steps_done = first;
 
   const auto start = std::chrono::steady_clock::now();
   int64_t epoch = -1;
@@ -412,7 +415,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     const bool stop = o.stop_after > 0 && done_here >= o.stop_after;
     const bool last = step + 1 == o.steps;
     if (!o.checkpoint.empty() && (last || stop || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))) {
-      checkpointer.write(student, *optimizer, params, synth, step + 1);
+      checkpointer.write(*optimizer, params, synth, step + 1);
       last_checkpoint = step + 1;
       report.checkpointed = true;
     }
@@ -429,7 +432,6 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     result.steps_done = step + 1;
     if (stop) break;
   }
-  if (first == o.steps) result.steps_done = first;
   result.complete = result.steps_done == o.steps;
   models::set_bits(student, bits.front());
   return result;

@@ -113,15 +113,16 @@ struct QuantizeData {
   generators::Synthesizer* synthesizer = nullptr;
 };
 
-/// Writes the zsq-student attributes (format, meta, config) into a checkpoint.
-using CheckpointMeta = std::function<void(h5::File&)>;
+/// Writes the student as a zsq-student file (tensors and attributes, e.g.
+/// models::write_student) into a checkpoint, which then adds the training state.
+using CheckpointStudent = std::function<void(h5::File&)>;
 
 /// Trains `student` (built by a QuantFactory; initialised from the teacher and
 /// calibrated here unless resuming). Throws on bad options, on a checkpoint
 /// that does not fit, and on a non-finite loss (naming step and bit-width; the
 /// last checkpoint stays as it was). `comm` may be null (one process).
 QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const QuantizeData& data,
-                        const QuantizeOptions& options, const CheckpointMeta& meta,
+                        const QuantizeOptions& options, const CheckpointStudent& write_student,
                         std::shared_ptr<distributed::Communicator> comm,
                         const std::function<void(const QuantizeStep&)>& on_step);
 
@@ -135,5 +136,6 @@ struct CheckpointInfo {
   int64_t step = 0, steps = 0, world_size = 1;
 };
 CheckpointInfo read_checkpoint_info(const std::string& path);
+CheckpointInfo read_checkpoint_info(const h5::File& file);
 
 } // namespace zsq::trainers

@@ -218,13 +218,12 @@ TEST_F(QuantizeTest, DivergenceStopsAndKeepsTheLastCheckpoint) {
   o.steps = 10;
   o.checkpoint_every = 2;
   o.checkpoint = path("checkpoint.h5");
-  const CheckpointMeta meta = [&](h5::File& file) {
-    file.set_attr("format", std::string(models::kStudentFormat));
-    models::write_student_config(file, s.config);
+  const CheckpointStudent write_student = [&](h5::File& file) {
+    models::write_student(file, *student, s.config, ModelMeta{});
   };
   // After step 5 a weight turns NaN: step 6 must stop the run; the checkpoint stays at step 4.
   const std::string error = error_of([&] {
-    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, meta, nullptr, [&](const QuantizeStep& r) {
+    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, write_student, nullptr, [&](const QuantizeStep& r) {
       for (const auto& item : student->named_parameters()) {
         EXPECT_TRUE(torch::isfinite(item.value()).all().item<bool>()) << item.key() << " at step " << r.step;
       }
