@@ -403,6 +403,37 @@ models::StudentConfig read_student_config(const po::variables_map& vm) {
   return c;
 }
 
+// BatchNorm re-estimation during calibration (init-student, quantize).
+void add_bn_options(po::options_description& desc) {
+  desc.add_options()
+      ("bn-reestimate", po::value<std::string>()->default_value("none"),
+       "bit-widths whose BatchNorm running statistics calibration re-estimates on its images through the "
+       "quantized network: none, all, or a comma-separated list (e.g. 2)")
+      ("bn-mode", po::value<std::string>()->default_value("shift"),
+       "re-estimation: shift (the teacher's statistics moved by the quantized network's difference to the teacher "
+       "on the images) or absolute (the images' own statistics)");
+}
+
+std::pair<std::vector<int64_t>, std::string> read_bn_options(const po::variables_map& vm,
+                                                             const models::StudentConfig& config) {
+  std::vector<int64_t> bits;
+  const std::string text = get<std::string>(vm, "bn-reestimate");
+  if (text == "all") {
+    bits = config.bits;
+  } else if (text != "none") {
+    bits = parse_int_list(text, "--bn-reestimate");
+    for (const int64_t b : bits) {
+      if (std::find(config.bits.begin(), config.bits.end(), b) == config.bits.end()) {
+        throw UsageError("--bn-reestimate " + std::to_string(b) + ": not one of the model's bit-widths (" +
+                         models::bits_text(config.bits) + ")");
+      }
+    }
+  }
+  const std::string mode = get<std::string>(vm, "bn-mode");
+  if (mode != "shift" && mode != "absolute") throw UsageError("--bn-mode must be 'shift' or 'absolute', got '" + mode + "'");
+  return {bits, mode};
+}
+
 } // namespace
 
 int init_student(int argc, char** argv) {
@@ -417,6 +448,7 @@ int init_student(int argc, char** argv) {
       ("calib-count", po::value<int64_t>()->default_value(256), "calibration images")
       ("seed", po::value<uint64_t>()->default_value(0), "random seed (noise, choice of images)")
       ("out", po::value<std::string>()->default_value("student.h5"), "student file to write");
+  add_bn_options(desc);
   add_model_overrides(desc);
   add_common_options(desc);
   Common common;
@@ -426,6 +458,7 @@ int init_student(int argc, char** argv) {
   const po::variables_map& vm = *parsed;
   if (!vm.count("teacher")) throw UsageError("--teacher is required");
   const models::StudentConfig config = read_student_config(vm);
+  const auto [bn_bits, bn_mode] = read_bn_options(vm, config);
   const int64_t count = get<int64_t>(vm, "calib-count");
   if (count < 1) throw UsageError("--calib-count must be >= 1");
   const std::string out = get<std::string>(vm, "out");
@@ -447,13 +480,15 @@ int init_student(int argc, char** argv) {
   models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
                          teacher.meta.width > 0 ? teacher.meta.width : 16};
   models::Classifier student = models::build(spec, models::QuantFactory(config));
-  models::init_student(*student, *teacher.model, images);
+  models::init_student(*student, *teacher.model, images, bn_bits, bn_mode == "shift");
   ModelMeta meta = teacher.meta;
   meta.recipe = resolved_config(desc, vm);
   models::save_student(out, *student, config, meta);
   std::cout << "student " << spec.arch << " at bits " << models::bits_text(config.bits) << " from "
             << get<std::string>(vm, "teacher") << ", steps calibrated on " << images.size(0) << " "
-            << (calib == "noise" ? "noise images (data-free)" : "images of " + calib) << "; wrote " << out << std::endl;
+            << (calib == "noise" ? "noise images (data-free)" : "images of " + calib)
+            << (bn_bits.empty() ? "" : ", BatchNorm re-estimated (" + bn_mode + ") at bits " + models::bits_text(bn_bits))
+            << "; wrote " << out << std::endl;
   if (common.json) {
     std::cout << Json().add("command", "init-student").add("out", out).add("bits", config.bits).str() << std::endl;
   }
@@ -721,6 +756,7 @@ int quantize(int argc, char** argv) {
       ("calib-count", po::value<int64_t>()->default_value(256), "images that calibrate the initial steps")
       ("generator-warmup", po::value<int64_t>()->default_value(200),
        "online gdfq/qimera: generator-only steps before the student trains");
+  add_bn_options(desc);
   add_synth_options(desc, "gen-");
   desc.add_options()
       ("checkpoint-every", po::value<int64_t>()->default_value(100), "steps between checkpoints (0: only at the end)")
@@ -764,6 +800,7 @@ int quantize(int argc, char** argv) {
   q.train = get<std::string>(vm, "train");
   if (q.train != "all" && q.train != "per-bit") throw UsageError("--train must be 'all' or 'per-bit', got '" + q.train + "'");
   if (vm.count("bit-weights")) q.weights = parse_double_list(get<std::string>(vm, "bit-weights"), "--bit-weights");
+  std::tie(q.bn_bits, q.bn_mode) = read_bn_options(vm, config);
   const int64_t every = get<int64_t>(vm, "log-every");
   if (q.steps < 1) throw UsageError("--steps must be >= 1");
   if (q.batch_size < 1) throw UsageError("--batch-size must be >= 1");
@@ -865,6 +902,8 @@ int quantize(int argc, char** argv) {
               << ", " << q.steps << " steps, batch " << q.batch_size << ", lr " << q.lr << ", T " << q.temperature
               << ", weighting " << q.weighting << (q.recursive ? " (recursive)" : "")
               << (q.train == "per-bit" ? ", shared weights frozen (per-bit training)" : "")
+              << (q.bn_bits.empty() ? ""
+                                    : ", BatchNorm re-estimated (" + q.bn_mode + ") at bits " + models::bits_text(q.bn_bits))
               << (comm->size() > 1 ? ", " + std::to_string(comm->size()) + " processes" : std::string()) << std::endl;
   }
   const fs::path metrics_path = run / "metrics.jsonl";

@@ -93,7 +93,8 @@ std::vector<int64_t> model_bits(const torch::nn::Module& model) {
   return layers.empty() ? std::vector<int64_t>{} : layers.front()->quant_options().bits();
 }
 
-void calibrate(torch::nn::Module& student, const torch::Tensor& images) {
+void calibrate(torch::nn::Module& student, const torch::Tensor& images, const std::vector<int64_t>& bn_bits,
+               torch::nn::Module* reference) {
   const auto layers = quantized_layers(student);
   TORCH_CHECK(!layers.empty(), "calibrate: the model has no quantized layers");
   TORCH_CHECK(images.dim() == 4 && images.size(0) > 0, "calibrate: expected a non-empty N×C×H×W batch, got ",
@@ -104,22 +105,63 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images) {
   auto* classifier = dynamic_cast<ClassifierImpl*>(&student);
   TORCH_CHECK(classifier, "calibrate: the student is not a zoo classifier");
   const std::vector<int64_t> bits = model_bits(student);
-  for (auto* layer : layers) layer->set_calibrating(true);
+  for (const int64_t b : bn_bits) {
+    TORCH_CHECK(std::find(bits.begin(), bits.end(), b) != bits.end(), "BatchNorm re-estimation at ", b,
+                " bits: the model has no such bit-width");
+  }
+  std::vector<std::pair<std::string, quant::SwitchableBatchNorm2dImpl*>> norms;
+  for (const auto& item : student.named_modules("", /*include_self=*/false)) {
+    if (auto* n = item.value()->as<quant::SwitchableBatchNorm2dImpl>()) norms.emplace_back(item.key(), n);
+  }
+  // The reference network's BatchNorm input moments on the same images, by module name.
+  std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> moments;
+  if (reference && !bn_bits.empty()) {
+    auto* ref = dynamic_cast<ClassifierImpl*>(reference);
+    TORCH_CHECK(ref, "calibrate: the reference is not a zoo classifier");
+    const bool ref_training = ref->is_training();
+    ref->eval();
+    set_bn_taps(*ref, true);
+    try {
+      ref->forward(images);
+    } catch (...) {
+      set_bn_taps(*ref, false);
+      ref->train(ref_training);
+      throw;
+    }
+    for (const auto& [name, bn] : batch_norms(*ref)) moments[name] = {bn->tap_mean().detach(), bn->tap_var().detach()};
+    set_bn_taps(*ref, false);
+    ref->train(ref_training);
+    for (const auto& [name, n] : norms) {
+      TORCH_CHECK(moments.count(name), "calibrate: the reference has no BatchNorm '", name, "'");
+    }
+  }
+  const auto set_modes = [&](bool calibrating, bool reestimating) {
+    for (auto* layer : layers) layer->set_calibrating(calibrating);
+    for (auto& [name, n] : norms) {
+      if (reestimating && moments.count(name)) {
+        n->set_reestimating(true, moments[name].first, moments[name].second);
+      } else {
+        n->set_reestimating(reestimating);
+      }
+    }
+  };
   try {
     for (const int64_t b : bits) {
       set_bits(student, b);
+      set_modes(true, std::find(bn_bits.begin(), bn_bits.end(), b) != bn_bits.end());
       classifier->forward(images);
     }
   } catch (...) {
-    for (auto* layer : layers) layer->set_calibrating(false);
+    set_modes(false, false);
     throw;
   }
-  for (auto* layer : layers) layer->set_calibrating(false);
+  set_modes(false, false);
   set_bits(student, bits.front());
   student.train(was_training);
 }
 
-void init_student(torch::nn::Module& student, const torch::nn::Module& teacher, const torch::Tensor& images) {
+void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const torch::Tensor& images,
+                  const std::vector<int64_t>& bn_bits, bool bn_relative) {
   std::map<std::string, torch::Tensor> source;
   for (const auto& [name, t] : named_state(teacher)) source[name] = t;
   std::map<std::string, bool> used;
@@ -159,7 +201,7 @@ void init_student(torch::nn::Module& student, const torch::nn::Module& teacher, 
     TORCH_CHECK(false, msg.str());
   }
   for (auto* layer : quantized_layers(student)) layer->init_weight_step();
-  calibrate(student, images);
+  calibrate(student, images, bn_bits, bn_relative ? &teacher : nullptr);
 }
 
 } // namespace zsq::models

@@ -67,10 +67,22 @@ std::vector<int64_t> model_bits(const torch::nn::Module& model);
 /// N×C×H×W) at every bit-width, in eval mode. Throws listing every tensor
 /// that does not match. Leaves the student at its first bit-width, in the
 /// training mode it had.
-void init_student(torch::nn::Module& student, const torch::nn::Module& teacher, const torch::Tensor& images);
+/// `bn_bits` as in calibrate(), with the teacher as the reference when
+/// `bn_relative`.
+void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const torch::Tensor& images,
+                  const std::vector<int64_t>& bn_bits = {}, bool bn_relative = true);
 
 /// Runs `images` through `student` at every bit-width with calibration on
 /// (activation steps set from the data), in eval mode, without gradients.
-void calibrate(torch::nn::Module& student, const torch::Tensor& images);
+/// At the bit-widths in `bn_bits` the switchable BatchNorms also re-estimate
+/// their running statistics from the same forward (each layer from the
+/// quantized network below it), before the layers after them calibrate:
+/// without `reference`, set to the images' statistics; with it (the FP32
+/// network of the same architecture, eval mode), shifted by the difference
+/// between the student's and the reference's statistics on the images (see
+/// SwitchableBatchNorm2dImpl::set_reestimating), which keeps the part of the
+/// statistics the images got wrong out.
+void calibrate(torch::nn::Module& student, const torch::Tensor& images, const std::vector<int64_t>& bn_bits = {},
+               torch::nn::Module* reference = nullptr);
 
 } // namespace zsq::models

@@ -242,6 +242,8 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   TORCH_CHECK(o.weights.empty() || o.weighting != "min-norm", "--bit-weights has no meaning with --weighting min-norm");
   for (double w : o.weights) TORCH_CHECK(w >= 0, "--bit-weights must be >= 0, got ", w);
   TORCH_CHECK(o.train == "all" || o.train == "per-bit", "--train must be 'all' or 'per-bit', got '", o.train, "'");
+  TORCH_CHECK(o.bn_mode == "shift" || o.bn_mode == "absolute", "--bn-mode must be 'shift' or 'absolute', got '",
+              o.bn_mode, "'");
   TORCH_CHECK(o.calib_count >= 1, "--calib-count must be >= 1, got ", o.calib_count);
   TORCH_CHECK(o.generator_warmup >= 0, "--generator-warmup must be >= 0, got ", o.generator_warmup);
   TORCH_CHECK(o.generator_warmup == 0 || (data.synthesizer && data.synthesizer->trains_generator()),
@@ -333,7 +335,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       }
       calibration = torch::cat(parts).narrow(0, 0, o.calib_count);
     }
-    models::init_student(student, teacher, calibration);
+    models::init_student(student, teacher, calibration, o.bn_bits, o.bn_mode == "shift");
     if (world > 1) distributed::broadcast_state(*comm, student);  // rank 0's calibration for every rank
   }
   int64_t last_checkpoint = o.resume ? first : -1;

@@ -73,6 +73,8 @@ struct QuantizeOptions {
   int64_t crop_padding = 2;      ///< augmentation of the pool's images
   bool horizontal_flip = true;
   int64_t calib_count = 256;     ///< images that calibrate the activation steps at the start
+  std::vector<int64_t> bn_bits;  ///< bit-widths whose BatchNorm statistics calibration re-estimates
+  std::string bn_mode = "shift"; ///< shift: by the student-teacher difference on the images; absolute: the images' own
   int64_t generator_warmup = 0;  ///< online generation: generator-only steps before the student trains
   int64_t checkpoint_every = 0;  ///< steps between checkpoints (0: only at the end)
   int64_t stop_after = 0;        ///< end (with a checkpoint) after this many steps of this process (0: run to the end)

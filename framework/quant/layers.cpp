@@ -220,7 +220,38 @@ void SwitchableBatchNorm2dImpl::pretty_print(std::ostream& stream) const {
   stream << "zsq::quant::SwitchableBatchNorm2d(" << num_features_ << ", bits=" << bits_text(bits_) << ")";
 }
 
-torch::Tensor SwitchableBatchNorm2dImpl::forward(const torch::Tensor& x) { return norms_[index_]->forward(x); }
+torch::Tensor SwitchableBatchNorm2dImpl::forward(const torch::Tensor& x) {
+  nn::BatchNorm2d& norm = norms_[index_];
+  if (reestimating_) {
+    torch::NoGradGuard no_grad;
+    TORCH_CHECK(x.dim() == 4 && x.size(0) * x.size(2) * x.size(3) > 1,
+                "BatchNorm re-estimation needs more than one value per channel, got ", x.sizes());
+    if (reference_mean_.defined()) {
+      const auto [var, mean] = torch::var_mean(x, {0, 2, 3}, /*unbiased=*/false);
+      norm->running_mean.add_(mean - reference_mean_);
+      norm->running_var.mul_(var.clamp_min(1e-12) / reference_var_.clamp_min(1e-12));
+    } else {
+      const auto [var, mean] = torch::var_mean(x, {0, 2, 3}, /*unbiased=*/true);
+      norm->running_mean.copy_(mean);
+      norm->running_var.copy_(var);
+    }
+  }
+  return norm->forward(x);
+}
+
+void SwitchableBatchNorm2dImpl::set_reestimating(bool on, torch::Tensor reference_mean, torch::Tensor reference_var) {
+  TORCH_CHECK(reference_mean.defined() == reference_var.defined(),
+              "BatchNorm re-estimation: give both reference moments or neither");
+  if (reference_mean.defined()) {
+    TORCH_CHECK(reference_mean.numel() == num_features_ && reference_var.numel() == num_features_,
+                "BatchNorm re-estimation: reference moments of ", reference_mean.numel(), " channels for a ",
+                num_features_, "-channel BatchNorm");
+  }
+  reestimating_ = on;
+  const bool relative = on && reference_mean.defined();
+  reference_mean_ = relative ? reference_mean.detach().reshape({num_features_}) : torch::Tensor();
+  reference_var_ = relative ? reference_var.detach().reshape({num_features_}) : torch::Tensor();
+}
 
 void SwitchableBatchNorm2dImpl::set_bits(int64_t b) { index_ = bit_index(bits_, b); }
 

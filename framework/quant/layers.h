@@ -178,12 +178,23 @@ class SwitchableBatchNorm2dImpl : public torch::nn::Cloneable<SwitchableBatchNor
   /// The BatchNorm2d of the current bit-width.
   nn::BatchNorm2d current() const { return norms_[index_]; }
   const std::vector<nn::BatchNorm2d>& norms() const { return norms_; }
+  /// While on, each forward first re-estimates the current bit-width's running
+  /// mean and variance from its input, then normalizes with them. Without a
+  /// reference: the batch mean and unbiased variance (one train-mode step with
+  /// momentum 1). With one (the FP32 network's batch mean and biased variance
+  /// at this layer on the same images): only the quantization's shift moves
+  /// the statistics, mean += batch mean - reference mean, var *= batch var /
+  /// reference var (biased), so a mismatch between the images and the data the
+  /// running statistics came from cancels.
+  void set_reestimating(bool on, torch::Tensor reference_mean = {}, torch::Tensor reference_var = {});
 
  private:
   int64_t num_features_;
   std::vector<int64_t> bits_;
   std::vector<nn::BatchNorm2d> norms_;
   size_t index_ = 0;
+  bool reestimating_ = false;
+  torch::Tensor reference_mean_, reference_var_;
 };
 TORCH_MODULE(SwitchableBatchNorm2d);
 

@@ -151,6 +151,24 @@ expect_fail 2 "--wbits must list one value per --bits entry (2), got 1" "$zsq" i
 expect_fail 1 "file not found" "$zsq" init-student --teacher "$work/none.h5"
 expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-count 64 --out "$work/student.h5"
 grep -q "noise images (data-free)" "$work/out" && ok "init-student says how it calibrated" || bad "init-student output"
+expect_fail 2 "--bn-reestimate 3: not one of the model's bit-widths (4,8)" "$zsq" init-student \
+  --teacher "$work/teacher.h5" --bits 4,8 --bn-reestimate 3 --out "$work/student-bn.h5"
+expect_fail 2 "--bn-mode must be 'shift' or 'absolute', got 'relative'" "$zsq" init-student \
+  --teacher "$work/teacher.h5" --bits 4,8 --bn-reestimate 4 --bn-mode relative --out "$work/student-bn.h5"
+expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-count 64 --bn-reestimate 4 \
+  --bn-mode absolute --out "$work/student-bn.h5"
+grep -q "BatchNorm re-estimated (absolute) at bits 4" "$work/out" && ok "init-student says it re-estimated BatchNorm" ||
+  bad "init-student --bn-reestimate output: $(cat "$work/out")"
+"$py" - "$work/student.h5" "$work/student-bn.h5" <<'PY' && ok "--bn-reestimate 4 moves only the 4-bit BatchNorm statistics" || bad "--bn-reestimate: wrong statistics moved"
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+names = []
+a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and "running_" in n else None)
+assert names
+moved = {n for n in names if not np.allclose(a[n][()], b[n][()], rtol=1e-3, atol=1e-4)}
+assert moved and all(".b4." in n or "/b4/" in n for n in moved), sorted(moved)[:5]
+assert all(np.array_equal(a[n][()], b[n][()]) for n in names if ".b8." in n or "/b8/" in n)
+PY
 expect_ok "$zsq" eval --checkpoint "$work/student.h5" --limit 500 --json
 b8="$(json_field "$work/out" top1_b8)"
 b4_fq="$(json_field "$work/out" top1_b4)"
@@ -259,6 +277,14 @@ expect_ok "$zsq" "${q_pool[@]}" --feature-weight 1 --ce-weight 0.5 --out "$work/
 expect_fail 2 "--feature-weight must be >= 0" "$zsq" "${q_pool[@]}" --feature-weight -1 --out "$work/run-c"
 expect_fail 2 "--train must be 'all' or 'per-bit'" "$zsq" "${q_pool[@]}" --train some --out "$work/run-c"
 expect_ok "$zsq" "${q_pool[@]}" --train per-bit --out "$work/run-p"
+grep -q "BatchNorm re-estimated" "$work/out" && bad "re-estimation announced without --bn-reestimate" ||
+  ok "no BatchNorm re-estimation by default"
+expect_ok "$zsq" "${q_pool[@]}" --train per-bit --bn-reestimate 2 --out "$work/run-bn"
+grep -q "BatchNorm re-estimated (shift) at bits 2" "$work/out" && ok "quantize says it re-estimates BatchNorm" ||
+  bad "quantize --bn-reestimate: $(head -c 400 "$work/out")"
+expect_fail 2 "--bn-reestimate 3: not one of the model's bit-widths (2,4,8)" "$zsq" "${q_pool[@]}" --bn-reestimate 3 \
+  --out "$work/run-c"
+expect_fail 2 "--bn-reestimate" "$zsq" "${q_pool[@]}" --bn-reestimate all --stop-after 1 --resume --out "$work/run-b"
 grep -q '"alpha"' "$work/run-m/metrics.jsonl" && ok "min-norm logs its weights" || bad "min-norm metrics"
 # Online generation (gdfq generator alternating with the student): resume is bit-exact too.
 q_online=(quantize --teacher "$work/teacher.h5" --recipe gdfq --generator-warmup 3 --bits 2,8 --steps 4 --batch-size 8

@@ -131,6 +131,95 @@ TEST_F(StudentTest, SwitchingChangesOnlyPerBitState) {
   EXPECT_TRUE(changed("layer1.0.bn1.b4.running_mean", buffers["layer1.0.bn1.b4.running_mean"]));
 }
 
+TEST_F(StudentTest, BatchNormReestimationSetsTheImagesStatisticsOrShiftsTheTeachers) {
+  quant::SwitchableBatchNorm2d bn(3, std::vector<int64_t>{2, 4});
+  bn->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = torch::randn({8, 3, 5, 5}) * torch::tensor({1.0, 2.0, 3.0}).view({1, 3, 1, 1}) + 1.5;
+  // Absolute: one train-mode step with momentum 1; the other bit-width keeps its statistics.
+  bn->set_bits(2);
+  bn->set_reestimating(true);
+  const torch::Tensor y = bn->forward(x);
+  bn->set_reestimating(false);
+  const auto& b2 = bn->norms()[0];
+  const auto& b4 = bn->norms()[1];
+  EXPECT_TRUE(torch::allclose(b2->running_mean, x.mean({0, 2, 3}), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(b2->running_var, x.var({0, 2, 3}, /*unbiased=*/true), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::equal(b4->running_mean, torch::zeros({3})));
+  EXPECT_TRUE(torch::equal(b4->running_var, torch::ones({3})));
+  EXPECT_LT(y.mean({0, 2, 3}).abs().max().item<double>(), 1e-5);  // normalized with what it just measured
+  EXPECT_TRUE(torch::equal(bn->forward(x), y));                  // and kept it
+  // Shift: images whose statistics equal the reference's leave the teacher's statistics alone ...
+  bn->set_bits(4);
+  b4->running_mean.copy_(torch::tensor({0.5, -1.0, 2.0}));
+  b4->running_var.copy_(torch::tensor({4.0, 0.25, 1.0}));
+  const torch::Tensor mean = x.mean({0, 2, 3}), var = x.var({0, 2, 3}, /*unbiased=*/false);
+  bn->set_reestimating(true, mean, var);
+  bn->forward(x);
+  EXPECT_TRUE(torch::allclose(b4->running_mean, torch::tensor({0.5, -1.0, 2.0}), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(b4->running_var, torch::tensor({4.0, 0.25, 1.0}), 1e-5, 1e-6));
+  // ... and a quantized input moved by +1 and scaled by 2 moves them by the same amounts.
+  bn->set_reestimating(true, mean, var);
+  bn->forward((x - mean.view({1, 3, 1, 1})) * 2 + mean.view({1, 3, 1, 1}) + 1);
+  bn->set_reestimating(false);
+  EXPECT_TRUE(torch::allclose(b4->running_mean, torch::tensor({1.5, 0.0, 3.0}), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(b4->running_var, torch::tensor({16.0, 1.0, 4.0}), 1e-4, 1e-5));
+  EXPECT_NE(error_of([&] { bn->set_reestimating(true, torch::zeros({2}), torch::ones({2})); })
+                .find("reference moments of 2 channels for a 3-channel BatchNorm"),
+            std::string::npos);
+}
+
+TEST_F(StudentTest, CalibrationReestimatesOnlyTheChosenBitWidthsBatchNorms) {
+  auto teacher = small_teacher();  // statistics of randn images
+  const torch::Tensor calib = torch::randn({64, 1, 28, 28}) * 0.5 + 0.3;  // not the teacher's data
+  auto plain = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 8})));
+  init_student(*plain, *teacher, calib);
+  auto shifted = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 8})));
+  init_student(*shifted, *teacher, calib, {2});
+  auto absolute = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 8})));
+  init_student(*absolute, *teacher, calib, {2}, /*bn_relative=*/false);
+  const auto state = [](Classifier& m) {
+    std::map<std::string, torch::Tensor> out;
+    for (const auto& b : m->named_buffers()) out[b.key()] = b.value();
+    return out;
+  };
+  const auto p = state(plain), s = state(shifted), a = state(absolute);
+  int moved = 0;
+  for (const auto& [name, t] : p) {
+    if (name.find("running_") == std::string::npos) continue;
+    if (name.find(".b8.") != std::string::npos) {
+      EXPECT_TRUE(torch::equal(t, s.at(name))) << name;
+      EXPECT_TRUE(torch::equal(t, a.at(name))) << name;
+    } else {
+      moved += !torch::allclose(t, s.at(name), 1e-3, 1e-4);
+      EXPECT_FALSE(torch::allclose(s.at(name), a.at(name), 1e-3, 1e-4)) << name;
+    }
+  }
+  EXPECT_GT(moved, 0) << "shift re-estimation left every 2-bit statistic where it was";
+  // The first BatchNorm sees the 8-bit-input first layer: the shift is the quantization's, small next to the
+  // difference between the images and the data the teacher's statistics describe.
+  const torch::Tensor teacher_var = teacher->named_buffers()["bn1.running_var"];
+  EXPECT_LT(relative_error(s.at("bn1.b2.running_var"), teacher_var), 0.05);
+  EXPECT_GT(relative_error(a.at("bn1.b2.running_var"), teacher_var), 0.05);
+  // On images like the teacher's data, re-estimated 2-bit students follow the teacher closer than without.
+  const torch::Tensor like = torch::randn({256, 1, 28, 28});
+  init_student(*plain, *teacher, like);
+  init_student(*shifted, *teacher, like, {2});
+  init_student(*absolute, *teacher, like, {2}, /*bn_relative=*/false);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = torch::randn({64, 1, 28, 28});
+  const torch::Tensor want = teacher->forward(x);
+  const auto error_at_2 = [&](Classifier& m) {
+    set_bits(*m, 2);
+    return relative_error(m->forward(x), want);
+  };
+  const double e_plain = error_at_2(plain), e_shifted = error_at_2(shifted), e_absolute = error_at_2(absolute);
+  EXPECT_LT(e_shifted, e_plain);
+  EXPECT_LT(e_absolute, e_plain);
+  EXPECT_NE(error_of([&] { init_student(*plain, *teacher, calib, {4}); }).find("re-estimation at 4 bits: the model has no such bit-width"),
+            std::string::npos);
+}
+
 TEST_F(StudentTest, ClearErrors) {
   auto student = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 4})));
   EXPECT_NE(error_of([&] { student->forward(torch::randn({2, 1, 28, 28})); }).find("never calibrated"),
