@@ -90,7 +90,10 @@ torch::Tensor mse_init_step(const torch::Tensor& x, const QuantRange& range) {
   torch::Tensor flat = x.detach().reshape(-1).to(torch::kFloat32);
   constexpr int64_t kSample = int64_t(1) << 16;
   if (flat.numel() > kSample) {
-    flat = flat.index_select(0, torch::linspace(0, static_cast<double>(flat.numel() - 1), kSample).to(torch::kInt64));
+    // Evenly spaced indices in integer arithmetic: a float32 linspace rounds its
+    // last entries past numel - 1 on large inputs (seen at 1400+ calibration images).
+    const torch::Tensor pick = torch::arange(kSample, torch::kInt64).mul(flat.numel() - 1).div(kSample - 1, "floor");
+    flat = flat.index_select(0, pick);
   }
   flat = flat.contiguous();
   const double top = flat.abs().max().item<double>() / static_cast<double>(std::max(range.qp, range.qn));

@@ -21,8 +21,8 @@ StudentConfig config(std::vector<int64_t> bits) {
 }
 
 // A small teacher whose BN running statistics describe its data.
-Classifier small_teacher(const std::string& arch = "resnet8") {
-  auto teacher = build({arch, 1, 10, 8}, Fp32Factory());
+Classifier small_teacher(const std::string& arch = "resnet8", int64_t width = 8) {
+  auto teacher = build({arch, 1, 10, width}, Fp32Factory());
   torch::NoGradGuard no_grad;
   teacher->train();
   for (int i = 0; i < 20; ++i) teacher->forward(torch::randn({32, 1, 28, 28}));
@@ -218,6 +218,19 @@ TEST_F(StudentTest, CalibrationReestimatesOnlyTheChosenBitWidthsBatchNorms) {
   EXPECT_LT(e_absolute, e_plain);
   EXPECT_NE(error_of([&] { init_student(*plain, *teacher, calib, {4}); }).find("re-estimation at 4 bits: the model has no such bit-width"),
             std::string::npos);
+}
+
+TEST_F(StudentTest, CalibratesOnLargeBatches) {
+  // 1400 images: layer inputs of 17.6M values, sampled for the step search (a float32 linspace of
+  // sample indices once ran past the end here).
+  auto teacher = small_teacher("resnet8", 16);
+  auto student = build({"resnet8", 1, 10, 16}, QuantFactory(config({2, 8})));
+  init_student(*student, *teacher, torch::randn({1400, 1, 28, 28}));
+  for (const auto& p : student->named_parameters()) {
+    if (p.key().find("act_step") != std::string::npos) {
+      EXPECT_GT(p.value().item<double>(), 0) << p.key();
+    }
+  }
 }
 
 TEST_F(StudentTest, ClearErrors) {
