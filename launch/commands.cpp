@@ -414,21 +414,28 @@ void add_bn_options(po::options_description& desc) {
        "on the images) or absolute (the images' own statistics)");
 }
 
-std::pair<std::vector<int64_t>, std::string> read_bn_options(const po::variables_map& vm,
-                                                             const models::StudentConfig& config) {
+// A bit-width option: none, all (the model's), or a list of the model's bit-widths.
+std::vector<int64_t> read_bit_list(const po::variables_map& vm, const std::string& name,
+                                   const models::StudentConfig& config) {
   std::vector<int64_t> bits;
-  const std::string text = get<std::string>(vm, "bn-reestimate");
+  const std::string text = get<std::string>(vm, name.c_str());
   if (text == "all") {
     bits = config.bits;
   } else if (text != "none") {
-    bits = parse_int_list(text, "--bn-reestimate");
+    bits = parse_int_list(text, "--" + name);
     for (const int64_t b : bits) {
       if (std::find(config.bits.begin(), config.bits.end(), b) == config.bits.end()) {
-        throw UsageError("--bn-reestimate " + std::to_string(b) + ": not one of the model's bit-widths (" +
+        throw UsageError("--" + name + " " + std::to_string(b) + ": not one of the model's bit-widths (" +
                          models::bits_text(config.bits) + ")");
       }
     }
   }
+  return bits;
+}
+
+std::pair<std::vector<int64_t>, std::string> read_bn_options(const po::variables_map& vm,
+                                                             const models::StudentConfig& config) {
+  const std::vector<int64_t> bits = read_bit_list(vm, "bn-reestimate", config);
   const std::string mode = get<std::string>(vm, "bn-mode");
   if (mode != "shift" && mode != "absolute") throw UsageError("--bn-mode must be 'shift' or 'absolute', got '" + mode + "'");
   return {bits, mode};
@@ -742,7 +749,8 @@ int quantize(int argc, char** argv) {
       ("lr", po::value<double>()->default_value(1e-4), "peak learning rate (SGD, Nesterov momentum 0.9, cosine to 0)")
       ("weight-decay", po::value<double>()->default_value(0.0), "weight decay on the latent weights")
       ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
-      ("ce-weight", po::value<double>()->default_value(0.0), "weight of the cross-entropy to the images' labels")
+      ("ce-weight", po::value<std::string>()->default_value("0"),
+       "weight of the cross-entropy to the images' labels: one value, or one per bit-width (e.g. 1,0,0,0)")
       ("feature-weight", po::value<double>()->default_value(0.0),
        "weight of the squared error of the penultimate features to the teacher's")
       ("weighting", po::value<std::string>()->default_value("sum"),
@@ -755,7 +763,10 @@ int quantize(int argc, char** argv) {
        "what trains: all, or per-bit (only each bit-width's activation steps and BatchNorm; shared weights frozen)")
       ("calib-count", po::value<int64_t>()->default_value(256), "images that calibrate the initial steps")
       ("generator-warmup", po::value<int64_t>()->default_value(200),
-       "online gdfq/qimera: generator-only steps before the student trains");
+       "online gdfq/qimera: generator-only steps before the student trains")
+      ("bn-train", po::value<std::string>()->default_value("none"),
+       "bit-widths whose BatchNorms use batch statistics while training and update their running statistics: "
+       "none, all, or a comma-separated list");
   add_bn_options(desc);
   add_synth_options(desc, "gen-");
   desc.add_options()
@@ -784,9 +795,15 @@ int quantize(int argc, char** argv) {
   q.lr = get<double>(vm, "lr");
   q.weight_decay = get<double>(vm, "weight-decay");
   q.temperature = get<double>(vm, "temperature");
-  q.ce_weight = get<double>(vm, "ce-weight");
+  q.ce_weight = parse_double_list(get<std::string>(vm, "ce-weight"), "--ce-weight");
   q.feature_weight = get<double>(vm, "feature-weight");
-  if (q.ce_weight < 0) throw UsageError("--ce-weight must be >= 0");
+  for (const double w : q.ce_weight) {
+    if (w < 0) throw UsageError("--ce-weight must be >= 0");
+  }
+  if (q.ce_weight.size() > 1 && q.ce_weight.size() != config.bits.size()) {
+    throw UsageError("--ce-weight needs one value or one per bit-width (" + std::to_string(config.bits.size()) +
+                     "), got " + std::to_string(q.ce_weight.size()));
+  }
   if (q.feature_weight < 0) throw UsageError("--feature-weight must be >= 0");
   q.weighting = get<std::string>(vm, "weighting");
   q.calib_count = get<int64_t>(vm, "calib-count");
@@ -801,6 +818,7 @@ int quantize(int argc, char** argv) {
   if (q.train != "all" && q.train != "per-bit") throw UsageError("--train must be 'all' or 'per-bit', got '" + q.train + "'");
   if (vm.count("bit-weights")) q.weights = parse_double_list(get<std::string>(vm, "bit-weights"), "--bit-weights");
   std::tie(q.bn_bits, q.bn_mode) = read_bn_options(vm, config);
+  q.bn_train = read_bit_list(vm, "bn-train", config);
   const int64_t every = get<int64_t>(vm, "log-every");
   if (q.steps < 1) throw UsageError("--steps must be >= 1");
   if (q.batch_size < 1) throw UsageError("--batch-size must be >= 1");
@@ -904,6 +922,7 @@ int quantize(int argc, char** argv) {
               << (q.train == "per-bit" ? ", shared weights frozen (per-bit training)" : "")
               << (q.bn_bits.empty() ? ""
                                     : ", BatchNorm re-estimated (" + q.bn_mode + ") at bits " + models::bits_text(q.bn_bits))
+              << (q.bn_train.empty() ? "" : ", BatchNorm on batch statistics at bits " + models::bits_text(q.bn_train))
               << (comm->size() > 1 ? ", " + std::to_string(comm->size()) + " processes" : std::string()) << std::endl;
   }
   const fs::path metrics_path = run / "metrics.jsonl";

@@ -4,6 +4,7 @@
 #include "distributed/sync.h"
 #include "framework/model_file.h"
 #include "framework/optim_state.h"
+#include "framework/quant/layers.h"
 #include "models/extract.h"
 
 #include <torch/torch.h>
@@ -233,7 +234,9 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   TORCH_CHECK(o.lr > 0, "--lr must be > 0, got ", o.lr);
   TORCH_CHECK(o.weight_decay >= 0, "--weight-decay must be >= 0, got ", o.weight_decay);
   TORCH_CHECK(o.temperature > 0, "--temperature must be > 0, got ", o.temperature);
-  TORCH_CHECK(o.ce_weight >= 0, "--ce-weight must be >= 0, got ", o.ce_weight);
+  TORCH_CHECK(o.ce_weight.size() <= 1 || o.ce_weight.size() == bits.size(),
+              "--ce-weight needs one value or one per bit-width (", bits.size(), "), got ", o.ce_weight.size());
+  for (double w : o.ce_weight) TORCH_CHECK(w >= 0, "--ce-weight must be >= 0, got ", w);
   TORCH_CHECK(o.feature_weight >= 0, "--feature-weight must be >= 0, got ", o.feature_weight);
   TORCH_CHECK(std::find(known_weightings().begin(), known_weightings().end(), o.weighting) != known_weightings().end(),
               "unknown --weighting '", o.weighting, "' (sum, sandwich, min-norm)");
@@ -251,6 +254,11 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   TORCH_CHECK(o.checkpoint_every >= 0 && o.stop_after >= 0, "--checkpoint-every and --stop-after must be >= 0");
   TORCH_CHECK(!o.resume || !o.checkpoint.empty(), "resuming needs a checkpoint path");
   const int64_t local_batch = o.batch_size / world;
+  const auto ce_weight_of = [&](int64_t b) {
+    if (o.ce_weight.empty()) return 0.0;
+    if (o.ce_weight.size() == 1) return o.ce_weight.front();
+    return o.ce_weight[std::find(bits.begin(), bits.end(), b) - bits.begin()];
+  };
   const auto weight_of = [&](int64_t b) {
     if (o.weights.empty()) return 1.0;
     return o.weights[std::find(bits.begin(), bits.end(), b) - bits.begin()];
@@ -338,6 +346,22 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     models::init_student(student, teacher, calibration, o.bn_bits, o.bn_mode == "shift");
     if (world > 1) distributed::broadcast_state(*comm, student);  // rank 0's calibration for every rank
   }
+  // --bn-train: these bit-widths' BatchNorms normalize with batch statistics and update their running ones
+  // (momentum 0.1) while training; under mpirun each rank uses its own batch's statistics and the running
+  // ones are averaged over the ranks after every step, so the replicas stay identical.
+  std::vector<torch::Tensor> bn_running;
+  for (const auto& m : student.modules()) {
+    auto* n = m->as<quant::SwitchableBatchNorm2dImpl>();
+    if (!n) continue;
+    for (const int64_t b : o.bn_train) {
+      TORCH_CHECK(std::find(bits.begin(), bits.end(), b) != bits.end(), "--bn-train ", b,
+                  ": not one of the model's bit-widths");
+      nn::BatchNorm2d norm = n->norm_at(b);
+      norm->train(true);
+      bn_running.push_back(norm->running_mean);
+      bn_running.push_back(norm->running_var);
+    }
+  }
   int64_t last_checkpoint = o.resume ? first : -1;
   result.steps_done = first;
 
@@ -377,7 +401,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       const torch::Tensor features = student.features(images);
       const torch::Tensor logits = student.head(features);
       torch::Tensor loss = kd_loss(logits, o.recursive && higher.defined() ? higher : teacher_logits, o.temperature);
-      if (o.ce_weight > 0) loss = loss + o.ce_weight * torch::cross_entropy_loss(logits, labels);
+      if (ce_weight_of(now[i]) > 0) loss = loss + ce_weight_of(now[i]) * torch::cross_entropy_loss(logits, labels);
       if (o.feature_weight > 0) loss = loss + o.feature_weight * torch::mse_loss(features, teacher_features);
       losses[i] = loss.item<double>();
       if (min_norm) {
@@ -412,6 +436,10 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       reducer->reduce();
     }
     optimizer->step();
+    if (world > 1 && !bn_running.empty()) {
+      torch::NoGradGuard no_grad;
+      for (auto& t : bn_running) comm->all_reduce(t, distributed::ReduceOp::kAverage);
+    }
     ++done_here;
 
     const bool stop = o.stop_after > 0 && done_here >= o.stop_after;
@@ -435,6 +463,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     if (stop) break;
   }
   result.complete = result.steps_done == o.steps;
+  student.eval();
   models::set_bits(student, bits.front());
   return result;
 }

@@ -64,7 +64,7 @@ struct QuantizeOptions {
   double lr = 1e-4;              ///< peak learning rate (SGD with Nesterov momentum 0.9, cosine to 0)
   double weight_decay = 0;       ///< on latent weights only
   double temperature = 4;
-  double ce_weight = 0;          ///< cross-entropy to the labels, per bit-width
+  std::vector<double> ce_weight; ///< cross-entropy to the labels: one weight for every bit-width, or one per bit-width (empty: 0)
   double feature_weight = 0;     ///< MSE of the penultimate features to the teacher's, per bit-width
   std::vector<double> weights;   ///< λ_b per bit-width (empty: all 1)
   std::string weighting = "sum"; ///< sum, sandwich, min-norm
@@ -75,6 +75,7 @@ struct QuantizeOptions {
   int64_t calib_count = 256;     ///< images that calibrate the activation steps at the start
   std::vector<int64_t> bn_bits;  ///< bit-widths whose BatchNorm statistics calibration re-estimates
   std::string bn_mode = "shift"; ///< shift: by the student-teacher difference on the images; absolute: the images' own
+  std::vector<int64_t> bn_train; ///< bit-widths whose BatchNorms use batch statistics while training (running ones updated)
   int64_t generator_warmup = 0;  ///< online generation: generator-only steps before the student trains
   int64_t checkpoint_every = 0;  ///< steps between checkpoints (0: only at the end)
   int64_t stop_after = 0;        ///< end (with a checkpoint) after this many steps of this process (0: run to the end)

@@ -258,4 +258,6 @@ void SwitchableBatchNorm2dImpl::set_reestimating(bool on, torch::Tensor referenc
 
 void SwitchableBatchNorm2dImpl::set_bits(int64_t b) { index_ = bit_index(bits_, b); }
 
+nn::BatchNorm2d SwitchableBatchNorm2dImpl::norm_at(int64_t b) const { return norms_[bit_index(bits_, b)]; }
+
 } // namespace zsq::quant

@@ -178,6 +178,8 @@ class SwitchableBatchNorm2dImpl : public torch::nn::Cloneable<SwitchableBatchNor
   /// The BatchNorm2d of the current bit-width.
   nn::BatchNorm2d current() const { return norms_[index_]; }
   const std::vector<nn::BatchNorm2d>& norms() const { return norms_; }
+  /// The BatchNorm2d of bit-width b (one of the model's).
+  nn::BatchNorm2d norm_at(int64_t b) const;
   /// While on, each forward first re-estimates the current bit-width's running
   /// mean and variance from its input, then normalizes with them. Without a
   /// reference: the batch mean and unbiased variance (one train-mode step with

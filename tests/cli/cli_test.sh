@@ -274,6 +274,16 @@ expect_fail 1 "training diverged" "$zsq" "${q_pool[@]}" --lr 1e30 --out "$work/r
 expect_ok "$zsq" "${q_pool[@]}" --weighting sandwich --recursive on --out "$work/run-s"
 expect_ok "$zsq" "${q_pool[@]}" --weighting min-norm --out "$work/run-m"
 expect_ok "$zsq" "${q_pool[@]}" --feature-weight 1 --ce-weight 0.5 --out "$work/run-f"
+expect_ok "$zsq" "${q_pool[@]}" --ce-weight 1,0,0 --out "$work/run-ce"
+"$py" - "$work/run/metrics.jsonl" "$work/run-ce/metrics.jsonl" <<'PY' && ok "--ce-weight 1,0,0 adds cross-entropy at 2 bits only" || bad "--ce-weight per bit-width"
+import sys, json
+a, b = (json.loads(open(f).readline()) for f in sys.argv[1:3])
+assert a["bits"] == b["bits"] == [2, 4, 8], (a, b)
+assert b["loss"][0] > a["loss"][0] and b["loss"][1:] == a["loss"][1:], (a["loss"], b["loss"])
+PY
+expect_fail 2 "--ce-weight needs one value or one per bit-width (3), got 2" "$zsq" "${q_pool[@]}" --ce-weight 1,0 \
+  --out "$work/run-c"
+expect_fail 2 "--ce-weight must be >= 0" "$zsq" "${q_pool[@]}" --ce-weight 1,-1,0 --out "$work/run-c"
 expect_fail 2 "--feature-weight must be >= 0" "$zsq" "${q_pool[@]}" --feature-weight -1 --out "$work/run-c"
 expect_fail 2 "--train must be 'all' or 'per-bit'" "$zsq" "${q_pool[@]}" --train some --out "$work/run-c"
 expect_ok "$zsq" "${q_pool[@]}" --train per-bit --out "$work/run-p"
@@ -285,6 +295,18 @@ grep -q "BatchNorm re-estimated (shift) at bits 2" "$work/out" && ok "quantize s
 expect_fail 2 "--bn-reestimate 3: not one of the model's bit-widths (2,4,8)" "$zsq" "${q_pool[@]}" --bn-reestimate 3 \
   --out "$work/run-c"
 expect_fail 2 "--bn-reestimate" "$zsq" "${q_pool[@]}" --bn-reestimate all --stop-after 1 --resume --out "$work/run-b"
+expect_ok "$zsq" "${q_pool[@]}" --train per-bit --bn-train 2 --out "$work/run-bt"
+grep -q "BatchNorm on batch statistics at bits 2" "$work/out" && ok "quantize says which BatchNorms use batch statistics" ||
+  bad "quantize --bn-train: $(head -c 400 "$work/out")"
+"$py" - "$work/run-p/checkpoint.h5" "$work/run-bt/checkpoint.h5" <<'PY' && ok "--bn-train 2 updates only the 2-bit running statistics" || bad "--bn-train: wrong running statistics"
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+names = []
+a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and "running_" in n else None)
+moved = {n for n in names if not np.array_equal(a[n][()], b[n][()])}
+assert moved and all(".b2." in n for n in moved), sorted(moved)[:5]
+PY
+expect_fail 2 "--bn-train 3: not one of the model's bit-widths (2,4,8)" "$zsq" "${q_pool[@]}" --bn-train 3 --out "$work/run-c"
 grep -q '"alpha"' "$work/run-m/metrics.jsonl" && ok "min-norm logs its weights" || bad "min-norm metrics"
 # Online generation (gdfq generator alternating with the student): resume is bit-exact too.
 q_online=(quantize --teacher "$work/teacher.h5" --recipe gdfq --generator-warmup 3 --bits 2,8 --steps 4 --batch-size 8
@@ -350,8 +372,9 @@ if [ -n "$mpirun_bin" ]; then
   expect_ok "$zsq" inspect "$work/synth2.h5"
   grep -q "images: 30 of shape" "$work/out" && ok "two processes wrote one pool of 30" || bad "synth2.h5: $(cat "$work/out")"
   # The main job on two processes: pool and online generation, stop and resume bit-exact.
+  # --bn-train 2: the 2-bit BatchNorms' running statistics are averaged over the ranks after each step.
   q_mpi=(quantize --teacher "$work/teacher.h5" --pool "$work/synth.h5" --bits 2,8 --steps 4 --batch-size 16
-    --calib-count 16 --checkpoint-every 2 --eval-data none --threads 1)
+    --calib-count 16 --checkpoint-every 2 --eval-data none --threads 1 --bn-train 2)
   expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi[@]}" --out "$work/mrun"
   grep -q "2 processes" "$work/out" && ok "quantize runs on two processes" || bad "quantize under mpirun: $(cat "$work/out")"
   expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi[@]}" --stop-after 1 --out "$work/mrun2"
