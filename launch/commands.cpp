@@ -430,7 +430,20 @@ std::vector<int64_t> read_bit_list(const po::variables_map& vm, const std::strin
       }
     }
   }
+  std::sort(bits.begin(), bits.end());
+  bits.erase(std::unique(bits.begin(), bits.end()), bits.end());
   return bits;
+}
+
+// A per-bit-width list given in --bits order, as the trainer takes it: in ascending bit order.
+std::vector<double> in_ascending_bits(const std::vector<double>& values, const std::vector<int64_t>& bits) {
+  if (values.size() != bits.size()) return values;
+  std::vector<size_t> order(bits.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t x, size_t y) { return bits[x] < bits[y]; });
+  std::vector<double> out;
+  for (const size_t i : order) out.push_back(values[i]);
+  return out;
 }
 
 std::pair<std::vector<int64_t>, std::string> read_bn_options(const po::variables_map& vm,
@@ -695,7 +708,10 @@ namespace {
 
 // A resumed run must train with the recipe it started with; only options that
 // do not change the numbers may differ.
-void check_same_recipe(const std::string& checkpoint, const std::string& stored, const std::string& now) {
+// An option the checkpoint does not know (added to zsq after it was written) matches when it is
+// left at its default.
+void check_same_recipe(const std::string& checkpoint, const std::string& stored, const std::string& now,
+                       const po::variables_map& vm) {
   static const std::set<std::string> free = {"out", "resume", "log-every", "eval-data", "data-dir", "threads",
                                              "log-level", "json", "config", "collective-timeout",
                                              "checkpoint-every", "stop-after"};
@@ -704,6 +720,7 @@ void check_same_recipe(const std::string& checkpoint, const std::string& stored,
   for (const auto& [key, value] : b) {
     if (free.count(key)) continue;
     const auto it = a.find(key);
+    if (it == a.end() && vm.count(key) && vm[key].defaulted()) continue;
     const std::string was = it == a.end() ? "(unset)" : it->second;
     if (was != value) diffs.push_back("--" + key + " " + value + " (the checkpoint has " + was + ")");
   }
@@ -835,6 +852,9 @@ int quantize(int argc, char** argv) {
     throw UsageError("--bit-weights needs one value per bit-width (" + std::to_string(config.bits.size()) + "), got " +
                      std::to_string(q.weights.size()));
   }
+  // Both lists follow --bits as written; the trainer takes them in ascending bit order.
+  q.weights = in_ascending_bits(q.weights, config.bits);
+  q.ce_weight = in_ascending_bits(q.ce_weight, config.bits);
   const double timeout = get<double>(vm, "collective-timeout");
   if (timeout < 0) throw UsageError("--collective-timeout must be >= 0 seconds");
   const bool online = !vm.count("pool");
@@ -867,7 +887,7 @@ int quantize(int argc, char** argv) {
     }
     const h5::File file = h5::File::open_read(checkpoint.string());
     resume_step = trainers::read_checkpoint_info(file).step;  // also: it is a checkpoint at all
-    check_same_recipe(checkpoint.string(), read_meta_attrs(file).recipe, recipe_text);
+    check_same_recipe(checkpoint.string(), read_meta_attrs(file).recipe, recipe_text, vm);
   } else if (fs::exists(checkpoint)) {
     throw UsageError("'" + checkpoint.string() + "' exists; add --resume to continue that run, or choose another --out");
   }

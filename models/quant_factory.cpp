@@ -123,12 +123,15 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images, const st
     set_bn_taps(*ref, true);
     try {
       ref->forward(images);
+      for (const auto& [name, bn] : batch_norms(*ref)) {
+        TORCH_CHECK(bn->tap_mean().defined(), "calibrate: the reference's BatchNorm '", name, "' saw no input");
+        moments[name] = {bn->tap_mean().detach(), bn->tap_var().detach()};
+      }
     } catch (...) {
       set_bn_taps(*ref, false);
       ref->train(ref_training);
       throw;
     }
-    for (const auto& [name, bn] : batch_norms(*ref)) moments[name] = {bn->tap_mean().detach(), bn->tap_var().detach()};
     set_bn_taps(*ref, false);
     ref->train(ref_training);
     for (const auto& [name, n] : norms) {

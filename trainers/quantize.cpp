@@ -247,6 +247,12 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   TORCH_CHECK(o.train == "all" || o.train == "per-bit", "--train must be 'all' or 'per-bit', got '", o.train, "'");
   TORCH_CHECK(o.bn_mode == "shift" || o.bn_mode == "absolute", "--bn-mode must be 'shift' or 'absolute', got '",
               o.bn_mode, "'");
+  for (const auto* list : {&o.bn_bits, &o.bn_train}) {
+    for (const int64_t b : *list) {
+      TORCH_CHECK(std::find(bits.begin(), bits.end(), b) != bits.end(), list == &o.bn_bits ? "--bn-reestimate " : "--bn-train ",
+                  b, ": not one of the model's bit-widths");
+    }
+  }
   TORCH_CHECK(o.calib_count >= 1, "--calib-count must be >= 1, got ", o.calib_count);
   TORCH_CHECK(o.generator_warmup >= 0, "--generator-warmup must be >= 0, got ", o.generator_warmup);
   TORCH_CHECK(o.generator_warmup == 0 || (data.synthesizer && data.synthesizer->trains_generator()),
@@ -354,14 +360,16 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     auto* n = m->as<quant::SwitchableBatchNorm2dImpl>();
     if (!n) continue;
     for (const int64_t b : o.bn_train) {
-      TORCH_CHECK(std::find(bits.begin(), bits.end(), b) != bits.end(), "--bn-train ", b,
-                  ": not one of the model's bit-widths");
       nn::BatchNorm2d norm = n->norm_at(b);
       norm->train(true);
       bn_running.push_back(norm->running_mean);
       bn_running.push_back(norm->running_var);
     }
   }
+  struct EvalOnExit {  // no BatchNorm stays in training mode, also when training throws
+    torch::nn::Module& module;
+    ~EvalOnExit() { module.eval(); }
+  } eval_on_exit{student};
   int64_t last_checkpoint = o.resume ? first : -1;
   result.steps_done = first;
 
@@ -463,7 +471,6 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     if (stop) break;
   }
   result.complete = result.steps_done == o.steps;
-  student.eval();
   models::set_bits(student, bits.front());
   return result;
 }

@@ -64,9 +64,9 @@ struct QuantizeOptions {
   double lr = 1e-4;              ///< peak learning rate (SGD with Nesterov momentum 0.9, cosine to 0)
   double weight_decay = 0;       ///< on latent weights only
   double temperature = 4;
-  std::vector<double> ce_weight; ///< cross-entropy to the labels: one weight for every bit-width, or one per bit-width (empty: 0)
+  std::vector<double> ce_weight; ///< cross-entropy to the labels: one weight for every bit-width, or one per bit-width in ascending bit order (empty: 0)
   double feature_weight = 0;     ///< MSE of the penultimate features to the teacher's, per bit-width
-  std::vector<double> weights;   ///< λ_b per bit-width (empty: all 1)
+  std::vector<double> weights;   ///< λ_b per bit-width in ascending bit order (empty: all 1)
   std::string weighting = "sum"; ///< sum, sandwich, min-norm
   bool recursive = false;        ///< each bit-width distilled from the next higher one
   std::string train = "all";     ///< all; per-bit: only per-bit tensors (activation steps, switchable BN) train

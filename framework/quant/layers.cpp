@@ -227,12 +227,15 @@ torch::Tensor SwitchableBatchNorm2dImpl::forward(const torch::Tensor& x) {
   nn::BatchNorm2d& norm = norms_[index_];
   if (reestimating_) {
     torch::NoGradGuard no_grad;
-    TORCH_CHECK(x.dim() == 4 && x.size(0) * x.size(2) * x.size(3) > 1,
-                "BatchNorm re-estimation needs more than one value per channel, got ", x.sizes());
+    TORCH_CHECK(x.dim() == 4 && x.size(1) == num_features_ && x.size(0) * x.size(2) * x.size(3) > 1,
+                "BatchNorm re-estimation needs N×", num_features_, "×H×W input with more than one value per channel, got ",
+                x.sizes());
     if (reference_mean_.defined()) {
       const auto [var, mean] = torch::var_mean(x, {0, 2, 3}, /*unbiased=*/false);
       norm->running_mean.add_(mean - reference_mean_);
-      norm->running_var.mul_(var.clamp_min(1e-12) / reference_var_.clamp_min(1e-12));
+      // A channel the reference hardly uses (variance below BatchNorm's eps) gives no usable ratio: keep it.
+      const double eps = norm->options.eps();
+      norm->running_var.mul_(torch::where(reference_var_ > eps, var.clamp_min(eps) / reference_var_, torch::ones_like(var)));
     } else {
       const auto [var, mean] = torch::var_mean(x, {0, 2, 3}, /*unbiased=*/true);
       norm->running_mean.copy_(mean);

@@ -258,6 +258,14 @@ grep -q "continue with the same command and --resume" "$work/out" && ok "a stopp
   bad "stop-after: $(cat "$work/out")"
 expect_fail 2 "exists; add --resume" "$zsq" "${q_pool[@]}" --out "$work/run-b"
 expect_fail 2 "--lr 0.001 (the checkpoint has 0.0001)" "$zsq" "${q_pool[@]}" --lr 0.001 --resume --out "$work/run-b"
+# A checkpoint written before an option existed resumes when the option is left at its default.
+"$py" - "$work/run-b/checkpoint.h5" <<'PY'
+import sys, h5py
+with h5py.File(sys.argv[1], "r+") as f:
+    recipe = f.attrs["recipe"]
+    recipe = recipe.decode() if isinstance(recipe, bytes) else recipe
+    f.attrs["recipe"] = "\n".join(l for l in recipe.split("\n") if not l.startswith("bn-train"))
+PY
 expect_ok "$zsq" "${q_pool[@]}" --resume --out "$work/run-b"
 grep -q "resumed from step 3" "$work/out" && ok "resume says where it continued" || bad "resume: $(cat "$work/out")"
 same_checkpoints "$work/run/checkpoint.h5" "$work/run-b/checkpoint.h5" && ok "resumed pool run = uninterrupted run" ||
@@ -280,6 +288,14 @@ import sys, json
 a, b = (json.loads(open(f).readline()) for f in sys.argv[1:3])
 assert a["bits"] == b["bits"] == [2, 4, 8], (a, b)
 assert b["loss"][0] > a["loss"][0] and b["loss"][1:] == a["loss"][1:], (a["loss"], b["loss"])
+PY
+# Per-bit lists follow --bits as written: 8,4,2 with 0,0,1 is 2,4,8 with 1,0,0.
+expect_ok "$zsq" "${q_pool[@]/#2,4,8/8,4,2}" --ce-weight 0,0,1 --out "$work/run-ce2"
+"$py" - "$work/run-ce/metrics.jsonl" "$work/run-ce2/metrics.jsonl" <<'PY' && ok "--ce-weight follows the order of --bits" || bad "--ce-weight order"
+import sys, json
+a, b = (json.loads(open(f).readline()) for f in sys.argv[1:3])
+assert a["bits"] == b["bits"] == [2, 4, 8], (a, b)
+assert all(abs(x - y) <= 1e-5 * max(1, abs(x)) for x, y in zip(a["loss"], b["loss"])), (a["loss"], b["loss"])
 PY
 expect_fail 2 "--ce-weight needs one value or one per bit-width (3), got 2" "$zsq" "${q_pool[@]}" --ce-weight 1,0 \
   --out "$work/run-c"
