@@ -435,9 +435,18 @@ std::vector<int64_t> read_bit_list(const po::variables_map& vm, const std::strin
   return bits;
 }
 
-// A per-bit-width list given in --bits order, as the trainer takes it: in ascending bit order.
-std::vector<double> in_ascending_bits(const std::vector<double>& values, const std::vector<int64_t>& bits) {
-  if (values.size() != bits.size()) return values;
+// A list of one value per bit-width in --bits order (or, with `one_for_all`, a single value for
+// every bit-width), returned as the trainer takes it: in ascending bit order. Empty if not given.
+std::vector<double> read_per_bit_values(const po::variables_map& vm, const std::string& name,
+                                        const models::StudentConfig& config, bool one_for_all) {
+  if (!vm.count(name)) return {};
+  const std::vector<double> values = parse_double_list(get<std::string>(vm, name.c_str()), "--" + name);
+  const std::vector<int64_t>& bits = config.bits;
+  if (one_for_all && values.size() == 1) return values;
+  if (values.size() != bits.size()) {
+    throw UsageError("--" + name + " needs one value " + (one_for_all ? "or one " : "") + "per bit-width (" +
+                     std::to_string(bits.size()) + "), got " + std::to_string(values.size()));
+  }
   std::vector<size_t> order(bits.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::sort(order.begin(), order.end(), [&](size_t x, size_t y) { return bits[x] < bits[y]; });
@@ -812,14 +821,10 @@ int quantize(int argc, char** argv) {
   q.lr = get<double>(vm, "lr");
   q.weight_decay = get<double>(vm, "weight-decay");
   q.temperature = get<double>(vm, "temperature");
-  q.ce_weight = parse_double_list(get<std::string>(vm, "ce-weight"), "--ce-weight");
+  q.ce_weight = read_per_bit_values(vm, "ce-weight", config, /*one_for_all=*/true);
   q.feature_weight = get<double>(vm, "feature-weight");
   for (const double w : q.ce_weight) {
     if (w < 0) throw UsageError("--ce-weight must be >= 0");
-  }
-  if (q.ce_weight.size() > 1 && q.ce_weight.size() != config.bits.size()) {
-    throw UsageError("--ce-weight needs one value or one per bit-width (" + std::to_string(config.bits.size()) +
-                     "), got " + std::to_string(q.ce_weight.size()));
   }
   if (q.feature_weight < 0) throw UsageError("--feature-weight must be >= 0");
   q.weighting = get<std::string>(vm, "weighting");
@@ -833,7 +838,7 @@ int quantize(int argc, char** argv) {
   q.recursive = recursive == "on";
   q.train = get<std::string>(vm, "train");
   if (q.train != "all" && q.train != "per-bit") throw UsageError("--train must be 'all' or 'per-bit', got '" + q.train + "'");
-  if (vm.count("bit-weights")) q.weights = parse_double_list(get<std::string>(vm, "bit-weights"), "--bit-weights");
+  q.weights = read_per_bit_values(vm, "bit-weights", config, /*one_for_all=*/false);
   std::tie(q.bn_bits, q.bn_mode) = read_bn_options(vm, config);
   q.bn_train = read_bit_list(vm, "bn-train", config);
   const int64_t every = get<int64_t>(vm, "log-every");
@@ -848,13 +853,6 @@ int quantize(int argc, char** argv) {
     throw UsageError("unknown --weighting '" + q.weighting + "' (sum, sandwich, min-norm)");
   }
   if (q.weighting == "min-norm" && !q.weights.empty()) throw UsageError("--bit-weights has no meaning with --weighting min-norm");
-  if (!q.weights.empty() && q.weights.size() != config.bits.size()) {
-    throw UsageError("--bit-weights needs one value per bit-width (" + std::to_string(config.bits.size()) + "), got " +
-                     std::to_string(q.weights.size()));
-  }
-  // Both lists follow --bits as written; the trainer takes them in ascending bit order.
-  q.weights = in_ascending_bits(q.weights, config.bits);
-  q.ce_weight = in_ascending_bits(q.ce_weight, config.bits);
   const double timeout = get<double>(vm, "collective-timeout");
   if (timeout < 0) throw UsageError("--collective-timeout must be >= 0 seconds");
   const bool online = !vm.count("pool");

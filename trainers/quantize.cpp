@@ -260,15 +260,14 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   TORCH_CHECK(o.checkpoint_every >= 0 && o.stop_after >= 0, "--checkpoint-every and --stop-after must be >= 0");
   TORCH_CHECK(!o.resume || !o.checkpoint.empty(), "resuming needs a checkpoint path");
   const int64_t local_batch = o.batch_size / world;
-  const auto ce_weight_of = [&](int64_t b) {
-    if (o.ce_weight.empty()) return 0.0;
-    if (o.ce_weight.size() == 1) return o.ce_weight.front();
-    return o.ce_weight[std::find(bits.begin(), bits.end(), b) - bits.begin()];
+  // A per-bit option's value at bit-width b: `unset` for an empty list, its one value, or b's entry.
+  const auto value_at = [&](const std::vector<double>& values, double unset, int64_t b) {
+    if (values.empty()) return unset;
+    if (values.size() == 1) return values.front();
+    return values[std::find(bits.begin(), bits.end(), b) - bits.begin()];
   };
-  const auto weight_of = [&](int64_t b) {
-    if (o.weights.empty()) return 1.0;
-    return o.weights[std::find(bits.begin(), bits.end(), b) - bits.begin()];
-  };
+  const auto ce_weight_of = [&](int64_t b) { return value_at(o.ce_weight, 0.0, b); };
+  const auto weight_of = [&](int64_t b) { return value_at(o.weights, 1.0, b); };
 
   teacher.eval();
   for (const auto& p : teacher.parameters()) p.set_requires_grad(false);

@@ -37,6 +37,20 @@ expect_ok() {
   fi
 }
 
+only_bit_moved() {  # only_bit_moved A B BIT RTOL ATOL: the BatchNorm running statistics that differ
+  # between files A and B (beyond the tolerance) are BIT's, some do; the other bit-widths' are identical
+  "$py" - "$@" <<'PY'
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+mark, rtol, atol = ".b%s." % sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+names = []
+a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and "running_" in n else None)
+moved = {n for n in names if not np.allclose(a[n][()], b[n][()], rtol=rtol, atol=atol)}
+assert moved and all(mark in n for n in moved), sorted(moved)[:5]
+assert all(np.array_equal(a[n][()], b[n][()]) for n in names if mark not in n)
+PY
+}
+
 json_field() {  # json_field FILE KEY: KEY of the JSON object on FILE's last line
   tail -n 1 "$1" | "$py" -c "import json,sys; print(json.loads(sys.stdin.read())['$2'])"
 }
@@ -159,16 +173,8 @@ expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-co
   --bn-mode absolute --out "$work/student-bn.h5"
 grep -q "BatchNorm re-estimated (absolute) at bits 4" "$work/out" && ok "init-student says it re-estimated BatchNorm" ||
   bad "init-student --bn-reestimate output: $(cat "$work/out")"
-"$py" - "$work/student.h5" "$work/student-bn.h5" <<'PY' && ok "--bn-reestimate 4 moves only the 4-bit BatchNorm statistics" || bad "--bn-reestimate: wrong statistics moved"
-import sys, h5py, numpy as np
-a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
-names = []
-a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and "running_" in n else None)
-assert names
-moved = {n for n in names if not np.allclose(a[n][()], b[n][()], rtol=1e-3, atol=1e-4)}
-assert moved and all(".b4." in n or "/b4/" in n for n in moved), sorted(moved)[:5]
-assert all(np.array_equal(a[n][()], b[n][()]) for n in names if ".b8." in n or "/b8/" in n)
-PY
+only_bit_moved "$work/student.h5" "$work/student-bn.h5" 4 1e-3 1e-4 &&
+  ok "--bn-reestimate 4 moves only the 4-bit BatchNorm statistics" || bad "--bn-reestimate: wrong statistics moved"
 expect_ok "$zsq" eval --checkpoint "$work/student.h5" --limit 500 --json
 b8="$(json_field "$work/out" top1_b8)"
 b4_fq="$(json_field "$work/out" top1_b4)"
@@ -314,14 +320,8 @@ expect_fail 2 "--bn-reestimate" "$zsq" "${q_pool[@]}" --bn-reestimate all --stop
 expect_ok "$zsq" "${q_pool[@]}" --train per-bit --bn-train 2 --out "$work/run-bt"
 grep -q "BatchNorm on batch statistics at bits 2" "$work/out" && ok "quantize says which BatchNorms use batch statistics" ||
   bad "quantize --bn-train: $(head -c 400 "$work/out")"
-"$py" - "$work/run-p/checkpoint.h5" "$work/run-bt/checkpoint.h5" <<'PY' && ok "--bn-train 2 updates only the 2-bit running statistics" || bad "--bn-train: wrong running statistics"
-import sys, h5py, numpy as np
-a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
-names = []
-a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and "running_" in n else None)
-moved = {n for n in names if not np.array_equal(a[n][()], b[n][()])}
-assert moved and all(".b2." in n for n in moved), sorted(moved)[:5]
-PY
+only_bit_moved "$work/run-p/checkpoint.h5" "$work/run-bt/checkpoint.h5" 2 0 0 &&
+  ok "--bn-train 2 updates only the 2-bit running statistics" || bad "--bn-train: wrong running statistics"
 expect_fail 2 "--bn-train 3: not one of the model's bit-widths (2,4,8)" "$zsq" "${q_pool[@]}" --bn-train 3 --out "$work/run-c"
 grep -q '"alpha"' "$work/run-m/metrics.jsonl" && ok "min-norm logs its weights" || bad "min-norm metrics"
 # Online generation (gdfq generator alternating with the student): resume is bit-exact too.
