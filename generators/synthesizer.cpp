@@ -204,6 +204,19 @@ class Base : public Synthesizer {
         report->ce += term.item<double>();
       }
     }
+    if (recipe_.adversarial > 0 && student_) {
+      // Fast-DFKD's adversarial term (fast_meta.py): −KL(p_t || p_s) at T = 1,
+      // summed over classes, on the samples where the student's top-1 agrees
+      // with the teacher's, averaged over the whole batch.
+      const torch::Tensor s_logits = student_->forward(input);
+      const torch::Tensor t_log = torch::log_softmax(logits, 1);
+      const torch::Tensor kl = (t_log.exp() * (t_log - torch::log_softmax(s_logits, 1))).sum(1);
+      const torch::Tensor mask = s_logits.argmax(1).eq(logits.argmax(1)).to(kl.scalar_type()).detach();
+      const torch::Tensor term = -(kl * mask).mean();
+      total = total + recipe_.adversarial * term;
+      report->adversarial = term.item<double>();
+    }
+    last_logits_ = logits.detach();
     const torch::Tensor target = labels.defined() ? labels : logits.argmax(1);
     report->confidence = torch::softmax(logits.detach(), 1).gather(1, target.unsqueeze(1)).mean().item<double>();
     report->total = total.item<double>();
@@ -252,6 +265,8 @@ class Base : public Synthesizer {
   }
 
   torch::Tensor centroid_sum_, centroid_count_;  ///< per class, for the marginal distance
+  torch::Tensor last_logits_;     ///< the teacher's logits of the last loss() call (detached)
+  models::Classifier student_;    ///< the adversarial recipe's proxy student (else null)
   models::Classifier teacher_;    ///< the model the losses use
   models::Classifier predictor_;  ///< the plain teacher
   std::vector<int64_t> shape_;
@@ -337,6 +352,13 @@ class GeneratorSynthesizer : public Base {
     generator_ = GdfqGenerator(classes, o.latent_dim, shape);
     if (recipe.mapping) generator_->add_mapping(o.latent_dim);
     if (comm_) distributed::broadcast_state(*comm_, *generator_);
+    if (recipe.adversarial > 0) {
+      TORCH_CHECK(!o.teacher_spec.arch.empty(), "the adversarial part needs the teacher's architecture (teacher_spec)");
+      student_ = models::build(o.teacher_spec, models::Fp32Factory());
+      if (comm_) distributed::broadcast_state(*comm_, *student_);
+      student_->eval();
+      for (const auto& p : student_->parameters()) p.set_requires_grad(false);  // on only in its own steps
+    }
   }
   std::vector<torch::Tensor> parameters() const override { return generator_->parameters(); }
 
@@ -375,8 +397,14 @@ class GeneratorSynthesizer : public Base {
     }
     if (reducer_) reducer_->reduce();
     adam_->step();
+    if (student_) {
+      remember(images.detach(), last_logits_);
+      report->student_kd = train_student();
+    }
     return {images.detach(), labels};
   }
+  bool trains_while_sampling() const override { return static_cast<bool>(student_); }
+  models::Classifier proxy_student() const override { return student_; }
 
   NamedTensors state() override {
     NamedTensors out;
@@ -417,7 +445,14 @@ class GeneratorSynthesizer : public Base {
     }
   }
 
-  std::pair<torch::Tensor, torch::Tensor> next_batch(const std::function<void(const StepReport&)>&) override {
+  std::pair<torch::Tensor, torch::Tensor> next_batch(const std::function<void(const StepReport&)>& progress) override {
+    if (student_) {  // the adversarial recipe's pool is its trajectory: one more training step per batch
+      StepReport report = step_report(sampled_, sampled_ + 1);
+      ++sampled_;
+      auto batch = train_step(&report);
+      if (progress) progress(report);
+      return batch;
+    }
     torch::NoGradGuard no_grad;
     const torch::Tensor y = random_labels(options_.batch_size);
     const torch::Tensor z = randn({options_.batch_size, options_.latent_dim});
@@ -432,9 +467,68 @@ class GeneratorSynthesizer : public Base {
     if (comm_ && comm_->size() > 1) reducer_ = std::make_unique<distributed::Reducer>(comm_, generator_->parameters());
   }
 
+  // Keeps a generated batch and the teacher's logits for the proxy student, in
+  // a ring of kBankImages images (the oldest overwritten).
+  void remember(const torch::Tensor& images, const torch::Tensor& logits) {
+    if (!bank_images_.defined()) {
+      std::vector<int64_t> shape{kBankImages};
+      shape.insert(shape.end(), images.sizes().begin() + 1, images.sizes().end());
+      bank_images_ = torch::empty(shape);
+      bank_logits_ = torch::empty({kBankImages, logits.size(1)});
+    }
+    for (int64_t i = 0; i < images.size(0); ++i) {
+      const int64_t slot = bank_next_ % kBankImages;
+      bank_images_[slot].copy_(images[i]);
+      bank_logits_[slot].copy_(logits[i]);
+      ++bank_next_;
+    }
+  }
+
+  // student_steps steps of distillation from the teacher's stored logits: the
+  // first on the newest batch, the others on random batches of the bank.
+  // Returns the last step's loss.
+  double train_student() {
+    if (!student_sgd_) {
+      student_sgd_ = std::make_unique<torch::optim::SGD>(
+          student_->parameters(), torch::optim::SGDOptions(kStudentLr).momentum(0.9).weight_decay(5e-4));
+      if (comm_ && comm_->size() > 1) student_reducer_ = std::make_unique<distributed::Reducer>(comm_, student_->parameters());
+    }
+    const int64_t n = options_.batch_size, filled = std::min(bank_next_, kBankImages);
+    const double temp = kStudentTemperature;
+    double last = 0;
+    for (const auto& p : student_->parameters()) p.set_requires_grad(true);
+    student_->train();
+    for (int64_t k = 0; k < recipe_.student_steps; ++k) {
+      const torch::Tensor index =
+          k == 0 ? torch::arange(bank_next_ - n, bank_next_).remainder(kBankImages) : torch::randint(0, filled, {n}, gen_);
+      const torch::Tensor x = bank_images_.index_select(0, index);
+      const torch::Tensor target = torch::softmax(bank_logits_.index_select(0, index) / temp, 1);
+      student_sgd_->zero_grad();
+      const torch::Tensor log_p = torch::log_softmax(student_->forward(x) / temp, 1);
+      const torch::Tensor loss = (target * (torch::log(target.clamp_min(1e-12)) - log_p)).sum(1).mean() * (temp * temp);
+      loss.backward();
+      if (student_reducer_) student_reducer_->reduce();
+      student_sgd_->step();
+      last = loss.item<double>();
+    }
+    student_->eval();
+    for (const auto& p : student_->parameters()) p.set_requires_grad(false);
+    return last;
+  }
+
+  // The proxy student: SGD lr 0.05 momentum 0.9 (our choice; Fast-DFKD uses a
+  // cosine schedule over its epochs, which a stream of steps does not have),
+  // distillation at T = 4 as our yardstick, a bank of up to 65 536 images.
+  static constexpr double kStudentLr = 0.05, kStudentTemperature = 4.0;
+  static constexpr int64_t kBankImages = 65536;
+
   GdfqGenerator generator_;
   std::unique_ptr<torch::optim::Adam> adam_;
   std::unique_ptr<distributed::Reducer> reducer_;
+  std::unique_ptr<torch::optim::SGD> student_sgd_;
+  std::unique_ptr<distributed::Reducer> student_reducer_;
+  torch::Tensor bank_images_, bank_logits_;
+  int64_t bank_next_ = 0, sampled_ = 0;  ///< images remembered so far; batches sampled
 };
 
 // Genie-D: per batch a fresh generator and learned latents, optimized together
@@ -507,7 +601,7 @@ void Synthesizer::load_state(const std::map<std::string, torch::Tensor>& state) 
 }
 
 const std::vector<std::string>& known_recipes() {
-  static const std::vector<std::string> names = {"noise", "zeroq", "dsg", "gdfq", "qimera", "genie", "intraq"};
+  static const std::vector<std::string> names = {"noise", "zeroq", "dsg", "gdfq", "qimera", "genie", "intraq", "adversarial"};
   return names;
 }
 
@@ -521,6 +615,7 @@ std::string Recipe::describe() const {
     if (superpose_prob > 0) out << ", superposed embeddings p " << superpose_prob << " K " << superpose_k;
     if (mapping) out << ", mapping layer";
     if (layerwise) out << ", layerwise sample enhancement";
+    if (adversarial > 0) out << ", adversarial×" << adversarial << " (proxy student, " << student_steps << " steps per step)";
     if (soft_target > 0) out << ", soft inception U(" << soft_target << ", 1)";
     if (margin_low >= 0) out << ", marginal distance [" << margin_low << ", " << margin_up << "]";
   }
@@ -543,6 +638,10 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
     r = {o.recipe, "generator", BnsVariant::kGdfq, 0.1, 1.0, 0.0, 0.0, 1e-3, 400};
     r.superpose_prob = 0.4;  // Qimera's CIFAR-10 script: p 0.4, K 2, mapping layer off
     r.superpose_k = 2;
+  } else if (o.recipe == "adversarial") {
+    r = {o.recipe, "generator", BnsVariant::kGdfq, 0.1, 1.0, 0.0, 0.0, 1e-3, 400};
+    r.adversarial = 1.0;  // DFAD / Fast-DFKD; Fast-DFKD's CIFAR scripts use 0.5-1.1
+    r.student_steps = 2;
   } else if (o.recipe == "intraq") {
     r = {o.recipe, "pixels", BnsVariant::kGdfq, 1.0, 0.0, 0.0, 0.0, 0.5, 1000};
     r.lor = true;
@@ -568,6 +667,12 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   if (o.superpose_k > 0) r.superpose_k = o.superpose_k;
   if (o.mapping >= 0) r.mapping = o.mapping > 0;
   if (o.layerwise >= 0) r.layerwise = o.layerwise > 0;
+  if (o.adversarial >= 0) r.adversarial = o.adversarial;
+  if (o.student_steps > 0) r.student_steps = o.student_steps;
+  TORCH_CHECK(o.adversarial >= 0 || o.adversarial == -1, "--adversarial must be >= 0, got ", o.adversarial);
+  TORCH_CHECK(o.student_steps >= 0, "--student-steps must be >= 1, got ", o.student_steps);
+  TORCH_CHECK(r.adversarial == 0 || r.variables == "generator",
+              "the adversarial term needs a trained generator (gdfq, qimera, adversarial)");
   TORCH_CHECK(!r.layerwise || r.bns == BnsVariant::kZeroQ,
               "layerwise sample enhancement needs per-sample statistics: use --bns zeroq");
   TORCH_CHECK(r.superpose_prob <= 1, "--superpose-prob must be in [0, 1], got ", r.superpose_prob);

@@ -39,6 +39,15 @@
 //          genie BNS + prior, swing convolutions in the teacher's strided
 //          layers, Adam lr 0.1 (latents, plateau decay) / 0.01 (generator,
 //          ×0.95 per 100 steps), 4000 steps per batch (Genie-D's code)
+//   adversarial  gdfq's generator, losses and optimizer plus an adversarial
+//          term against a proxy student (a fresh FP32 copy of the teacher's
+//          architecture) trained alongside on everything the generator made so
+//          far: the generator also maximizes the teacher-student divergence on
+//          samples the student still classifies like the teacher (DFAD's
+//          adversarial game; the masked KL is Fast-DFKD's fast_meta.py), so it
+//          keeps moving to regions the student has not learned. Its pool is
+//          the generator's trajectory after the warm-up (CMI/Fast-DFKD keep
+//          every synthesized batch): each batch is one more training step.
 //
 // Several ranks: each draws different noise (seed offset by rank); the
 // generator is one shared model (its gradients averaged by a Reducer) and
@@ -74,6 +83,8 @@ struct SynthesizerOptions {
   int mapping = -1;              ///< Qimera mapping layer: 1 on, 0 off, -1 the recipe's
   int layerwise = -1;            ///< DSG layerwise sample enhancement: 1 on, 0 off, -1 the recipe's
   int64_t latent_dim = 100;      ///< generator noise size (genie's code uses 256)
+  double adversarial = -1;       ///< weight of the adversarial term (0: off; -1: the recipe's)
+  int64_t student_steps = 0;     ///< proxy-student steps per generator step (0: the recipe's)
   /// The teacher's architecture (needed by genie, which builds a swinging copy).
   models::ModelSpec teacher_spec{"", 1, 10, 16};
   uint64_t seed = 0;
@@ -94,6 +105,9 @@ struct Recipe {
   int64_t superpose_k = 2;
   bool mapping = false;       ///< the disentanglement mapping layer
   bool layerwise = false;     ///< DSG's layerwise sample enhancement (zeroq BNS)
+  // The adversarial part (off by default):
+  double adversarial = 0;     ///< weight of −KL(teacher || proxy student), masked to agreeing samples
+  int64_t student_steps = 2;  ///< proxy-student distillation steps per generator step
   std::string describe() const;
 };
 /// Throws on an unknown recipe or an impossible part.
@@ -104,6 +118,8 @@ const std::vector<std::string>& known_recipes();
 struct StepReport {
   int64_t step = 0, steps = 0;
   double total = 0, bns = 0, ce = 0, prior = 0, confidence = 0;  ///< confidence: mean teacher p(target)
+  double adversarial = 0;  ///< the adversarial term (≤ 0), 0 without one
+  double student_kd = 0;   ///< the proxy student's distillation loss after this step (adversarial recipe)
 };
 
 class Synthesizer {
@@ -115,6 +131,11 @@ class Synthesizer {
   virtual std::pair<torch::Tensor, torch::Tensor> next_batch(const std::function<void(const StepReport&)>& progress) = 0;
   /// The generator's parameters (empty when there is none).
   virtual std::vector<torch::Tensor> parameters() const { return {}; }
+  /// True when every batch is one more training step of the generator (the
+  /// adversarial recipe): such a recipe cannot be checkpointed mid-run.
+  virtual bool trains_while_sampling() const { return false; }
+  /// The adversarial part's proxy student (null without one).
+  virtual models::Classifier proxy_student() const { return nullptr; }
   /// Recipes with one generator trained for the whole run (gdfq, qimera) can
   /// alternate with a student: one generator step, returning the (detached)
   /// images and labels it was trained on. Others throw.

@@ -109,6 +109,8 @@ int train_teacher(int argc, char** argv) {
       ("distill-from", po::value<std::string>(), "train by distillation from this FP32 model (e.g. on a synthetic pool); "
                                                 "inputs use its normalization")
       ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
+      ("mixup", po::value<double>()->default_value(0.0), "mixup: mix each batch with a permutation of itself, λ ~ Beta(α, α) (0: off); "
+       "with --distill-from the teacher labels the mixed images")
       ("arch", po::value<std::string>()->default_value("resnet20"),
        "resnet8, resnet20, resnet32, resnet56, resnet18, resnet50, mobilenet_v2")
       ("width", po::value<int64_t>()->default_value(16), "base width of CIFAR-style ResNets")
@@ -162,6 +164,7 @@ int train_teacher(int argc, char** argv) {
   o.nesterov = get<bool>(vm, "nesterov");
   o.weight_decay = get<double>(vm, "weight-decay");
   o.label_smoothing = get<double>(vm, "label-smoothing");
+  o.mixup = get<double>(vm, "mixup");
   o.warmup_epochs = get<double>(vm, "warmup-epochs");
   o.crop_padding = get<int64_t>(vm, "crop-padding");
   o.horizontal_flip = get<bool>(vm, "flip");
@@ -546,6 +549,8 @@ void add_synth_options(po::options_description& desc, const std::string& prefix)
       (key("superpose-prob").c_str(), po::value<double>()->default_value(-1), "Qimera: chance per generator step of superposed samples (-1: the recipe's)")
       (key("superpose-k").c_str(), po::value<int64_t>()->default_value(0), "Qimera: classes mixed per superposed sample (0: the recipe's)")
       (key("mapping").c_str(), po::value<std::string>()->default_value(""), "Qimera's disentanglement mapping layer: on or off (default: the recipe's)")
+      (key("adversarial").c_str(), po::value<double>()->default_value(-1), "weight of the adversarial term against a proxy student (0: off; -1: the recipe's)")
+      (key("student-steps").c_str(), po::value<int64_t>()->default_value(0), "adversarial: proxy-student steps per generator step (0: the recipe's)")
       (key("latent-dim").c_str(), po::value<int64_t>()->default_value(100), "generator noise size");
 }
 
@@ -560,6 +565,9 @@ void read_synth_options(const po::variables_map& vm, const std::string& prefix, 
   so.prior_weight = get<double>(vm, flag("prior-weight").c_str());
   so.margin = get<double>(vm, flag("margin").c_str());
   so.latent_dim = get<int64_t>(vm, flag("latent-dim").c_str());
+  so.adversarial = get<double>(vm, flag("adversarial").c_str());
+  so.student_steps = get<int64_t>(vm, flag("student-steps").c_str());
+  if (so.student_steps < 0) throw UsageError("--" + flag("student-steps") + " must be >= 1");
   const std::string lor = get<std::string>(vm, flag("lor").c_str());
   if (lor != "" && lor != "on" && lor != "off") throw UsageError("--" + flag("lor") + " must be 'on' or 'off', got '" + lor + "'");
   so.lor = lor.empty() ? -1 : lor == "on" ? 1 : 0;
@@ -584,7 +592,7 @@ int generate(int argc, char** argv) {
   po::options_description desc("zsq generate options");
   desc.add_options()
       ("teacher", po::value<std::string>(), "FP32 teacher model file")
-      ("recipe", po::value<std::string>()->default_value("gdfq"), "noise, zeroq, dsg, gdfq, qimera, genie or intraq (see the README)")
+      ("recipe", po::value<std::string>()->default_value("gdfq"), "noise, zeroq, dsg, gdfq, qimera, genie, intraq or adversarial (see the README)")
       ("count", po::value<int64_t>()->default_value(1024), "images to write")
       ("out", po::value<std::string>()->default_value("synth.h5"), "HDF5 data set to write")
       ("png", po::value<std::string>(), "also write a PNG grid of the first 64 images")
@@ -640,16 +648,26 @@ int generate(int argc, char** argv) {
     return [&, what](const generators::StepReport& r) {
       if (!root || (r.step % every != 0 && r.step != r.steps)) return;
       std::cout << what << " step " << r.step << "/" << r.steps << "  loss " << std::fixed << std::setprecision(4)
-                << r.total << "  bns " << r.bns << "  ce " << r.ce << "  prior " << r.prior << "  p(target) "
-                << std::setprecision(3) << r.confidence << "  elapsed " << format_duration(elapsed()) << std::endl;
+                << r.total << "  bns " << r.bns << "  ce " << r.ce << "  prior " << r.prior;
+      if (recipe.adversarial > 0) std::cout << "  adv " << r.adversarial << "  student kd " << r.student_kd;
+      std::cout << "  p(target) " << std::setprecision(3) << r.confidence << "  elapsed " << format_duration(elapsed())
+                << std::endl;
     };
   };
   synth->fit(progress("generator"));
   const int64_t per_rank = (count + comm->size() - 1) / comm->size();
   std::vector<torch::Tensor> images, labels;
   int64_t made = 0;
+  // A recipe that trains while it samples reports one step per batch: count them against all batches.
+  const int64_t batches = (per_rank + so.batch_size - 1) / so.batch_size;
+  const auto batch_progress = progress("batch");
+  const auto on_batch = [&](const generators::StepReport& r) {
+    generators::StepReport shown = r;
+    if (synth->trains_while_sampling()) shown.steps = batches;
+    batch_progress(shown);
+  };
   while (made < per_rank) {
-    auto [x, y] = synth->next_batch(progress("batch"));
+    auto [x, y] = synth->next_batch(on_batch);
     images.push_back(x);
     labels.push_back(y);
     made += x.size(0);
@@ -866,6 +884,10 @@ int quantize(int argc, char** argv) {
     try {
       const generators::Recipe recipe = generators::resolve_recipe(so);
       if (recipe.variables != "generator") q.generator_warmup = 0;  // only a trained generator warms up
+      if (recipe.adversarial > 0) {
+        throw UsageError("the adversarial part trains its own proxy student and is for pools: run zsq generate --recipe " +
+                         recipe.name + " and quantize with --pool (--gen-adversarial 0 turns it off)");
+      }
     } catch (const c10::Error& e) {
       throw UsageError(e.what_without_backtrace());
     }

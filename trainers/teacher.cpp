@@ -5,8 +5,11 @@
 #include "framework/h5.h"
 #include "framework/model_file.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <chrono>
 #include <cmath>
+#include <random>
 
 #include <torch/torch.h>
 
@@ -45,6 +48,19 @@ torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& 
   return (target * (torch::log(target.clamp_min(1e-12)) - log_p)).sum(1).mean() * (temperature * temperature);
 }
 
+MixPlan mix_plan(double alpha, int64_t n, uint64_t seed, int rank, int64_t step) {
+  TORCH_CHECK(alpha > 0, "mixup alpha must be > 0, got ", alpha);
+  std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(rank) * 0xBF58476D1CE4E5B9ull +
+                      static_cast<uint64_t>(step));
+  std::gamma_distribution<double> gamma(alpha, 1.0);
+  const double a = gamma(rng), b = gamma(rng);
+  MixPlan plan;
+  plan.lambda = a + b > 0 ? a / (a + b) : 0.5;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(rng());
+  plan.permutation = torch::randperm(n, gen, torch::kLong);
+  return plan;
+}
+
 void check_teacher_options(const TeacherOptions& o, const Dataset& train, const Dataset& test) {
   TORCH_CHECK(o.epochs > 0, "--epochs must be > 0, got ", o.epochs);
   TORCH_CHECK(o.batch_size > 0, "--batch-size must be > 0, got ", o.batch_size);
@@ -59,6 +75,7 @@ void check_teacher_options(const TeacherOptions& o, const Dataset& train, const 
   TORCH_CHECK(o.crop_padding >= 0, "--crop-padding must be >= 0, got ", o.crop_padding);
   TORCH_CHECK(o.train_limit >= 0, "--train-limit must be >= 0, got ", o.train_limit);
   TORCH_CHECK(o.temperature > 0, "--temperature must be > 0, got ", o.temperature);
+  TORCH_CHECK(o.mixup >= 0 && std::isfinite(o.mixup), "--mixup must be >= 0, got ", o.mixup);
   TORCH_CHECK(train.size() > 0, "training set '", train.name, "' is empty");
   TORCH_CHECK(test.size() > 0, "test set '", test.name, "' is empty");
   TORCH_CHECK(train.image_shape() == test.image_shape(), "training images have shape ",
@@ -152,7 +169,12 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
     for (int64_t b = 0; b < steps_per_epoch; ++b) {
       lr = cosine_lr(o.lr, epoch * steps_per_epoch + b, total_steps, warmup_steps);
       set_lr(*optimizer, lr);
-      const Batch batch = loader.batch(b);
+      Batch batch = loader.batch(b);
+      MixPlan mix;
+      if (o.mixup > 0) {
+        mix = mix_plan(o.mixup, batch.images.size(0), o.seed, comm->rank(), epoch * steps_per_epoch + b);
+        batch.images = batch.images * mix.lambda + batch.images.index_select(0, mix.permutation) * (1 - mix.lambda);
+      }
       optimizer->zero_grad();
       const torch::Tensor logits = model->forward(batch.images);
       torch::Tensor loss;
@@ -163,6 +185,10 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
           teacher_logits = o.distill_from->forward(batch.images);
         }
         loss = kd_loss(logits, teacher_logits, o.temperature);
+      } else if (o.mixup > 0) {
+        loss = mix.lambda * torch::nn::functional::cross_entropy(logits, batch.labels, ce_options) +
+               (1 - mix.lambda) *
+                   torch::nn::functional::cross_entropy(logits, batch.labels.index_select(0, mix.permutation), ce_options);
       } else {
         loss = torch::nn::functional::cross_entropy(logits, batch.labels, ce_options);
       }

@@ -46,7 +46,21 @@ struct TeacherOptions {
   /// data's labels are not used for the loss.
   models::Classifier distill_from;
   double temperature = 4.0;
+  /// mixup (Zhang et al. 2018): each batch is mixed with a permutation of
+  /// itself, x' = λx + (1−λ)x[π], λ ~ Beta(α, α) per batch (0: off). With
+  /// cross-entropy the loss is λ·CE(y) + (1−λ)·CE(y[π]); with distillation the
+  /// teacher labels the mixed images itself ("function matching", Beyer et
+  /// al. 2022), which widens a small synthetic pool.
+  double mixup = 0.0;
 };
+
+/// λ ~ Beta(α, α) and a permutation of n for step `step` of the run: a pure
+/// function of (seed, rank, step), so resumed or repeated runs mix alike.
+struct MixPlan {
+  double lambda = 1;
+  torch::Tensor permutation;
+};
+MixPlan mix_plan(double alpha, int64_t n, uint64_t seed, int rank, int64_t step);
 
 /// Called after every epoch with a one-line summary (rank 0 prints it).
 struct EpochReport {

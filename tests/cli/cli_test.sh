@@ -207,7 +207,7 @@ expect_fail 1 "is not a student checkpoint" "$zsq" extract --checkpoint "$work/t
 
 # --- synthetic data -----------------------------------------------------------
 expect_fail 2 "--teacher is required" "$zsq" generate
-expect_fail 2 "unknown recipe 'genius'; known: noise, zeroq, dsg, gdfq, qimera, genie, intraq" "$zsq" generate --teacher "$work/teacher.h5" --recipe genius
+expect_fail 2 "unknown recipe 'genius'; known: noise, zeroq, dsg, gdfq, qimera, genie, intraq, adversarial" "$zsq" generate --teacher "$work/teacher.h5" --recipe genius
 expect_fail 2 "no target labels" "$zsq" generate --teacher "$work/teacher.h5" --recipe genie --ce-weight 1
 expect_fail 2 "--lor must be 'on' or 'off', got 'maybe'" "$zsq" generate --teacher "$work/teacher.h5" --lor maybe
 expect_fail 2 "--soft-target must be in [0, 1), got 1.5" "$zsq" generate --teacher "$work/teacher.h5" --soft-target 1.5
@@ -368,6 +368,18 @@ expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe intraq --iterati
   --out "$work/intraq.h5"
 grep -q "soft inception U(0.95, 1), marginal distance \[0.05, 0.8\]" "$work/out" && ok "intraq parts listed" ||
   bad "intraq parts: $(head -c 300 "$work/out")"
+expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe adversarial --iterations 2 --batch-size 8 --count 20 \
+  --latent-dim 16 --student-steps 1 --out "$work/adversarial.h5" --json
+grep -q "adversarial×1 (proxy student, 1 steps per step)" "$work/out" && grep -q "^batch step 3/3 .* adv " "$work/out" &&
+  [ "$(json_field "$work/out" images)" = 20 ] && ok "adversarial pool: parts listed, one training step per batch" ||
+  bad "adversarial: $(head -c 600 "$work/out")"
+expect_fail 2 "--adversarial must be >= 0" "$zsq" generate --teacher "$work/teacher.h5" --recipe adversarial --adversarial -2
+expect_fail 2 "--student-steps must be >= 1" "$zsq" generate --teacher "$work/teacher.h5" --recipe adversarial --student-steps -1
+expect_fail 2 "the adversarial term needs a trained generator" "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq \
+  --adversarial 1
+expect_fail 2 "is for pools: run zsq generate --recipe adversarial" "$zsq" quantize --teacher "$work/teacher.h5" \
+  --recipe adversarial --out "$work/run-adv"
+[ -e "$work/run-adv" ] && bad "refused quantize created its folder" || ok "refused adversarial quantize wrote nothing"
 
 # --- mpirun works as root ----------------------------------------------------
 if [ -n "$mpirun_bin" ]; then

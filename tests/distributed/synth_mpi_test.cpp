@@ -33,5 +33,35 @@ TEST(DataParallelSynthesis, OneGeneratorDifferentImages) {
   EXPECT_FALSE(torch::equal(images[0], images[1])) << "both ranks drew the same noise";
 }
 
+TEST(DataParallelSynthesis, AdversarialKeepsGeneratorAndProxyStudentInStep) {
+  auto comm = distributed::Communicator::create(distributed::CommunicatorOptions{120});
+  torch::manual_seed(1);
+  auto teacher = models::build({"resnet8", 1, 10, 8}, models::Fp32Factory());
+  {
+    torch::NoGradGuard no_grad;
+    for (int i = 0; i < 5; ++i) teacher->forward(torch::randn({16, 1, 28, 28}));
+  }
+  SynthesizerOptions o;
+  o.recipe = "adversarial";
+  o.batch_size = 8;
+  o.iterations = 3;
+  o.latent_dim = 16;
+  o.teacher_spec = {"resnet8", 1, 10, 8};
+  auto synth = make_synthesizer(teacher, {1, 28, 28}, 10, o, comm);
+  synth->fit(nullptr);
+  const auto [x, y] = synth->next_batch(nullptr);  // one more step
+  const auto gathered = [&](const std::vector<torch::Tensor>& tensors) {
+    std::vector<torch::Tensor> flat;
+    for (const auto& p : tensors) flat.push_back(p.detach().reshape({-1}));
+    return comm->all_gather(torch::cat(flat));
+  };
+  const torch::Tensor generators = gathered(synth->parameters());
+  EXPECT_TRUE(torch::equal(generators[0], generators[1])) << "the ranks' generators differ";
+  ASSERT_TRUE(synth->proxy_student());
+  const torch::Tensor students = gathered(synth->proxy_student()->parameters());
+  EXPECT_TRUE(torch::equal(students[0], students[1])) << "the ranks' proxy students differ";
+  EXPECT_FALSE(torch::equal(comm->all_gather(x.contiguous())[0], comm->all_gather(x.contiguous())[1]));
+}
+
 } // namespace
 } // namespace zsq::generators

@@ -198,8 +198,53 @@ TEST_F(SynthTest, QimeraSuperposesClassesWithSoftTargets) {
   EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("--superpose-k must be >= 2"), std::string::npos);
 }
 
+TEST_F(SynthTest, AdversarialTermAndProxyStudent) {
+  SynthesizerOptions o;
+  o.recipe = "adversarial";
+  o.batch_size = 64;
+  o.iterations = 12;
+  o.latent_dim = 16;
+  o.student_steps = 3;
+  o.teacher_spec = {"resnet8", 1, 10, 8};
+  auto synth = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+  EXPECT_TRUE(synth->trains_while_sampling());
+  std::vector<StepReport> reports;
+  synth->fit([&](const StepReport& r) { reports.push_back(r); });
+  ASSERT_EQ(reports.size(), 12u);
+  // The generator's loss is gdfq's plus the (non-positive) adversarial term.
+  for (const StepReport& r : reports) {
+    EXPECT_LE(r.adversarial, 0);
+    EXPECT_NEAR(r.total, 0.1 * r.bns + r.ce + r.adversarial, 1e-4 * (1 + std::abs(r.total)));
+  }
+  // Once the student agrees with the teacher on some samples, the term is negative.
+  EXPECT_TRUE(std::any_of(reports.begin(), reports.end(), [](const StepReport& r) { return r.adversarial < 0; }));
+  // The proxy student learns the teacher on the generated images.
+  EXPECT_LT(reports.back().student_kd, 0.5 * reports.front().student_kd);
+  // Each sampled batch is one more training step: the generator moves between batches.
+  const torch::Tensor before = synth->parameters()[0].clone();
+  StepReport sampled;
+  const auto [x, y] = synth->next_batch([&](const StepReport& r) { sampled = r; });
+  EXPECT_EQ(x.sizes(), torch::IntArrayRef({64, 1, 28, 28}));
+  EXPECT_FALSE(torch::equal(before, synth->parameters()[0]));
+  EXPECT_EQ(sampled.step, 1);
+  EXPECT_LE(sampled.adversarial, 0);
+  // gdfq with the adversarial part is the same recipe; without a generator it is refused.
+  o.recipe = "gdfq";
+  o.adversarial = 1;
+  EXPECT_NO_THROW(resolve_recipe(o));
+  o.recipe = "zeroq";
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("the adversarial term needs a trained generator"), std::string::npos);
+  o.recipe = "adversarial";
+  o.adversarial = -0.5;
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("--adversarial must be >= 0"), std::string::npos);
+  o.adversarial = -1;
+  o.teacher_spec = {"", 1, 10, 16};
+  EXPECT_NE(error_of([&] { make_synthesizer(teacher_, {1, 28, 28}, 10, o); }).find("needs the teacher's architecture"),
+            std::string::npos);
+}
+
 TEST_F(SynthTest, SameSeedSameImages) {
-  for (const char* recipe : {"noise", "gdfq", "genie"}) {
+  for (const char* recipe : {"noise", "gdfq", "genie", "adversarial"}) {
     SCOPED_TRACE(recipe);
     SynthesizerOptions o;
     o.recipe = recipe;
@@ -226,7 +271,7 @@ TEST_F(SynthTest, SameSeedSameImages) {
 TEST_F(SynthTest, ClearErrors) {
   SynthesizerOptions o;
   o.recipe = "genius";
-  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown recipe 'genius'; known: noise, zeroq, dsg, gdfq, qimera, genie, intraq"),
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("unknown recipe 'genius'; known: noise, zeroq, dsg, gdfq, qimera, genie, intraq, adversarial"),
             std::string::npos);
   o.recipe = "gdfq";
   o.bns = "dsg";

@@ -76,6 +76,48 @@ TEST_F(TeacherTest, SameSeedSameModel) {
   EXPECT_TRUE(any_differs);
 }
 
+TEST(MixPlan, BetaLambdaAndPermutationFromSeedRankAndStep) {
+  const MixPlan a = mix_plan(1.0, 16, 3, 0, 7), b = mix_plan(1.0, 16, 3, 0, 7);
+  EXPECT_EQ(a.lambda, b.lambda);
+  EXPECT_TRUE(torch::equal(a.permutation, b.permutation));
+  EXPECT_TRUE(torch::equal(std::get<0>(a.permutation.sort()), torch::arange(16)));
+  EXPECT_NE(mix_plan(1.0, 16, 3, 1, 7).lambda, a.lambda);  // another rank
+  EXPECT_NE(mix_plan(1.0, 16, 3, 0, 8).lambda, a.lambda);  // another step
+  // λ ~ Beta(α, α): mean 1/2, variance 1/(4(2α+1)).
+  for (const double alpha : {1.0, 0.2}) {
+    double sum = 0, sum2 = 0;
+    const int n = 4000;
+    for (int step = 0; step < n; ++step) {
+      const double l = mix_plan(alpha, 4, 0, 0, step).lambda;
+      ASSERT_GE(l, 0);
+      ASSERT_LE(l, 1);
+      sum += l;
+      sum2 += l * l;
+    }
+    const double mean = sum / n, var = sum2 / n - mean * mean;
+    EXPECT_NEAR(mean, 0.5, 0.02) << alpha;
+    EXPECT_NEAR(var, 1 / (4 * (2 * alpha + 1)), 0.01) << alpha;
+  }
+  EXPECT_THROW_WITH(mix_plan(0, 4, 0, 0, 0), "mixup alpha must be > 0");
+}
+
+TEST_F(TeacherTest, MixupTrainsWithCrossEntropyAndDistillation) {
+  const Dataset train = load_fashion_mnist(kFashionMnistDir, Split::kTrain);
+  const Dataset test = head(load_fashion_mnist(kFashionMnistDir, Split::kTest), 1000);
+  TeacherOptions o = tiny_options();
+  o.eval_each_epoch = false;
+  const TeacherResult plain = train_teacher(o, train, test, fashion_mnist_normalization(), nullptr);
+  o.mixup = 1.0;
+  const TeacherResult mixed = train_teacher(o, train, test, fashion_mnist_normalization(), nullptr);
+  EXPECT_GT(mixed.test_acc, 0.5) << "mixup training should still learn";
+  EXPECT_FALSE(torch::equal(plain.model->parameters()[0], mixed.model->parameters()[0]));
+  // Distillation on mixed images: the student learns the teacher's function.
+  o.distill_from = plain.model;
+  o.seed = 1;
+  const TeacherResult distilled = train_teacher(o, train, test, fashion_mnist_normalization(), nullptr);
+  EXPECT_GT(distilled.test_acc, 0.3) << "far above chance (0.10) after 3 short epochs from a weak teacher";
+}
+
 TEST_F(TeacherTest, BadOptionsAreRejectedWithTheirName) {
   const Dataset train = head(load_fashion_mnist(kFashionMnistDir, Split::kTrain), 256);
   const Dataset test = head(load_fashion_mnist(kFashionMnistDir, Split::kTest), 64);
@@ -88,6 +130,7 @@ TEST_F(TeacherTest, BadOptionsAreRejectedWithTheirName) {
   check([](TeacherOptions& o) { o.lr = -1; }, "--lr must be > 0");
   check([](TeacherOptions& o) { o.momentum = 1.0; }, "--momentum must be in [0, 1)");
   check([](TeacherOptions& o) { o.label_smoothing = 1.0; }, "--label-smoothing must be in [0, 1)");
+  check([](TeacherOptions& o) { o.mixup = -1; }, "--mixup must be >= 0");
   check([](TeacherOptions& o) { o.warmup_epochs = 5; }, "--warmup-epochs must be in [0, epochs)");
   check([](TeacherOptions& o) { o.batch_size = 1000; }, "is larger than the 256 training images");
   check([](TeacherOptions& o) { o.model.num_classes = 5; }, "the data has 10 classes, the model 5");
