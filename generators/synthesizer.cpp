@@ -449,7 +449,8 @@ class GeneratorSynthesizer : public Base {
     if (student_) {  // the adversarial recipe's pool is its trajectory: one more training step per batch
       StepReport report = step_report(sampled_, sampled_ + 1);
       ++sampled_;
-      auto batch = train_step(&report);
+      std::pair<torch::Tensor, torch::Tensor> batch;
+      for (int64_t k = 0; k < recipe_.stride; ++k) batch = train_step(&report);
       if (progress) progress(report);
       return batch;
     }
@@ -615,7 +616,10 @@ std::string Recipe::describe() const {
     if (superpose_prob > 0) out << ", superposed embeddings p " << superpose_prob << " K " << superpose_k;
     if (mapping) out << ", mapping layer";
     if (layerwise) out << ", layerwise sample enhancement";
-    if (adversarial > 0) out << ", adversarial×" << adversarial << " (proxy student, " << student_steps << " steps per step)";
+    if (adversarial > 0) {
+      out << ", adversarial×" << adversarial << " (proxy student, " << student_steps << " steps per step, a batch every "
+          << stride << " steps)";
+    }
     if (soft_target > 0) out << ", soft inception U(" << soft_target << ", 1)";
     if (margin_low >= 0) out << ", marginal distance [" << margin_low << ", " << margin_up << "]";
   }
@@ -669,6 +673,8 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   if (o.layerwise >= 0) r.layerwise = o.layerwise > 0;
   if (o.adversarial >= 0) r.adversarial = o.adversarial;
   if (o.student_steps > 0) r.student_steps = o.student_steps;
+  if (o.stride > 0) r.stride = o.stride;
+  TORCH_CHECK(o.stride >= 0, "--stride must be >= 1, got ", o.stride);
   TORCH_CHECK(o.adversarial >= 0 || o.adversarial == -1, "--adversarial must be >= 0, got ", o.adversarial);
   TORCH_CHECK(o.student_steps >= 0, "--student-steps must be >= 1, got ", o.student_steps);
   TORCH_CHECK(r.adversarial == 0 || r.variables == "generator",

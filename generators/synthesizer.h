@@ -47,7 +47,8 @@
 //          adversarial game; the masked KL is Fast-DFKD's fast_meta.py), so it
 //          keeps moving to regions the student has not learned. Its pool is
 //          the generator's trajectory after the warm-up (CMI/Fast-DFKD keep
-//          every synthesized batch): each batch is one more training step.
+//          every synthesized batch): each batch is `stride` more training
+//          steps, of which the last one's images are kept.
 //
 // Several ranks: each draws different noise (seed offset by rank); the
 // generator is one shared model (its gradients averaged by a Reducer) and
@@ -85,6 +86,7 @@ struct SynthesizerOptions {
   int64_t latent_dim = 100;      ///< generator noise size (genie's code uses 256)
   double adversarial = -1;       ///< weight of the adversarial term (0: off; -1: the recipe's)
   int64_t student_steps = 0;     ///< proxy-student steps per generator step (0: the recipe's)
+  int64_t stride = 0;            ///< adversarial: generator steps per sampled batch (0: the recipe's)
   /// The teacher's architecture (needed by genie, which builds a swinging copy).
   models::ModelSpec teacher_spec{"", 1, 10, 16};
   uint64_t seed = 0;
@@ -108,6 +110,7 @@ struct Recipe {
   // The adversarial part (off by default):
   double adversarial = 0;     ///< weight of −KL(teacher || proxy student), masked to agreeing samples
   int64_t student_steps = 2;  ///< proxy-student distillation steps per generator step
+  int64_t stride = 1;         ///< generator steps per sampled batch (the last one's images are kept)
   std::string describe() const;
 };
 /// Throws on an unknown recipe or an impossible part.

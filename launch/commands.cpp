@@ -551,6 +551,7 @@ void add_synth_options(po::options_description& desc, const std::string& prefix)
       (key("mapping").c_str(), po::value<std::string>()->default_value(""), "Qimera's disentanglement mapping layer: on or off (default: the recipe's)")
       (key("adversarial").c_str(), po::value<double>()->default_value(-1), "weight of the adversarial term against a proxy student (0: off; -1: the recipe's)")
       (key("student-steps").c_str(), po::value<int64_t>()->default_value(0), "adversarial: proxy-student steps per generator step (0: the recipe's)")
+      (key("stride").c_str(), po::value<int64_t>()->default_value(0), "adversarial: generator steps per written batch (0: the recipe's)")
       (key("latent-dim").c_str(), po::value<int64_t>()->default_value(100), "generator noise size");
 }
 
@@ -568,6 +569,8 @@ void read_synth_options(const po::variables_map& vm, const std::string& prefix, 
   so.adversarial = get<double>(vm, flag("adversarial").c_str());
   so.student_steps = get<int64_t>(vm, flag("student-steps").c_str());
   if (so.student_steps < 0) throw UsageError("--" + flag("student-steps") + " must be >= 1");
+  so.stride = get<int64_t>(vm, flag("stride").c_str());
+  if (so.stride < 0) throw UsageError("--" + flag("stride") + " must be >= 1");
   const std::string lor = get<std::string>(vm, flag("lor").c_str());
   if (lor != "" && lor != "on" && lor != "off") throw UsageError("--" + flag("lor") + " must be 'on' or 'off', got '" + lor + "'");
   so.lor = lor.empty() ? -1 : lor == "on" ? 1 : 0;

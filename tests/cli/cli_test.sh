@@ -370,9 +370,12 @@ grep -q "soft inception U(0.95, 1), marginal distance \[0.05, 0.8\]" "$work/out"
   bad "intraq parts: $(head -c 300 "$work/out")"
 expect_ok "$zsq" generate --teacher "$work/teacher.h5" --recipe adversarial --iterations 2 --batch-size 8 --count 20 \
   --latent-dim 16 --student-steps 1 --out "$work/adversarial.h5" --json
-grep -q "adversarial×1 (proxy student, 1 steps per step)" "$work/out" && grep -q "^batch step 3/3 .* adv " "$work/out" &&
+grep -q "adversarial×1 (proxy student, 1 steps per step, a batch every 1 steps)" "$work/out" && grep -q "^batch step 3/3 .* adv " "$work/out" &&
   [ "$(json_field "$work/out" images)" = 20 ] && ok "adversarial pool: parts listed, one training step per batch" ||
   bad "adversarial: $(head -c 600 "$work/out")"
+expect_fail 2 "--stride must be >= 1" "$zsq" generate --teacher "$work/teacher.h5" --recipe adversarial --stride -1
+expect_fail 1 "--mixup must be >= 0" "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 16 \
+  --data "$work/synth.h5" --test-data fashion-mnist --distill-from "$work/teacher.h5" --mixup -1
 expect_fail 2 "--adversarial must be >= 0" "$zsq" generate --teacher "$work/teacher.h5" --recipe adversarial --adversarial -2
 expect_fail 2 "--student-steps must be >= 1" "$zsq" generate --teacher "$work/teacher.h5" --recipe adversarial --student-steps -1
 expect_fail 2 "the adversarial term needs a trained generator" "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq \

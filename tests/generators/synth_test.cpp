@@ -228,6 +228,21 @@ TEST_F(SynthTest, AdversarialTermAndProxyStudent) {
   EXPECT_FALSE(torch::equal(before, synth->parameters()[0]));
   EXPECT_EQ(sampled.step, 1);
   EXPECT_LE(sampled.adversarial, 0);
+  // --stride 2: one written batch is two training steps, the second one's images.
+  o.iterations = 2;
+  o.batch_size = 16;
+  auto one = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+  o.stride = 2;
+  auto two = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+  one->fit(nullptr);
+  two->fit(nullptr);
+  one->next_batch(nullptr);
+  const torch::Tensor second = one->next_batch(nullptr).first;
+  EXPECT_TRUE(torch::equal(two->next_batch(nullptr).first, second));
+  EXPECT_TRUE(torch::equal(one->parameters()[0], two->parameters()[0]));
+  o.stride = -1;
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("--stride must be >= 1"), std::string::npos);
+  o.stride = 0;
   // gdfq with the adversarial part is the same recipe; without a generator it is refused.
   o.recipe = "gdfq";
   o.adversarial = 1;
