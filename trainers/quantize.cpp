@@ -257,6 +257,9 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   TORCH_CHECK(o.generator_warmup >= 0, "--generator-warmup must be >= 0, got ", o.generator_warmup);
   TORCH_CHECK(o.generator_warmup == 0 || (data.synthesizer && data.synthesizer->trains_generator()),
               "--generator-warmup needs a recipe that trains a generator (gdfq, qimera)");
+  TORCH_CHECK(!data.synthesizer || !data.synthesizer->trains_while_sampling(),
+              "recipe '", data.synthesizer ? data.synthesizer->recipe().name : "", "' trains a proxy student while it samples "
+              "and cannot be checkpointed: write a pool with zsq generate and quantize with --pool");
   TORCH_CHECK(o.checkpoint_every >= 0 && o.stop_after >= 0, "--checkpoint-every and --stop-after must be >= 0");
   TORCH_CHECK(!o.resume || !o.checkpoint.empty(), "resuming needs a checkpoint path");
   const int64_t local_batch = o.batch_size / world;

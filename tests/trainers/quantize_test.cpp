@@ -6,6 +6,7 @@
 
 #include "framework/h5.h"
 #include "framework/optim_state.h"
+#include "generators/synthesizer.h"
 #include "models/extract.h"
 #include "tests/support.h"
 
@@ -209,6 +210,18 @@ TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
   o.train = "some";
   EXPECT_THROW_WITH(quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr),
                     "--train must be 'all' or 'per-bit'");
+}
+
+TEST_F(QuantizeTest, RefusesASynthesizerThatTrainsWhileSampling) {
+  Toy s = make_setup({4, 8});
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  generators::SynthesizerOptions so;
+  so.recipe = "adversarial";
+  so.teacher_spec = {"resnet8", 1, 10, 8};
+  auto synth = generators::make_synthesizer(s.teacher, {1, 28, 28}, 10, so);
+  EXPECT_THROW_WITH(quantize(*student, *s.teacher, {nullptr, s.norm, synth.get()}, small_options(), nullptr, nullptr,
+                             nullptr),
+                    "recipe 'adversarial' trains a proxy student while it samples");
 }
 
 TEST_F(QuantizeTest, DivergenceStopsAndKeepsTheLastCheckpoint) {
