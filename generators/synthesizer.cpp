@@ -450,7 +450,10 @@ class GeneratorSynthesizer : public Base {
       StepReport report = step_report(sampled_, sampled_ + 1);
       ++sampled_;
       std::pair<torch::Tensor, torch::Tensor> batch;
-      for (int64_t k = 0; k < recipe_.stride; ++k) batch = train_step(&report);
+      for (int64_t k = 0; k < recipe_.stride; ++k) {
+        report = step_report(sampled_ - 1, sampled_);  // the last step's losses
+        batch = train_step(&report);
+      }
       if (progress) progress(report);
       return batch;
     }
@@ -472,17 +475,18 @@ class GeneratorSynthesizer : public Base {
   // a ring of kBankImages images (the oldest overwritten).
   void remember(const torch::Tensor& images, const torch::Tensor& logits) {
     if (!bank_images_.defined()) {
-      std::vector<int64_t> shape{kBankImages};
+      // At most kBankImages images and kBankBytes of them (large inputs keep fewer), at least one batch.
+      const int64_t image_bytes = images[0].numel() * static_cast<int64_t>(sizeof(float));
+      bank_capacity_ = std::max(images.size(0), std::min(kBankImages, kBankBytes / image_bytes));
+      std::vector<int64_t> shape{bank_capacity_};
       shape.insert(shape.end(), images.sizes().begin() + 1, images.sizes().end());
       bank_images_ = torch::empty(shape);
-      bank_logits_ = torch::empty({kBankImages, logits.size(1)});
+      bank_logits_ = torch::empty({bank_capacity_, logits.size(1)});
     }
-    for (int64_t i = 0; i < images.size(0); ++i) {
-      const int64_t slot = bank_next_ % kBankImages;
-      bank_images_[slot].copy_(images[i]);
-      bank_logits_[slot].copy_(logits[i]);
-      ++bank_next_;
-    }
+    const torch::Tensor slots = torch::arange(bank_next_, bank_next_ + images.size(0)).remainder(bank_capacity_);
+    bank_images_.index_copy_(0, slots, images);
+    bank_logits_.index_copy_(0, slots, logits);
+    bank_next_ += images.size(0);
   }
 
   // student_steps steps of distillation from the teacher's stored logits: the
@@ -494,14 +498,14 @@ class GeneratorSynthesizer : public Base {
           student_->parameters(), torch::optim::SGDOptions(kStudentLr).momentum(0.9).weight_decay(5e-4));
       if (comm_ && comm_->size() > 1) student_reducer_ = std::make_unique<distributed::Reducer>(comm_, student_->parameters());
     }
-    const int64_t n = options_.batch_size, filled = std::min(bank_next_, kBankImages);
+    const int64_t n = options_.batch_size, filled = std::min(bank_next_, bank_capacity_);
     const double temp = kStudentTemperature;
     double last = 0;
     for (const auto& p : student_->parameters()) p.set_requires_grad(true);
     student_->train();
     for (int64_t k = 0; k < recipe_.student_steps; ++k) {
       const torch::Tensor index =
-          k == 0 ? torch::arange(bank_next_ - n, bank_next_).remainder(kBankImages) : torch::randint(0, filled, {n}, gen_);
+          k == 0 ? torch::arange(bank_next_ - n, bank_next_).remainder(bank_capacity_) : torch::randint(0, filled, {n}, gen_);
       const torch::Tensor x = bank_images_.index_select(0, index);
       const torch::Tensor target = torch::softmax(bank_logits_.index_select(0, index) / temp, 1);
       student_sgd_->zero_grad();
@@ -514,14 +518,16 @@ class GeneratorSynthesizer : public Base {
     }
     student_->eval();
     for (const auto& p : student_->parameters()) p.set_requires_grad(false);
+    // Each rank's BatchNorm statistics saw its own bank: use rank 0's, so every rank's adversarial term uses one student.
+    if (comm_ && comm_->size() > 1) distributed::broadcast_state(*comm_, *student_, 0, /*buffers_only=*/true);
     return last;
   }
 
   // The proxy student: SGD lr 0.05 momentum 0.9 (our choice; Fast-DFKD uses a
   // cosine schedule over its epochs, which a stream of steps does not have),
-  // distillation at T = 4 as our yardstick, a bank of up to 65 536 images.
+  // distillation at T = 4 as our yardstick, a bank of up to 65 536 images and 1 GiB.
   static constexpr double kStudentLr = 0.05, kStudentTemperature = 4.0;
-  static constexpr int64_t kBankImages = 65536;
+  static constexpr int64_t kBankImages = 65536, kBankBytes = int64_t(1) << 30;
 
   GdfqGenerator generator_;
   std::unique_ptr<torch::optim::Adam> adam_;
@@ -529,7 +535,7 @@ class GeneratorSynthesizer : public Base {
   std::unique_ptr<torch::optim::SGD> student_sgd_;
   std::unique_ptr<distributed::Reducer> student_reducer_;
   torch::Tensor bank_images_, bank_logits_;
-  int64_t bank_next_ = 0, sampled_ = 0;  ///< images remembered so far; batches sampled
+  int64_t bank_next_ = 0, bank_capacity_ = 0, sampled_ = 0;  ///< images remembered so far; ring size; batches sampled
 };
 
 // Genie-D: per batch a fresh generator and learned latents, optimized together
@@ -679,6 +685,10 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   TORCH_CHECK(o.student_steps >= 0, "--student-steps must be >= 1, got ", o.student_steps);
   TORCH_CHECK(r.adversarial == 0 || r.variables == "generator",
               "the adversarial term needs a trained generator (gdfq, qimera, adversarial)");
+  TORCH_CHECK((o.stride == 0 && o.student_steps == 0) || r.adversarial > 0,
+              "--stride and --student-steps need the adversarial part (--adversarial > 0)");
+  TORCH_CHECK(r.adversarial == 0 || !r.lor,
+              "local object reinforcement cannot be combined with the adversarial part (the bank keeps uncropped images)");
   TORCH_CHECK(!r.layerwise || r.bns == BnsVariant::kZeroQ,
               "layerwise sample enhancement needs per-sample statistics: use --bns zeroq");
   TORCH_CHECK(r.superpose_prob <= 1, "--superpose-prob must be in [0, 1], got ", r.superpose_prob);

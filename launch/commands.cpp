@@ -888,8 +888,11 @@ int quantize(int argc, char** argv) {
       const generators::Recipe recipe = generators::resolve_recipe(so);
       if (recipe.variables != "generator") q.generator_warmup = 0;  // only a trained generator warms up
       if (recipe.adversarial > 0) {
+        std::ostringstream weight;
+        weight << recipe.adversarial;
         throw UsageError("the adversarial part trains its own proxy student and is for pools: run zsq generate --recipe " +
-                         recipe.name + " and quantize with --pool (--gen-adversarial 0 turns it off)");
+                         recipe.name + (recipe.name == "adversarial" ? "" : " --adversarial " + weight.str()) +
+                         " and quantize with --pool (--gen-adversarial 0 turns it off)");
       }
     } catch (const c10::Error& e) {
       throw UsageError(e.what_without_backtrace());

@@ -60,6 +60,10 @@ TEST(DataParallelSynthesis, AdversarialKeepsGeneratorAndProxyStudentInStep) {
   ASSERT_TRUE(synth->proxy_student());
   const torch::Tensor students = gathered(synth->proxy_student()->parameters());
   EXPECT_TRUE(torch::equal(students[0], students[1])) << "the ranks' proxy students differ";
+  std::vector<torch::Tensor> buffers;
+  for (const auto& b : synth->proxy_student()->buffers()) buffers.push_back(b.to(torch::kFloat32));
+  const torch::Tensor statistics = gathered(buffers);
+  EXPECT_TRUE(torch::equal(statistics[0], statistics[1])) << "the ranks' proxy students' BatchNorm statistics differ";
   EXPECT_FALSE(torch::equal(comm->all_gather(x.contiguous())[0], comm->all_gather(x.contiguous())[1]));
 }
 

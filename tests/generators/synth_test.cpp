@@ -205,6 +205,7 @@ TEST_F(SynthTest, AdversarialTermAndProxyStudent) {
   o.iterations = 12;
   o.latent_dim = 16;
   o.student_steps = 3;
+  o.adversarial = 0.5;
   o.teacher_spec = {"resnet8", 1, 10, 8};
   auto synth = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
   EXPECT_TRUE(synth->trains_while_sampling());
@@ -214,7 +215,7 @@ TEST_F(SynthTest, AdversarialTermAndProxyStudent) {
   // The generator's loss is gdfq's plus the (non-positive) adversarial term.
   for (const StepReport& r : reports) {
     EXPECT_LE(r.adversarial, 0);
-    EXPECT_NEAR(r.total, 0.1 * r.bns + r.ce + r.adversarial, 1e-4 * (1 + std::abs(r.total)));
+    EXPECT_NEAR(r.total, 0.1 * r.bns + r.ce + 0.5 * r.adversarial, 1e-4 * (1 + std::abs(r.total)));
   }
   // Once the student agrees with the teacher on some samples, the term is negative.
   EXPECT_TRUE(std::any_of(reports.begin(), reports.end(), [](const StepReport& r) { return r.adversarial < 0; }));
@@ -243,12 +244,22 @@ TEST_F(SynthTest, AdversarialTermAndProxyStudent) {
   o.stride = -1;
   EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("--stride must be >= 1"), std::string::npos);
   o.stride = 0;
+  o.lor = 1;
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("local object reinforcement cannot be combined"), std::string::npos);
+  o.lor = -1;
   // gdfq with the adversarial part is the same recipe; without a generator it is refused.
   o.recipe = "gdfq";
   o.adversarial = 1;
   EXPECT_NO_THROW(resolve_recipe(o));
   o.recipe = "zeroq";
   EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("the adversarial term needs a trained generator"), std::string::npos);
+  o.recipe = "gdfq";
+  o.adversarial = 0;
+  o.stride = 2;
+  EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("--stride and --student-steps need the adversarial part"),
+            std::string::npos);
+  o.stride = 0;
+  o.adversarial = 1;
   o.recipe = "adversarial";
   o.adversarial = -0.5;
   EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("--adversarial must be >= 0"), std::string::npos);
