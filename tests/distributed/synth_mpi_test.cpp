@@ -9,14 +9,18 @@
 namespace zsq::generators {
 namespace {
 
+// A small teacher with non-trivial BatchNorm statistics, identical on every rank (same seed).
+models::Classifier same_teacher_on_every_rank() {
+  torch::manual_seed(1);
+  auto teacher = models::build({"resnet8", 1, 10, 8}, models::Fp32Factory());
+  torch::NoGradGuard no_grad;
+  for (int i = 0; i < 5; ++i) teacher->forward(torch::randn({16, 1, 28, 28}));
+  return teacher;
+}
+
 TEST(DataParallelSynthesis, OneGeneratorDifferentImages) {
   auto comm = distributed::Communicator::create(distributed::CommunicatorOptions{120});
-  torch::manual_seed(1);  // the same teacher on every rank
-  auto teacher = models::build({"resnet8", 1, 10, 8}, models::Fp32Factory());
-  {
-    torch::NoGradGuard no_grad;
-    for (int i = 0; i < 5; ++i) teacher->forward(torch::randn({16, 1, 28, 28}));
-  }
+  auto teacher = same_teacher_on_every_rank();
   SynthesizerOptions o;
   o.recipe = "gdfq";
   o.batch_size = 8;
@@ -35,12 +39,7 @@ TEST(DataParallelSynthesis, OneGeneratorDifferentImages) {
 
 TEST(DataParallelSynthesis, AdversarialKeepsGeneratorAndProxyStudentInStep) {
   auto comm = distributed::Communicator::create(distributed::CommunicatorOptions{120});
-  torch::manual_seed(1);
-  auto teacher = models::build({"resnet8", 1, 10, 8}, models::Fp32Factory());
-  {
-    torch::NoGradGuard no_grad;
-    for (int i = 0; i < 5; ++i) teacher->forward(torch::randn({16, 1, 28, 28}));
-  }
+  auto teacher = same_teacher_on_every_rank();
   SynthesizerOptions o;
   o.recipe = "adversarial";
   o.batch_size = 8;
