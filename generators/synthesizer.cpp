@@ -3,6 +3,7 @@
 #include "distributed/reducer.h"
 #include "distributed/sync.h"
 #include "framework/model_file.h"
+#include "framework/nn/losses.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -213,7 +214,15 @@ class Base : public Synthesizer {
       const torch::Tensor kl = (t_log.exp() * (t_log - torch::log_softmax(s_logits, 1))).sum(1);
       const torch::Tensor mask = s_logits.argmax(1).eq(logits.argmax(1)).to(kl.scalar_type()).detach();
       const torch::Tensor term = -(kl * mask).mean();
-      total = total + recipe_.adversarial * term;
+      // Our addition: the weight ramps up linearly over the warm-up (`iterations`
+      // steps). The proxy student starts untrained, and at full weight from step 1
+      // its first disagreements can throw the generator far off the teacher's
+      // statistics (demo teacher, seed 1: BN loss 0.1 -> 10 within 10 steps, a
+      // pool the teacher agreed with on 37 %).
+      const double ramp = std::min(1.0, static_cast<double>(++adversarial_steps_) /
+                                            static_cast<double>(std::max<int64_t>(1, recipe_.iterations)));
+      report->adversarial_weight = recipe_.adversarial * ramp;
+      total = total + report->adversarial_weight * term;
       report->adversarial = term.item<double>();
     }
     last_logits_ = logits.detach();
@@ -267,6 +276,7 @@ class Base : public Synthesizer {
   torch::Tensor centroid_sum_, centroid_count_;  ///< per class, for the marginal distance
   torch::Tensor last_logits_;     ///< the teacher's logits of the last loss() call (detached)
   models::Classifier student_;    ///< the adversarial recipe's proxy student (else null)
+  int64_t adversarial_steps_ = 0;  ///< loss() calls with the adversarial term so far (its ramp)
   models::Classifier teacher_;    ///< the model the losses use
   models::Classifier predictor_;  ///< the plain teacher
   std::vector<int64_t> shape_;
@@ -499,7 +509,6 @@ class GeneratorSynthesizer : public Base {
       if (comm_ && comm_->size() > 1) student_reducer_ = std::make_unique<distributed::Reducer>(comm_, student_->parameters());
     }
     const int64_t n = options_.batch_size, filled = std::min(bank_next_, bank_capacity_);
-    const double temp = kStudentTemperature;
     double last = 0;
     for (const auto& p : student_->parameters()) p.set_requires_grad(true);
     student_->train();
@@ -507,10 +516,8 @@ class GeneratorSynthesizer : public Base {
       const torch::Tensor index =
           k == 0 ? torch::arange(bank_next_ - n, bank_next_).remainder(bank_capacity_) : torch::randint(0, filled, {n}, gen_);
       const torch::Tensor x = bank_images_.index_select(0, index);
-      const torch::Tensor target = torch::softmax(bank_logits_.index_select(0, index) / temp, 1);
       student_sgd_->zero_grad();
-      const torch::Tensor log_p = torch::log_softmax(student_->forward(x) / temp, 1);
-      const torch::Tensor loss = (target * (torch::log(target.clamp_min(1e-12)) - log_p)).sum(1).mean() * (temp * temp);
+      const torch::Tensor loss = nn::kd_loss(student_->forward(x), bank_logits_.index_select(0, index), kStudentTemperature);
       loss.backward();
       if (student_reducer_) student_reducer_->reduce();
       student_sgd_->step();

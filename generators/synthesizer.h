@@ -48,7 +48,8 @@
 //          keeps moving to regions the student has not learned. Its pool is
 //          the generator's trajectory after the warm-up (CMI/Fast-DFKD keep
 //          every synthesized batch): each batch is `stride` more training
-//          steps, of which the last one's images are kept.
+//          steps, of which the last one's images are kept. The adversarial
+//          term's weight ramps up linearly over the warm-up steps (ours).
 //
 // Several ranks: each draws different noise (seed offset by rank); the
 // generator is one shared model (its gradients averaged by a Reducer) and
@@ -122,6 +123,7 @@ struct StepReport {
   int64_t step = 0, steps = 0;
   double total = 0, bns = 0, ce = 0, prior = 0, confidence = 0;  ///< confidence: mean teacher p(target)
   double adversarial = 0;  ///< the adversarial term (≤ 0), 0 without one
+  double adversarial_weight = 0;  ///< its weight this step (ramped up over the warm-up)
   double student_kd = 0;   ///< the proxy student's distillation loss after this step (adversarial recipe)
 };
 

@@ -549,7 +549,7 @@ void add_synth_options(po::options_description& desc, const std::string& prefix)
       (key("superpose-prob").c_str(), po::value<double>()->default_value(-1), "Qimera: chance per generator step of superposed samples (-1: the recipe's)")
       (key("superpose-k").c_str(), po::value<int64_t>()->default_value(0), "Qimera: classes mixed per superposed sample (0: the recipe's)")
       (key("mapping").c_str(), po::value<std::string>()->default_value(""), "Qimera's disentanglement mapping layer: on or off (default: the recipe's)")
-      (key("adversarial").c_str(), po::value<double>()->default_value(-1), "weight of the adversarial term against a proxy student (0: off; -1: the recipe's)")
+      (key("adversarial").c_str(), po::value<double>()->default_value(-1), "weight of the adversarial term against a proxy student (0: off; -1: the recipe's), ramped up over the warm-up")
       (key("student-steps").c_str(), po::value<int64_t>()->default_value(0), "adversarial: proxy-student steps per generator step (0: the recipe's)")
       (key("stride").c_str(), po::value<int64_t>()->default_value(0), "adversarial: generator steps per written batch (0: the recipe's)")
       (key("latent-dim").c_str(), po::value<int64_t>()->default_value(100), "generator noise size");
@@ -652,7 +652,7 @@ int generate(int argc, char** argv) {
       if (!root || (r.step % every != 0 && r.step != r.steps)) return;
       std::cout << what << " step " << r.step << "/" << r.steps << "  loss " << std::fixed << std::setprecision(4)
                 << r.total << "  bns " << r.bns << "  ce " << r.ce << "  prior " << r.prior;
-      if (recipe.adversarial > 0) std::cout << "  adv " << r.adversarial << "  student kd " << r.student_kd;
+      if (recipe.adversarial > 0) std::cout << "  adv " << r.adversarial << " ×" << r.adversarial_weight << "  student kd " << r.student_kd;
       std::cout << "  p(target) " << std::setprecision(3) << r.confidence << "  elapsed " << format_duration(elapsed())
                 << std::endl;
     };

@@ -39,15 +39,6 @@ void set_lr(torch::optim::SGD& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
 }
 
-torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits, double temperature) {
-  TORCH_CHECK(student_logits.sizes() == teacher_logits.sizes(), "kd_loss: logits of shape ", student_logits.sizes(),
-              " and ", teacher_logits.sizes());
-  TORCH_CHECK(temperature > 0, "temperature must be > 0, got ", temperature);
-  const torch::Tensor target = torch::softmax(teacher_logits.detach() / temperature, 1);
-  const torch::Tensor log_p = torch::log_softmax(student_logits / temperature, 1);
-  return (target * (torch::log(target.clamp_min(1e-12)) - log_p)).sum(1).mean() * (temperature * temperature);
-}
-
 MixPlan mix_plan(double alpha, int64_t n, uint64_t seed, int rank, int64_t step) {
   TORCH_CHECK(alpha > 0, "mixup alpha must be > 0, got ", alpha);
   std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(rank) * 0xBF58476D1CE4E5B9ull +

@@ -6,6 +6,7 @@
 
 #include "distributed/communicator.h"
 #include "framework/data.h"
+#include "framework/nn/losses.h"
 #include "models/zoo.h"
 #include "trainers/evaluate.h"
 
@@ -97,9 +98,7 @@ std::unique_ptr<torch::optim::SGD> make_sgd(const torch::nn::Module& model, doub
 /// Sets the learning rate of every parameter group.
 void set_lr(torch::optim::SGD& optimizer, double lr);
 
-/// Distillation loss T² · KL(softmax(t/T) || softmax(s/T)), summed over
-/// classes and averaged over the batch ('batchmean', as IntraQ/FDDA's
-/// KLDivLoss); the teacher logits are detached. Logits N×K.
-torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits, double temperature);
+/// The distillation loss (framework/nn/losses.h), also used by the generators.
+using zsq::nn::kd_loss;
 
 } // namespace zsq::trainers

@@ -213,9 +213,12 @@ TEST_F(SynthTest, AdversarialTermAndProxyStudent) {
   synth->fit([&](const StepReport& r) { reports.push_back(r); });
   ASSERT_EQ(reports.size(), 12u);
   // The generator's loss is gdfq's plus the (non-positive) adversarial term.
-  for (const StepReport& r : reports) {
+  // Its weight ramps up linearly over the 12 warm-up steps to 0.5.
+  for (size_t k = 0; k < reports.size(); ++k) {
+    const StepReport& r = reports[k];
     EXPECT_LE(r.adversarial, 0);
-    EXPECT_NEAR(r.total, 0.1 * r.bns + r.ce + 0.5 * r.adversarial, 1e-4 * (1 + std::abs(r.total)));
+    EXPECT_NEAR(r.adversarial_weight, 0.5 * static_cast<double>(k + 1) / 12, 1e-12);
+    EXPECT_NEAR(r.total, 0.1 * r.bns + r.ce + r.adversarial_weight * r.adversarial, 1e-4 * (1 + std::abs(r.total)));
   }
   // Once the student agrees with the teacher on some samples, the term is negative.
   EXPECT_TRUE(std::any_of(reports.begin(), reports.end(), [](const StepReport& r) { return r.adversarial < 0; }));
@@ -229,6 +232,7 @@ TEST_F(SynthTest, AdversarialTermAndProxyStudent) {
   EXPECT_FALSE(torch::equal(before, synth->parameters()[0]));
   EXPECT_EQ(sampled.step, 1);
   EXPECT_LE(sampled.adversarial, 0);
+  EXPECT_EQ(sampled.adversarial_weight, 0.5);  // full weight after the warm-up
   // --stride 2: one written batch is two training steps, the second one's images.
   o.iterations = 2;
   o.batch_size = 16;
