@@ -382,7 +382,9 @@ void add_student_options(po::options_description& desc) {
       ("bits", po::value<std::string>()->default_value("2,3,4,8"), "the model's bit-widths, comma-separated")
       ("wbits", po::value<std::string>(), "weight bits of the middle layers at each bit-width (default: --bits)")
       ("abits", po::value<std::string>(), "activation bits of the middle layers at each bit-width (default: --bits)")
-      ("first-last-bits", po::value<int64_t>()->default_value(8), "weight and activation bits of the first and last layer")
+      ("first-last-bits", po::value<std::string>()->default_value("8"),
+       "weight and activation bits of the first and last layer: N, 'same' (the middle layers' bits at every "
+       "bit-width: every layer quantized alike) or FIRST,LAST")
       ("top-bits", po::value<int64_t>()->default_value(8), "precision of the stored weight codes (>= every weight bit-width)")
       ("nesting", po::value<std::string>()->default_value("shift"),
        "how lower weight codes nest in higher ones: shift (bit-planes) or round");
@@ -393,17 +395,42 @@ models::StudentConfig read_student_config(const po::variables_map& vm) {
   c.bits = parse_int_list(get<std::string>(vm, "bits"), "--bits");
   if (vm.count("wbits")) c.wbits = parse_int_list(get<std::string>(vm, "wbits"), "--wbits");
   if (vm.count("abits")) c.abits = parse_int_list(get<std::string>(vm, "abits"), "--abits");
-  c.first_last_bits = get<int64_t>(vm, "first-last-bits");
   c.top_bits = get<int64_t>(vm, "top-bits");
   const std::string nesting = get<std::string>(vm, "nesting");
   if (nesting != "shift" && nesting != "round") throw UsageError("--nesting must be 'shift' or 'round', got '" + nesting + "'");
   c.nesting = quant::parse_nesting(nesting);
   try {
+    std::tie(c.first_bits, c.last_bits) = models::parse_first_last_bits(get<std::string>(vm, "first-last-bits"));
     c.check();
   } catch (const c10::Error& e) {
     throw UsageError(e.what_without_backtrace());
   }
   return c;
+}
+
+// How the quantizers start (init-student, quantize).
+void add_quant_init_options(po::options_description& desc) {
+  desc.add_options()
+      ("input-range", po::value<std::string>()->default_value("pixel"),
+       "the first layer's input steps: pixel (set from the known range of pixels in [0, 1] under the model's "
+       "normalization; neither calibrated nor trained) or calibrated (calibrated and trained like every other step)")
+      ("weight-init", po::value<std::string>()->default_value("mse"),
+       "weight steps: mse (per channel, the least squared error of the lowest weight bit-width's codes) or lsq "
+       "(LSQ's 2*mean|w|/sqrt(Qp) at the lowest weight bit-width)");
+}
+
+models::QuantizerInit read_quant_init(const po::variables_map& vm, const Normalization& norm) {
+  models::QuantizerInit init;
+  const std::string range = get<std::string>(vm, "input-range");
+  if (range == "pixel") {
+    std::tie(init.input_lo, init.input_hi) = models::pixel_input_range(norm.mean, norm.std);
+  } else if (range != "calibrated") {
+    throw UsageError("--input-range must be 'pixel' or 'calibrated', got '" + range + "'");
+  }
+  const std::string weight = get<std::string>(vm, "weight-init");
+  if (weight != "mse" && weight != "lsq") throw UsageError("--weight-init must be 'mse' or 'lsq', got '" + weight + "'");
+  init.weight_init = quant::parse_weight_init(weight);
+  return init;
 }
 
 // BatchNorm re-estimation during calibration (init-student, quantize).
@@ -481,6 +508,7 @@ int init_student(int argc, char** argv) {
       ("seed", po::value<uint64_t>()->default_value(0), "random seed (noise, choice of images)")
       ("out", po::value<std::string>()->default_value("student.h5"), "student file to write");
   add_bn_options(desc);
+  add_quant_init_options(desc);
   add_model_overrides(desc);
   add_common_options(desc);
   Common common;
@@ -512,7 +540,8 @@ int init_student(int argc, char** argv) {
   models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
                          teacher.meta.width > 0 ? teacher.meta.width : 16};
   models::Classifier student = models::build(spec, models::QuantFactory(config));
-  models::init_student(*student, *teacher.model, images, bn_bits, bn_mode == "shift");
+  models::init_student(*student, *teacher.model, images, bn_bits, bn_mode == "shift",
+                       read_quant_init(vm, teacher.norm()));
   ModelMeta meta = teacher.meta;
   meta.recipe = resolved_config(desc, vm);
   models::save_student(out, *student, config, meta);
@@ -815,6 +844,7 @@ int quantize(int argc, char** argv) {
        "bit-widths whose BatchNorms use batch statistics while training and update their running statistics: "
        "none, all, or a comma-separated list");
   add_bn_options(desc);
+  add_quant_init_options(desc);
   add_synth_options(desc, "gen-");
   desc.add_options()
       ("checkpoint-every", po::value<int64_t>()->default_value(100), "steps between checkpoints (0: only at the end)")
@@ -929,6 +959,7 @@ int quantize(int argc, char** argv) {
     }
   }
   const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"));
+  q.quant_init = read_quant_init(vm, teacher.norm());
   const auto& shape = teacher.meta.input_shape;
   models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
                          teacher.meta.width > 0 ? teacher.meta.width : 16};

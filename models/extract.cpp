@@ -24,8 +24,6 @@ size_t bits_index(const StudentConfig& config, int64_t bits) {
   return static_cast<size_t>(it - config.bits.begin());
 }
 
-const std::vector<int64_t>& middle_wbits(const StudentConfig& c) { return c.wbits.empty() ? c.bits : c.wbits; }
-const std::vector<int64_t>& middle_abits(const StudentConfig& c) { return c.abits.empty() ? c.bits : c.abits; }
 
 // A quantized layer of the student, with the BatchNorm that follows it.
 struct LayerPair {
@@ -112,16 +110,22 @@ IntLayerImpl& int_layer(const Classifier& model, const std::string& name) {
 
 void write_config(h5::File& file, const StudentConfig& c) {
   file.set_attr("model_bits", c.bits);
-  file.set_attr("wbits", middle_wbits(c));
-  file.set_attr("abits", middle_abits(c));
-  file.set_attr("first_last_bits", c.first_last_bits);
+  file.set_attr("wbits", c.middle_wbits());
+  file.set_attr("abits", c.middle_abits());
+  // One integer (0: the middle layers' bits) when both layers agree, as files before per-layer values; else
+  // [first, last].
+  if (c.first_bits == c.last_bits) {
+    file.set_attr("first_last_bits", c.first_bits);
+  } else {
+    file.set_attr("first_last_bits", std::vector<int64_t>{c.first_bits, c.last_bits});
+  }
   file.set_attr("top_bits", c.top_bits);
   file.set_attr("nesting", quant::nesting_name(c.nesting));
 }
 
 std::string precision_text(const StudentConfig& c, int64_t bits) {
   const size_t i = bits_index(c, bits);
-  return "w" + std::to_string(middle_wbits(c)[i]) + "a" + std::to_string(middle_abits(c)[i]);
+  return "w" + std::to_string(c.middle_wbits()[i]) + "a" + std::to_string(c.middle_abits()[i]);
 }
 
 } // namespace
@@ -132,7 +136,7 @@ IntegerFactory::IntegerFactory(StudentConfig config, int64_t bits) : config_(std
 }
 
 int64_t IntegerFactory::weight_bits(LayerRole role) const {
-  return role == LayerRole::kMiddle ? middle_wbits(config_)[index_] : config_.first_last_bits;
+  return config_.layer_wbits(role)[index_];
 }
 
 torch::nn::AnyModule IntegerFactory::conv2d(const ConvSpec& s) const {
@@ -250,7 +254,11 @@ ExtractedFile read_extracted(const h5::File& file, bool allow_student) {
   x.config.bits = need_ints("model_bits");
   x.config.wbits = need_ints("wbits");
   x.config.abits = need_ints("abits");
-  x.config.first_last_bits = need_int("first_last_bits");
+  const std::vector<int64_t> first_last = need_ints("first_last_bits");
+  TORCH_CHECK(first_last.size() == 1 || first_last.size() == 2, "'", file.path(),
+              "': attribute 'first_last_bits' should hold one or two integers, has ", first_last.size());
+  x.config.first_bits = first_last.front();
+  x.config.last_bits = first_last.back();
   x.config.top_bits = need_int("top_bits");
   x.config.nesting = quant::parse_nesting(file.attr_string("nesting").value_or("shift"));
   x.config.check();

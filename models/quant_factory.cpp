@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <regex>
 #include <sstream>
@@ -21,11 +22,49 @@ void StudentConfig::check() const {
               bits.size(), "), got ", wbits.size());
   TORCH_CHECK(abits.empty() || abits.size() == bits.size(), "--abits must list one value per --bits entry (",
               bits.size(), "), got ", abits.size());
-  TORCH_CHECK(first_last_bits >= 2 && first_last_bits <= 16, "first/last layer bits must be in [2, 16], got ",
-              first_last_bits);
+  for (const int64_t b : {first_bits, last_bits}) {
+    TORCH_CHECK(b == kSameBits || (b >= 2 && b <= 16), "first/last layer bits must be in [2, 16] or 'same', got ", b);
+  }
   for (const int64_t b : bits) TORCH_CHECK(b >= 2 && b <= top_bits, "bits must be in [2, top bits = ", top_bits, "], got ", b);
   for (const int64_t b : wbits) TORCH_CHECK(b >= 2 && b <= top_bits, "wbits must be in [2, top bits = ", top_bits, "], got ", b);
   for (const int64_t b : abits) TORCH_CHECK(b >= 2 && b <= 16, "abits must be in [2, 16], got ", b);
+}
+
+std::vector<int64_t> StudentConfig::layer_wbits(LayerRole role) const {
+  const int64_t fixed = role == LayerRole::kFirst ? first_bits : role == LayerRole::kLast ? last_bits : kSameBits;
+  return fixed == kSameBits ? middle_wbits() : std::vector<int64_t>(bits.size(), fixed);
+}
+
+std::vector<int64_t> StudentConfig::layer_abits(LayerRole role) const {
+  const int64_t fixed = role == LayerRole::kFirst ? first_bits : role == LayerRole::kLast ? last_bits : kSameBits;
+  return fixed == kSameBits ? middle_abits() : std::vector<int64_t>(bits.size(), fixed);
+}
+
+std::string StudentConfig::first_last_text() const {
+  const auto one = [](int64_t b) { return b == kSameBits ? std::string("same") : std::to_string(b); };
+  return first_bits == last_bits ? one(first_bits) : one(first_bits) + "," + one(last_bits);
+}
+
+std::pair<int64_t, int64_t> parse_first_last_bits(const std::string& text) {
+  const auto one = [&](const std::string& part) -> int64_t {
+    if (part == "same") return StudentConfig::kSameBits;
+    size_t used = 0;
+    int64_t b = -1;
+    try {
+      b = std::stoll(part, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    TORCH_CHECK(used == part.size() && used > 0 && b >= 2 && b <= 16, "--first-last-bits takes N, 'same' or "
+                "FIRST,LAST (each N in [2, 16] or 'same'), got '", text, "'");
+    return b;
+  };
+  const size_t comma = text.find(',');
+  if (comma == std::string::npos) {
+    const int64_t b = one(text);
+    return {b, b};
+  }
+  return {one(text.substr(0, comma)), one(text.substr(comma + 1))};
 }
 
 QuantFactory::QuantFactory(StudentConfig config) : config_(std::move(config)) { config_.check(); }
@@ -33,14 +72,9 @@ QuantFactory::QuantFactory(StudentConfig config) : config_(std::move(config)) { 
 QuantLayerOptions QuantFactory::options_for(LayerRole role) const {
   QuantLayerOptions o;
   o.bits(config_.bits).nesting(config_.nesting);
-  if (role == LayerRole::kMiddle) {
-    o.wbits(config_.wbits.empty() ? config_.bits : config_.wbits);
-    o.abits(config_.abits.empty() ? config_.bits : config_.abits);
-    o.top_bits(config_.top_bits);
-  } else {
-    const std::vector<int64_t> fixed(config_.bits.size(), config_.first_last_bits);
-    o.wbits(fixed).abits(fixed).top_bits(std::max(config_.top_bits, config_.first_last_bits));
-  }
+  o.wbits(config_.layer_wbits(role)).abits(config_.layer_abits(role));
+  o.top_bits(std::max(config_.top_bits, *std::max_element(o.wbits().begin(), o.wbits().end())));
+  o.network_input(role == LayerRole::kFirst);
   return o;
 }
 
@@ -91,6 +125,32 @@ void set_bits(const torch::nn::Module& model, int64_t b) {
 std::vector<int64_t> model_bits(const torch::nn::Module& model) {
   const auto layers = quantized_layers(model);
   return layers.empty() ? std::vector<int64_t>{} : layers.front()->quant_options().bits();
+}
+
+std::pair<std::vector<double>, std::vector<double>> pixel_input_range(const std::vector<double>& mean,
+                                                                      const std::vector<double>& std) {
+  TORCH_CHECK(!mean.empty() && mean.size() == std.size(), "pixel input range: ", mean.size(), " means and ", std.size(),
+              " standard deviations");
+  std::vector<double> lo, hi;
+  for (size_t c = 0; c < mean.size(); ++c) {
+    TORCH_CHECK(std[c] > 0 && std::isfinite(std[c]) && std::isfinite(mean[c]), "pixel input range: channel ", c,
+                " has mean ", mean[c], " and standard deviation ", std[c]);
+    lo.push_back(-mean[c] / std[c]);
+    hi.push_back((1.0 - mean[c]) / std[c]);
+  }
+  return {lo, hi};
+}
+
+void fix_input_steps(const torch::nn::Module& student, const std::vector<double>& lo, const std::vector<double>& hi) {
+  TORCH_CHECK(!lo.empty() && lo.size() == hi.size(), "input range: ", lo.size(), " lower and ", hi.size(), " upper bounds");
+  const double low = *std::min_element(lo.begin(), lo.end()), high = *std::max_element(hi.begin(), hi.end());
+  int64_t fixed = 0;
+  for (auto* layer : quantized_layers(student)) {
+    if (!layer->quant_options().network_input()) continue;
+    layer->fix_input_step(low, high);
+    ++fixed;
+  }
+  TORCH_CHECK(fixed > 0, "input range: the model has no quantized layer that takes the network input");
 }
 
 void calibrate(torch::nn::Module& student, const torch::Tensor& images, const std::vector<int64_t>& bn_bits,
@@ -164,7 +224,7 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images, const st
 }
 
 void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const torch::Tensor& images,
-                  const std::vector<int64_t>& bn_bits, bool bn_relative) {
+                  const std::vector<int64_t>& bn_bits, bool bn_relative, const QuantizerInit& init) {
   std::map<std::string, torch::Tensor> source;
   for (const auto& [name, t] : named_state(teacher)) source[name] = t;
   std::map<std::string, bool> used;
@@ -203,7 +263,8 @@ void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const 
     for (const auto& p : problems) msg << "\n  " << p;
     TORCH_CHECK(false, msg.str());
   }
-  for (auto* layer : quantized_layers(student)) layer->init_weight_step();
+  for (auto* layer : quantized_layers(student)) layer->init_weight_step(init.weight_init);
+  if (!init.input_lo.empty()) fix_input_steps(student, init.input_lo, init.input_hi);
   calibrate(student, images, bn_bits, bn_relative ? &teacher : nullptr);
 }
 

@@ -16,6 +16,8 @@
 #include <torch/nn/module.h>
 
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace zsq::models {
@@ -26,17 +28,32 @@ struct StudentConfig {
   /// Weight / activation bits of the middle layers at each model bit-width;
   /// empty: equal to bits.
   std::vector<int64_t> wbits, abits;
-  /// Weight and activation bits of the first and the last layer, at every
-  /// model bit-width. Default 8.
-  int64_t first_last_bits = 8;
+  /// Weight and activation bits of the first and of the last layer, at every
+  /// model bit-width; kSameBits: the middle layers' bits at each bit-width
+  /// (every layer quantized alike, the protocol of data-free QAT papers).
+  /// Default 8.
+  static constexpr int64_t kSameBits = 0;
+  int64_t first_bits = 8, last_bits = 8;
   /// Precision of the stored weight codes (the first and last layer use at
-  /// least first_last_bits). Default 8.
+  /// least their fixed bits). Default 8.
   int64_t top_bits = 8;
   quant::Nesting nesting = quant::Nesting::kShift;
 
   /// Checks the lists; throws with the offending values.
   void check() const;
+  /// wbits / abits, or bits where they are empty.
+  const std::vector<int64_t>& middle_wbits() const { return wbits.empty() ? bits : wbits; }
+  const std::vector<int64_t>& middle_abits() const { return abits.empty() ? bits : abits; }
+  /// Weight / activation bits of a layer of `role` at each model bit-width.
+  std::vector<int64_t> layer_wbits(LayerRole role) const;
+  std::vector<int64_t> layer_abits(LayerRole role) const;
+  /// "8", "same", "4,8" (first, last): the text --first-last-bits takes.
+  std::string first_last_text() const;
 };
+
+/// Parses --first-last-bits: "N" or "same" for both layers, or "F,L" (each N
+/// or same) for the first and the last layer; throws on anything else.
+std::pair<int64_t, int64_t> parse_first_last_bits(const std::string& text);
 
 /// Builds QConv2d / QLinear / SwitchableBatchNorm2d with the parameter names
 /// of the FP32 layers (plus the quantizer state).
@@ -60,6 +77,26 @@ void set_bits(const torch::nn::Module& model, int64_t b);
 /// The model's bit-widths (empty for an FP32 model).
 std::vector<int64_t> model_bits(const torch::nn::Module& model);
 
+/// How init_student sets the quantizers before calibration.
+struct QuantizerInit {
+  quant::WeightInit weight_init = quant::WeightInit::kLsq;
+  /// The network input's known range (normalized units, one value per
+  /// channel; e.g. pixel_input_range): the first layer's input steps are set
+  /// from it and neither calibrate nor train (fix_input_steps). Empty: they
+  /// are calibrated like every other input step.
+  std::vector<double> input_lo, input_hi;
+};
+
+/// The range of pixels in [0, 1] after normalization, per channel:
+/// lo = -mean/std, hi = (1 - mean)/std.
+std::pair<std::vector<double>, std::vector<double>> pixel_input_range(const std::vector<double>& mean,
+                                                                      const std::vector<double>& std);
+
+/// Sets the input steps of every layer that takes the network's input from
+/// the range [min lo, max hi] at every bit-width (QuantizedLayer::fix_input_step).
+/// Throws when the model has no such layer.
+void fix_input_steps(const torch::nn::Module& student, const std::vector<double>& lo, const std::vector<double>& hi);
+
 /// Initialises `student` from `teacher` (same architecture, FP32): latent
 /// weights and biases are the teacher's, every per-bit BatchNorm is the
 /// teacher's BatchNorm, weight steps follow LSQ's per-channel init at the top
@@ -68,9 +105,9 @@ std::vector<int64_t> model_bits(const torch::nn::Module& model);
 /// that does not match. Leaves the student at its first bit-width, in the
 /// training mode it had.
 /// `bn_bits` as in calibrate(), with the teacher as the reference when
-/// `bn_relative`.
+/// `bn_relative`; weight steps and the network input's steps as `init` says.
 void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const torch::Tensor& images,
-                  const std::vector<int64_t>& bn_bits = {}, bool bn_relative = true);
+                  const std::vector<int64_t>& bn_bits = {}, bool bn_relative = true, const QuantizerInit& init = {});
 
 /// Runs `images` through `student` at every bit-width with calibration on
 /// (activation steps set from the data), in eval mode, without gradients.

@@ -311,6 +311,8 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     item.value().set_requires_grad(trains);
     trained += trains;
   }
+  // A known input range fixes the first layer's input steps: they neither calibrate nor train.
+  if (!o.quant_init.input_lo.empty()) models::fix_input_steps(student, o.quant_init.input_lo, o.quant_init.input_hi);
   TORCH_CHECK(trained > 0, "--train ", o.train, ": the student has nothing to train");
   const NamedTensors params = trained_parameters(student);
   std::unique_ptr<distributed::Reducer> reducer;
@@ -351,7 +353,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       }
       calibration = torch::cat(parts).narrow(0, 0, o.calib_count);
     }
-    models::init_student(student, teacher, calibration, o.bn_bits, o.bn_mode == "shift");
+    models::init_student(student, teacher, calibration, o.bn_bits, o.bn_mode == "shift", o.quant_init);
     if (world > 1) distributed::broadcast_state(*comm, student);  // rank 0's calibration for every rank
   }
   // --bn-train: these bit-widths' BatchNorms normalize with batch statistics and update their running ones

@@ -8,6 +8,14 @@
 #include <sstream>
 
 namespace zsq::quant {
+WeightInit parse_weight_init(const std::string& name) {
+  if (name == "lsq") return WeightInit::kLsq;
+  if (name == "mse") return WeightInit::kMse;
+  TORCH_CHECK(false, "unknown weight-step initialisation '", name, "': use 'mse' or 'lsq'");
+}
+
+std::string weight_init_name(WeightInit init) { return init == WeightInit::kLsq ? "lsq" : "mse"; }
+
 std::string bits_text(const std::vector<int64_t>& bits) {
   std::ostringstream out;
   for (size_t i = 0; i < bits.size(); ++i) out << (i ? "," : "") << bits[i];
@@ -111,7 +119,7 @@ torch::Tensor mse_init_step(const torch::Tensor& x, const QuantRange& range) {
 
 torch::Tensor QuantizedLayer::quantize_input(const torch::Tensor& x) {
   torch::Tensor& step = act_steps_[index_];
-  if (calibrating_) {
+  if (calibrating_ && !input_fixed_) {
     torch::NoGradGuard no_grad;
     // Signedness is a property of the layer (what feeds it), decided once.
     if (!act_ready_[index_].item<bool>() && x.min().item<float>() < 0) input_signed_.fill_(true);
@@ -124,7 +132,7 @@ torch::Tensor QuantizedLayer::quantize_input(const torch::Tensor& x) {
   return lsq_fake_quant(x, positive_step(step), range, lsq_grad_scale(x.numel(), range));
 }
 
-void QuantizedLayer::init_weight_step() {
+void QuantizedLayer::init_weight_step(WeightInit init) {
   torch::NoGradGuard no_grad;
   // LSQ's init for the *lowest* weight bit-width, carried up to the top
   // precision: s_top = s_min / 2^(top - min). Initialising at the top instead
@@ -134,7 +142,47 @@ void QuantizedLayer::init_weight_step() {
   // bit-width starts from a sensible grid; the top one clips |w| > 4·mean|w|.
   const int64_t min_bits = *std::min_element(options_.wbits().begin(), options_.wbits().end());
   const double carry = std::ldexp(1.0, static_cast<int>(options_.top_bits() - min_bits));
-  weight_step_.copy_(lsq_init_step(weight_, signed_range(min_bits), /*per_channel=*/true) / carry);
+  const torch::Tensor lsq = lsq_init_step(weight_, signed_range(min_bits), /*per_channel=*/true) / carry;
+  if (init == WeightInit::kLsq) {
+    weight_step_.copy_(lsq);
+    return;
+  }
+  // Least squared error of the lowest bit-width's nested weights, per output channel, over LSQ's step and a
+  // geometric grid of 200 steps from 1/20 to 4 times it. LSQ's rule ignores the distribution: on the 9-weight filters
+  // of a 1-channel first convolution at 4 bits it leaves 6.6x the error of this step (measured on the
+  // ResNet-8 teacher: 2.8 % vs 0.42 % of the weights' energy; middle layers 2.9 % vs 1.2 %).
+  const torch::Tensor w = weight_.detach().to(torch::kFloat32);
+  const int64_t out = w.size(0);
+  const auto error_of = [&](const torch::Tensor& s) {
+    const torch::Tensor q = vl_fake_quant(w, s.clamp_min(kMinStep), options_.top_bits(), min_bits, options_.nesting(), 1.0);
+    return (q - w).pow(2).reshape({out, -1}).sum(1);
+  };
+  torch::Tensor best = lsq.clone(), best_error = error_of(lsq);  // never worse than LSQ's step
+  for (int i = 0; i < 200; ++i) {
+    const torch::Tensor s = lsq * (0.05 * std::pow(80.0, i / 199.0));
+    const torch::Tensor error = error_of(s);
+    const torch::Tensor better = error < best_error;
+    best = torch::where(better, s, best);
+    best_error = torch::where(better, error, best_error);
+  }
+  weight_step_.copy_(best.clamp_min(kMinStep));
+}
+
+void QuantizedLayer::fix_input_step(double lo, double hi) {
+  TORCH_CHECK(std::isfinite(lo) && std::isfinite(hi) && lo < hi, "input range [", lo, ", ", hi, "] is not a range");
+  torch::NoGradGuard no_grad;
+  const bool is_signed = lo < 0;
+  input_signed_.fill_(is_signed);
+  for (size_t i = 0; i < act_steps_.size(); ++i) {
+    const QuantRange range = is_signed ? signed_range(options_.abits()[i]) : unsigned_range(options_.abits()[i]);
+    // The smallest step that clips neither end: hi <= Qp·s and (signed) -lo <= Qn·s.
+    double step = std::max(hi, 0.0) / static_cast<double>(range.qp);
+    if (is_signed) step = std::max(step, -lo / static_cast<double>(range.qn));
+    act_steps_[i].fill_(std::max(step, kMinStep));
+    act_steps_[i].set_requires_grad(false);
+    act_ready_[i].fill_(true);
+  }
+  input_fixed_ = true;
 }
 
 // --- QConv2d -----------------------------------------------------------------------

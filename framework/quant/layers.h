@@ -27,6 +27,14 @@
 
 namespace zsq::quant {
 
+/// How init_weight_step sets a layer's weight steps.
+enum class WeightInit {
+  kLsq,  ///< LSQ's per-channel 2·mean|w|/sqrt(Qp) at the lowest weight bit-width
+  kMse,  ///< per channel, the step with the least squared error of the lowest bit-width's nested weights
+};
+WeightInit parse_weight_init(const std::string& name);
+std::string weight_init_name(WeightInit init);
+
 /// "2,3,4,8"
 std::string bits_text(const std::vector<int64_t>& bits);
 /// Position of bit-width b in `bits`; throws naming the model's bit-widths.
@@ -57,6 +65,9 @@ struct QuantLayerOptions {
   TORCH_ARG(int64_t, top_bits) = 8;
   /// How lower weight codes nest in higher ones. Default shift.
   TORCH_ARG(Nesting, nesting) = Nesting::kShift;
+  /// The layer takes the network's input (the first layer), whose range may be
+  /// known exactly (fix_input_step).
+  TORCH_ARG(bool, network_input) = false;
 
 };
 
@@ -91,9 +102,17 @@ class QuantizedLayer : public BitSwitchable {
   /// While on, each forward sets the current bit-width's input step (and the
   /// layer's input signedness) from its input instead of requiring them.
   void set_calibrating(bool on) { calibrating_ = on; }
-  /// Sets weight_step to LSQ's per-channel initial value for the lowest
-  /// weight bit-width, divided by 2^(top_bits - lowest) (see the .cpp).
-  void init_weight_step();
+  /// Sets weight_step for the lowest weight bit-width (LSQ's per-channel
+  /// initial value, or the least-squared-error step of that bit-width's
+  /// nested codes), divided by 2^(top_bits - lowest) (see the .cpp).
+  void init_weight_step(WeightInit init = WeightInit::kLsq);
+  /// Sets the input step of every bit-width from the input's known range
+  /// [lo, hi] (e.g. pixels in [0, 1] after normalization): the smallest step
+  /// whose range clips nothing in it, signed when lo < 0. The steps then stay
+  /// out of calibration and stop requiring gradients (they do not train).
+  void fix_input_step(double lo, double hi);
+  /// Whether fix_input_step set this layer's input steps.
+  bool input_fixed() const { return input_fixed_; }
 
   /// Whether the input quantizer is signed (seen negative inputs in calibration).
   bool input_signed() const { return input_signed_.item<bool>(); }
@@ -110,6 +129,7 @@ class QuantizedLayer : public BitSwitchable {
   QuantLayerOptions options_;
   size_t index_ = 0;
   bool calibrating_ = false;
+  bool input_fixed_ = false;
   torch::Tensor weight_;        ///< the module's weight (same tensor)
   torch::Tensor weight_step_;   ///< [out], top precision
   std::vector<torch::Tensor> act_steps_;   ///< one 0-dim step per model bit-width

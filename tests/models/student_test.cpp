@@ -259,5 +259,110 @@ TEST_F(StudentTest, ClearErrors) {
             std::string::npos);
 }
 
+TEST_F(StudentTest, FirstLastBitsSameFollowTheMiddleLayers) {
+  const auto layer_text = [](const Classifier& model, const std::string& name) {
+    std::ostringstream text;
+    model->named_modules()[name]->pretty_print(text);
+    return text.str();
+  };
+  StudentConfig same = config({2, 4, 8});
+  same.abits = {4, 4, 8};
+  std::tie(same.first_bits, same.last_bits) = parse_first_last_bits("same");
+  const Classifier all = build({"resnet8", 1, 10, 8}, QuantFactory(same));
+  for (const char* name : {"conv1", "fc", "layer1.0.conv1"}) {
+    EXPECT_NE(layer_text(all, name).find("wbits=2,4,8, abits=4,4,8"), std::string::npos) << layer_text(all, name);
+  }
+  EXPECT_EQ(same.first_last_text(), "same");
+  StudentConfig split = config({2, 4});
+  std::tie(split.first_bits, split.last_bits) = parse_first_last_bits("4,same");
+  EXPECT_EQ(split.first_last_text(), "4,same");
+  const Classifier mixed = build({"resnet8", 1, 10, 8}, QuantFactory(split));
+  EXPECT_NE(layer_text(mixed, "conv1").find("wbits=4,4, abits=4,4"), std::string::npos) << layer_text(mixed, "conv1");
+  EXPECT_NE(layer_text(mixed, "fc").find("wbits=2,4, abits=2,4"), std::string::npos) << layer_text(mixed, "fc");
+  EXPECT_EQ(parse_first_last_bits("8"), std::make_pair(int64_t(8), int64_t(8)));
+  for (const char* bad : {"", "x", "1", "17", "4,", ",4", "4,8,8", "same4"}) {
+    EXPECT_NE(error_of([&] { parse_first_last_bits(bad); }).find("--first-last-bits takes N, 'same' or FIRST,LAST"),
+              std::string::npos)
+        << bad;
+  }
+}
+
+// The network input's range is known (pixels in [0, 1] under the normalization): the first layer's input
+// steps come from it, not from the calibration images, however wide those are, and stop training.
+TEST_F(StudentTest, KnownInputRangeSetsTheFirstLayersStepsAndCalibrationLeavesThem) {
+  auto teacher = small_teacher();
+  StudentConfig c = config({2, 4, 8});
+  c.first_bits = c.last_bits = StudentConfig::kSameBits;
+  QuantizerInit init;
+  std::tie(init.input_lo, init.input_hi) = pixel_input_range({0.25}, {0.5});
+  EXPECT_DOUBLE_EQ(init.input_lo[0], -0.5);
+  EXPECT_DOUBLE_EQ(init.input_hi[0], 1.5);
+  const torch::Tensor wide = torch::randn({64, 1, 28, 28}) * 6;  // synthetic images far outside the pixel range
+  auto fixed = build({"resnet8", 1, 10, 8}, QuantFactory(c));
+  auto calibrated = build({"resnet8", 1, 10, 8}, QuantFactory(c));
+  init_student(*fixed, *teacher, wide, {}, true, init);
+  init_student(*calibrated, *teacher, wide);
+  auto* first = dynamic_cast<quant::QuantizedLayer*>(fixed->named_modules()["conv1"].get());
+  auto* other = dynamic_cast<quant::QuantizedLayer*>(calibrated->named_modules()["conv1"].get());
+  auto* middle = dynamic_cast<quant::QuantizedLayer*>(fixed->named_modules()["layer1.0.conv1"].get());
+  ASSERT_TRUE(first && other && middle);
+  EXPECT_TRUE(first->input_fixed());
+  EXPECT_FALSE(middle->input_fixed());
+  EXPECT_TRUE(first->input_signed());
+  for (const int64_t b : {2, 4, 8}) {
+    set_bits(*fixed, b);
+    set_bits(*calibrated, b);
+    const double qn = std::ldexp(1.0, static_cast<int>(b - 1)), qp = qn - 1;
+    // The smallest step that clips neither -0.5 (qn codes) nor 1.5 (qp codes).
+    EXPECT_FLOAT_EQ(first->input_step().item<float>(), static_cast<float>(std::max(1.5 / qp, 0.5 / qn))) << b;
+    EXPECT_GT(other->input_step().item<float>(), 2 * first->input_step().item<float>()) << b;
+  }
+  for (const auto& item : fixed->named_parameters()) {
+    if (item.key().rfind("conv1.act_step_b", 0) == 0) {
+      EXPECT_FALSE(item.value().requires_grad()) << item.key();
+    }
+  }
+  const auto before = first->input_step().clone();
+  calibrate(*fixed, wide * 3);
+  set_bits(*fixed, 8);
+  EXPECT_TRUE(torch::equal(before, first->input_step()));
+  EXPECT_NE(error_of([&] { pixel_input_range({0.5}, {0.0}); }).find("channel 0 has mean 0.5 and standard deviation 0"),
+            std::string::npos);
+}
+
+TEST_F(StudentTest, MseWeightStepsQuantizeTheLowestBitWidthWithLessErrorThanLsq) {
+  auto teacher = small_teacher();
+  StudentConfig c = config({2, 3, 8});
+  c.first_bits = c.last_bits = StudentConfig::kSameBits;
+  auto lsq = build({"resnet8", 1, 10, 8}, QuantFactory(c));
+  auto mse = build({"resnet8", 1, 10, 8}, QuantFactory(c));
+  const torch::Tensor calib = torch::randn({16, 1, 28, 28});
+  init_student(*lsq, *teacher, calib);
+  QuantizerInit init;
+  init.weight_init = quant::WeightInit::kMse;
+  init_student(*mse, *teacher, calib, {}, true, init);
+  set_bits(*lsq, 2);
+  set_bits(*mse, 2);
+  double lsq_total = 0, mse_total = 0;
+  for (const auto& item : mse->named_modules()) {
+    auto* m = dynamic_cast<quant::QuantizedLayer*>(item.value().get());
+    if (!m) continue;
+    auto* l = dynamic_cast<quant::QuantizedLayer*>(lsq->named_modules()[item.key()].get());
+    const torch::Tensor w = item.value()->named_parameters()["weight"].detach();
+    const auto error = [&](quant::QuantizedLayer* layer) {
+      return (layer->quantized_weight().detach() - w).pow(2).reshape({w.size(0), -1}).sum(1);
+    };
+    const torch::Tensor e_mse = error(m), e_lsq = error(l);
+    // The grid holds LSQ's step, so no channel can be worse (float slack only).
+    EXPECT_TRUE((e_mse <= e_lsq * (1 + 1e-5) + 1e-12).all().item<bool>()) << item.key();
+    lsq_total += e_lsq.sum().item<double>();
+    mse_total += e_mse.sum().item<double>();
+  }
+  EXPECT_LT(mse_total, 0.8 * lsq_total);
+  EXPECT_EQ(quant::parse_weight_init("mse"), quant::WeightInit::kMse);
+  EXPECT_NE(error_of([] { quant::parse_weight_init("max"); }).find("unknown weight-step initialisation 'max'"),
+            std::string::npos);
+}
+
 } // namespace
 } // namespace zsq::models

@@ -212,6 +212,37 @@ TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
                     "--train must be 'all' or 'per-bit'");
 }
 
+// With the pixel range known, the first layer's input steps are set from it and do not train, while every
+// other activation step does (the synthetic images' range must not move them).
+TEST_F(QuantizeTest, KnownInputRangeKeepsTheFirstLayersInputStepsFixed) {
+  Toy s = make_setup({2, 4});
+  s.config.first_bits = s.config.last_bits = models::StudentConfig::kSameBits;
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  QuantizeOptions o = small_options();
+  o.steps = 5;
+  std::tie(o.quant_init.input_lo, o.quant_init.input_hi) = models::pixel_input_range(s.norm.mean, s.norm.std);
+  std::map<std::string, torch::Tensor> first;
+  std::set<std::string> moved;
+  quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
+    for (const auto& item : student->named_parameters()) {
+      if (item.key().find("act_step_b") == std::string::npos) continue;
+      if (r.step == 1) first[item.key()] = item.value().detach().clone();
+      if (r.step == 5 && !torch::equal(first[item.key()], item.value())) moved.insert(item.key());
+    }
+  });
+  // Pixels in [0, 1] with mean 0.5, std 0.25: normalized [-2, 2]; 4 bits signed: max(2/7, 2/8).
+  auto* conv1 = dynamic_cast<quant::QuantizedLayer*>(student->named_modules()["conv1"].get());
+  ASSERT_TRUE(conv1);
+  models::set_bits(*student, 4);
+  EXPECT_FLOAT_EQ(conv1->input_step().item<float>(), 2.0f / 7);
+  EXPECT_FALSE(moved.count("conv1.act_step_b2"));
+  EXPECT_FALSE(moved.count("conv1.act_step_b4"));
+  EXPECT_TRUE(moved.count("fc.act_step_b4"));
+  size_t others = 0;  // activation steps of other layers than conv1 that trained
+  for (const auto& name : moved) others += name.rfind("conv1.", 0) != 0;
+  EXPECT_GE(others, 4u) << others;
+}
+
 TEST_F(QuantizeTest, RefusesASynthesizerThatTrainsWhileSampling) {
   Toy s = make_setup({4, 8});
   auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
