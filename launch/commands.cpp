@@ -419,18 +419,21 @@ void add_quant_init_options(po::options_description& desc) {
        "(LSQ's 2*mean|w|/sqrt(Qp) at the lowest weight bit-width)");
 }
 
-models::QuantizerInit read_quant_init(const po::variables_map& vm, const Normalization& norm) {
-  models::QuantizerInit init;
-  const std::string range = get<std::string>(vm, "input-range");
-  if (range == "pixel") {
-    std::tie(init.input_lo, init.input_hi) = models::pixel_input_range(norm.mean, norm.std);
-  } else if (range != "calibrated") {
-    throw UsageError("--input-range must be 'pixel' or 'calibrated', got '" + range + "'");
-  }
+models::QuantizerInit read_quant_init(const po::variables_map& vm) {
   const std::string weight = get<std::string>(vm, "weight-init");
   if (weight != "mse" && weight != "lsq") throw UsageError("--weight-init must be 'mse' or 'lsq', got '" + weight + "'");
+  const std::string range = get<std::string>(vm, "input-range");
+  if (range != "pixel" && range != "calibrated") {
+    throw UsageError("--input-range must be 'pixel' or 'calibrated', got '" + range + "'");
+  }
+  models::QuantizerInit init;
   init.weight_init = quant::parse_weight_init(weight);
   return init;
+}
+
+// --input-range pixel: the student's input range from the teacher's normalization of pixels in [0, 1].
+void set_input_range(const po::variables_map& vm, const Normalization& norm, models::StudentConfig* config) {
+  if (get<std::string>(vm, "input-range") == "pixel") config->input_range = models::pixel_input_range(norm.mean, norm.std);
 }
 
 // BatchNorm re-estimation during calibration (init-student, quantize).
@@ -517,7 +520,8 @@ int init_student(int argc, char** argv) {
   if (!parsed) return 0;
   const po::variables_map& vm = *parsed;
   if (!vm.count("teacher")) throw UsageError("--teacher is required");
-  const models::StudentConfig config = read_student_config(vm);
+  models::StudentConfig config = read_student_config(vm);
+  const models::QuantizerInit quant_init = read_quant_init(vm);
   const auto [bn_bits, bn_mode] = read_bn_options(vm, config);
   const int64_t count = get<int64_t>(vm, "calib-count");
   if (count < 1) throw UsageError("--calib-count must be >= 1");
@@ -539,9 +543,9 @@ int init_student(int argc, char** argv) {
   }
   models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
                          teacher.meta.width > 0 ? teacher.meta.width : 16};
+  set_input_range(vm, teacher.norm(), &config);
   models::Classifier student = models::build(spec, models::QuantFactory(config));
-  models::init_student(*student, *teacher.model, images, bn_bits, bn_mode == "shift",
-                       read_quant_init(vm, teacher.norm()));
+  models::init_student(*student, *teacher.model, images, bn_bits, bn_mode == "shift", quant_init);
   ModelMeta meta = teacher.meta;
   meta.recipe = resolved_config(desc, vm);
   models::save_student(out, *student, config, meta);
@@ -865,8 +869,9 @@ int quantize(int argc, char** argv) {
   if (!parsed) return 0;
   const po::variables_map& vm = *parsed;
   if (!vm.count("teacher")) throw UsageError("--teacher is required");
-  const models::StudentConfig config = read_student_config(vm);
+  models::StudentConfig config = read_student_config(vm);
   trainers::QuantizeOptions q;
+  q.quant_init = read_quant_init(vm);
   q.steps = get<int64_t>(vm, "steps");
   q.batch_size = get<int64_t>(vm, "batch-size");
   q.lr = get<double>(vm, "lr");
@@ -959,7 +964,7 @@ int quantize(int argc, char** argv) {
     }
   }
   const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"));
-  q.quant_init = read_quant_init(vm, teacher.norm());
+  set_input_range(vm, teacher.norm(), &config);
   const auto& shape = teacher.meta.input_shape;
   models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
                          teacher.meta.width > 0 ? teacher.meta.width : 16};

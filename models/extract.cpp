@@ -121,6 +121,7 @@ void write_config(h5::File& file, const StudentConfig& c) {
   }
   file.set_attr("top_bits", c.top_bits);
   file.set_attr("nesting", quant::nesting_name(c.nesting));
+  if (!c.input_range.empty()) file.set_attr("input_range", c.input_range);
 }
 
 std::string precision_text(const StudentConfig& c, int64_t bits) {
@@ -261,6 +262,7 @@ ExtractedFile read_extracted(const h5::File& file, bool allow_student) {
   x.config.last_bits = first_last.back();
   x.config.top_bits = need_int("top_bits");
   x.config.nesting = quant::parse_nesting(file.attr_string("nesting").value_or("shift"));
+  x.config.input_range = file.attr_doubles("input_range").value_or(std::vector<double>{});  // absent: calibrated
   x.config.check();
   if (x.format == kFixedFormat) x.bits = need_int("bits");
   return x;

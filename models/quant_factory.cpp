@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <regex>
 #include <sstream>
@@ -28,6 +29,8 @@ void StudentConfig::check() const {
   for (const int64_t b : bits) TORCH_CHECK(b >= 2 && b <= top_bits, "bits must be in [2, top bits = ", top_bits, "], got ", b);
   for (const int64_t b : wbits) TORCH_CHECK(b >= 2 && b <= top_bits, "wbits must be in [2, top bits = ", top_bits, "], got ", b);
   for (const int64_t b : abits) TORCH_CHECK(b >= 2 && b <= 16, "abits must be in [2, 16], got ", b);
+  TORCH_CHECK(input_range.empty() || (input_range.size() == 2 && input_range[0] < input_range[1] && input_range[1] > 0),
+              "the input range must be {lo, hi} with lo < hi and hi > 0");
 }
 
 std::vector<int64_t> StudentConfig::layer_wbits(LayerRole role) const {
@@ -74,7 +77,7 @@ QuantLayerOptions QuantFactory::options_for(LayerRole role) const {
   o.bits(config_.bits).nesting(config_.nesting);
   o.wbits(config_.layer_wbits(role)).abits(config_.layer_abits(role));
   o.top_bits(std::max(config_.top_bits, *std::max_element(o.wbits().begin(), o.wbits().end())));
-  o.network_input(role == LayerRole::kFirst);
+  if (role == LayerRole::kFirst) o.input_bounds(config_.input_range);
   return o;
 }
 
@@ -127,30 +130,25 @@ std::vector<int64_t> model_bits(const torch::nn::Module& model) {
   return layers.empty() ? std::vector<int64_t>{} : layers.front()->quant_options().bits();
 }
 
-std::pair<std::vector<double>, std::vector<double>> pixel_input_range(const std::vector<double>& mean,
-                                                                      const std::vector<double>& std) {
+std::vector<double> pixel_input_range(const std::vector<double>& mean, const std::vector<double>& std) {
   TORCH_CHECK(!mean.empty() && mean.size() == std.size(), "pixel input range: ", mean.size(), " means and ", std.size(),
               " standard deviations");
-  std::vector<double> lo, hi;
+  double lo = std::numeric_limits<double>::infinity(), hi = -lo;
   for (size_t c = 0; c < mean.size(); ++c) {
     TORCH_CHECK(std[c] > 0 && std::isfinite(std[c]) && std::isfinite(mean[c]), "pixel input range: channel ", c,
                 " has mean ", mean[c], " and standard deviation ", std[c]);
-    lo.push_back(-mean[c] / std[c]);
-    hi.push_back((1.0 - mean[c]) / std[c]);
+    lo = std::min(lo, -mean[c] / std[c]);
+    hi = std::max(hi, (1.0 - mean[c]) / std[c]);
   }
   return {lo, hi};
 }
 
-void fix_input_steps(const torch::nn::Module& student, const std::vector<double>& lo, const std::vector<double>& hi) {
-  TORCH_CHECK(!lo.empty() && lo.size() == hi.size(), "input range: ", lo.size(), " lower and ", hi.size(), " upper bounds");
-  const double low = *std::min_element(lo.begin(), lo.end()), high = *std::max_element(hi.begin(), hi.end());
-  int64_t fixed = 0;
-  for (auto* layer : quantized_layers(student)) {
-    if (!layer->quant_options().network_input()) continue;
-    layer->fix_input_step(low, high);
-    ++fixed;
+std::vector<torch::Tensor> fixed_input_steps(const torch::nn::Module& model) {
+  std::vector<torch::Tensor> out;
+  for (auto* layer : quantized_layers(model)) {
+    if (layer->input_fixed()) out.insert(out.end(), layer->input_steps().begin(), layer->input_steps().end());
   }
-  TORCH_CHECK(fixed > 0, "input range: the model has no quantized layer that takes the network input");
+  return out;
 }
 
 void calibrate(torch::nn::Module& student, const torch::Tensor& images, const std::vector<int64_t>& bn_bits,
@@ -264,7 +262,6 @@ void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const 
     TORCH_CHECK(false, msg.str());
   }
   for (auto* layer : quantized_layers(student)) layer->init_weight_step(init.weight_init);
-  if (!init.input_lo.empty()) fix_input_steps(student, init.input_lo, init.input_hi);
   calibrate(student, images, bn_bits, bn_relative ? &teacher : nullptr);
 }
 

@@ -38,6 +38,11 @@ struct StudentConfig {
   /// least their fixed bits). Default 8.
   int64_t top_bits = 8;
   quant::Nesting nesting = quant::Nesting::kShift;
+  /// The network input's known range {lo, hi} (normalized units; e.g.
+  /// pixel_input_range): the first layer's input steps are derived from it
+  /// and neither calibrate nor train (QuantLayerOptions::input_bounds).
+  /// Empty: they are calibrated and trained like every other step.
+  std::vector<double> input_range;
 
   /// Checks the lists; throws with the offending values.
   void check() const;
@@ -77,25 +82,17 @@ void set_bits(const torch::nn::Module& model, int64_t b);
 /// The model's bit-widths (empty for an FP32 model).
 std::vector<int64_t> model_bits(const torch::nn::Module& model);
 
-/// How init_student sets the quantizers before calibration.
+/// How init_student sets the weight steps.
 struct QuantizerInit {
   quant::WeightInit weight_init = quant::WeightInit::kLsq;
-  /// The network input's known range (normalized units, one value per
-  /// channel; e.g. pixel_input_range): the first layer's input steps are set
-  /// from it and neither calibrate nor train (fix_input_steps). Empty: they
-  /// are calibrated like every other input step.
-  std::vector<double> input_lo, input_hi;
 };
 
-/// The range of pixels in [0, 1] after normalization, per channel:
-/// lo = -mean/std, hi = (1 - mean)/std.
-std::pair<std::vector<double>, std::vector<double>> pixel_input_range(const std::vector<double>& mean,
-                                                                      const std::vector<double>& std);
+/// The range {lo, hi} of pixels in [0, 1] after normalization, over every
+/// channel: lo = min -mean/std, hi = max (1 - mean)/std.
+std::vector<double> pixel_input_range(const std::vector<double>& mean, const std::vector<double>& std);
 
-/// Sets the input steps of every layer that takes the network's input from
-/// the range [min lo, max hi] at every bit-width (QuantizedLayer::fix_input_step).
-/// Throws when the model has no such layer.
-void fix_input_steps(const torch::nn::Module& student, const std::vector<double>& lo, const std::vector<double>& hi);
+/// The input steps of the layers whose input range is known (they must not train).
+std::vector<torch::Tensor> fixed_input_steps(const torch::nn::Module& model);
 
 /// Initialises `student` from `teacher` (same architecture, FP32): latent
 /// weights and biases are the teacher's, every per-bit BatchNorm is the
@@ -105,7 +102,7 @@ void fix_input_steps(const torch::nn::Module& student, const std::vector<double>
 /// that does not match. Leaves the student at its first bit-width, in the
 /// training mode it had.
 /// `bn_bits` as in calibrate(), with the teacher as the reference when
-/// `bn_relative`; weight steps and the network input's steps as `init` says.
+/// `bn_relative`; weight steps as `init` says.
 void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const torch::Tensor& images,
                   const std::vector<int64_t>& bn_bits = {}, bool bn_relative = true, const QuantizerInit& init = {});
 

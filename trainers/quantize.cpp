@@ -311,8 +311,8 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     item.value().set_requires_grad(trains);
     trained += trains;
   }
-  // A known input range fixes the first layer's input steps: they neither calibrate nor train.
-  if (!o.quant_init.input_lo.empty()) models::fix_input_steps(student, o.quant_init.input_lo, o.quant_init.input_hi);
+  // Input steps derived from a known input range neither calibrate nor train.
+  for (auto& step : models::fixed_input_steps(student)) step.set_requires_grad(false);
   TORCH_CHECK(trained > 0, "--train ", o.train, ": the student has nothing to train");
   const NamedTensors params = trained_parameters(student);
   std::unique_ptr<distributed::Reducer> reducer;

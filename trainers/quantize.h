@@ -76,7 +76,7 @@ struct QuantizeOptions {
   std::vector<int64_t> bn_bits;  ///< bit-widths whose BatchNorm statistics calibration re-estimates
   std::string bn_mode = "shift"; ///< shift: by the student-teacher difference on the images; absolute: the images' own
   std::vector<int64_t> bn_train; ///< bit-widths whose BatchNorms use batch statistics while training (running ones updated)
-  models::QuantizerInit quant_init; ///< weight-step rule; the network input's known range (its steps then stay fixed)
+  models::QuantizerInit quant_init; ///< how the weight steps start
   int64_t generator_warmup = 0;  ///< online generation: generator-only steps before the student trains
   int64_t checkpoint_every = 0;  ///< steps between checkpoints (0: only at the end)
   int64_t stop_after = 0;        ///< end (with a checkpoint) after this many steps of this process (0: run to the end)

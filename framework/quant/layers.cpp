@@ -61,6 +61,35 @@ void QuantizedLayer::register_quant_state(torch::nn::Module& module, const torch
     act_ready_.push_back(module.register_buffer("act_ready" + suffix, torch::zeros({}, torch::kBool)));
   }
   input_signed_ = module.register_buffer("input_signed", torch::zeros({}, torch::kBool));
+  input_zero_.clear();
+  const auto& bounds = options_.input_bounds();
+  if (bounds.empty()) return;
+  TORCH_CHECK(bounds.size() == 2 && std::isfinite(bounds[0]) && std::isfinite(bounds[1]) && bounds[0] < bounds[1] &&
+                  bounds[1] > 0,
+              "quantized layer: the input range must be {lo, hi} with lo < hi and hi > 0");
+  torch::NoGradGuard no_grad;
+  const double lo = bounds[0], hi = bounds[1];
+  for (size_t i = 0; i < act_steps_.size(); ++i) {
+    const int64_t levels = (int64_t(1) << options_.abits()[i]) - 1;
+    int64_t zero = 0;
+    double step = hi / static_cast<double>(levels);
+    if (lo < 0) {
+      // z codes below zero, levels - z above: the smallest step that clips neither end, over the two
+      // integers around the real-valued split.
+      step = std::numeric_limits<double>::infinity();
+      const double split = -lo / ((hi - lo) / static_cast<double>(levels));
+      for (const double candidate : {std::floor(split), std::ceil(split)}) {
+        const int64_t z = std::clamp<int64_t>(static_cast<int64_t>(candidate), 1, levels - 1);
+        const double s = std::max(-lo / static_cast<double>(z), hi / static_cast<double>(levels - z));
+        if (s < step) step = s, zero = z;
+      }
+    }
+    input_zero_.push_back(zero);
+    act_steps_[i].fill_(std::max(step, kMinStep));
+    act_steps_[i].set_requires_grad(false);
+    act_ready_[i].fill_(true);
+  }
+  input_signed_.fill_(lo < 0);
 }
 
 void QuantizedLayer::set_bits(int64_t b) { index_ = options_.index_of(b); }
@@ -84,6 +113,10 @@ torch::Tensor QuantizedLayer::weight_codes_at(int64_t wbits) const {
 }
 
 QuantRange QuantizedLayer::input_range() const {
+  if (input_fixed()) {
+    const int64_t zero = input_zero_[index_];
+    return {zero, (int64_t(1) << activation_bits()) - 1 - zero};
+  }
   return input_signed() ? signed_range(activation_bits()) : unsigned_range(activation_bits());
 }
 
@@ -119,7 +152,7 @@ torch::Tensor mse_init_step(const torch::Tensor& x, const QuantRange& range) {
 
 torch::Tensor QuantizedLayer::quantize_input(const torch::Tensor& x) {
   torch::Tensor& step = act_steps_[index_];
-  if (calibrating_ && !input_fixed_) {
+  if (calibrating_ && !input_fixed()) {
     torch::NoGradGuard no_grad;
     // Signedness is a property of the layer (what feeds it), decided once.
     if (!act_ready_[index_].item<bool>() && x.min().item<float>() < 0) input_signed_.fill_(true);
@@ -168,22 +201,6 @@ void QuantizedLayer::init_weight_step(WeightInit init) {
   weight_step_.copy_(best.clamp_min(kMinStep));
 }
 
-void QuantizedLayer::fix_input_step(double lo, double hi) {
-  TORCH_CHECK(std::isfinite(lo) && std::isfinite(hi) && lo < hi, "input range [", lo, ", ", hi, "] is not a range");
-  torch::NoGradGuard no_grad;
-  const bool is_signed = lo < 0;
-  input_signed_.fill_(is_signed);
-  for (size_t i = 0; i < act_steps_.size(); ++i) {
-    const QuantRange range = is_signed ? signed_range(options_.abits()[i]) : unsigned_range(options_.abits()[i]);
-    // The smallest step that clips neither end: hi <= Qp·s and (signed) -lo <= Qn·s.
-    double step = std::max(hi, 0.0) / static_cast<double>(range.qp);
-    if (is_signed) step = std::max(step, -lo / static_cast<double>(range.qn));
-    act_steps_[i].fill_(std::max(step, kMinStep));
-    act_steps_[i].set_requires_grad(false);
-    act_ready_[i].fill_(true);
-  }
-  input_fixed_ = true;
-}
 
 // --- QConv2d -----------------------------------------------------------------------
 

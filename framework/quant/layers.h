@@ -65,9 +65,13 @@ struct QuantLayerOptions {
   TORCH_ARG(int64_t, top_bits) = 8;
   /// How lower weight codes nest in higher ones. Default shift.
   TORCH_ARG(Nesting, nesting) = Nesting::kShift;
-  /// The layer takes the network's input (the first layer), whose range may be
-  /// known exactly (fix_input_step).
-  TORCH_ARG(bool, network_input) = false;
+  /// The known range {lo, hi} of the layer's input (the first layer's: pixels
+  /// in [0, 1] after normalization), or empty. When given, the input steps of
+  /// every bit-width are derived from it and neither calibrate nor train: the
+  /// codes cover [lo, hi] with all 2^abits levels and zero on a level
+  /// (-z·s <= lo, (2^abits - 1 - z)·s >= hi, the smallest such s over integer
+  /// z), so no pixel is clipped and zero padding stays exact.
+  TORCH_ARG(std::vector<double>, input_bounds);
 
 };
 
@@ -106,13 +110,11 @@ class QuantizedLayer : public BitSwitchable {
   /// initial value, or the least-squared-error step of that bit-width's
   /// nested codes), divided by 2^(top_bits - lowest) (see the .cpp).
   void init_weight_step(WeightInit init = WeightInit::kLsq);
-  /// Sets the input step of every bit-width from the input's known range
-  /// [lo, hi] (e.g. pixels in [0, 1] after normalization): the smallest step
-  /// whose range clips nothing in it, signed when lo < 0. The steps then stay
-  /// out of calibration and stop requiring gradients (they do not train).
-  void fix_input_step(double lo, double hi);
-  /// Whether fix_input_step set this layer's input steps.
-  bool input_fixed() const { return input_fixed_; }
+  /// Whether the input steps come from options().input_bounds() (then they
+  /// neither calibrate nor train).
+  bool input_fixed() const { return !input_zero_.empty(); }
+  /// The per-bit input step parameters (act_step_b<k>), in options().bits() order.
+  const std::vector<torch::Tensor>& input_steps() const { return act_steps_; }
 
   /// Whether the input quantizer is signed (seen negative inputs in calibration).
   bool input_signed() const { return input_signed_.item<bool>(); }
@@ -129,7 +131,7 @@ class QuantizedLayer : public BitSwitchable {
   QuantLayerOptions options_;
   size_t index_ = 0;
   bool calibrating_ = false;
-  bool input_fixed_ = false;
+  std::vector<int64_t> input_zero_;   ///< per bit-width: codes below zero of a fixed input range (empty: not fixed)
   torch::Tensor weight_;        ///< the module's weight (same tensor)
   torch::Tensor weight_step_;   ///< [out], top precision
   std::vector<torch::Tensor> act_steps_;   ///< one 0-dim step per model bit-width

@@ -82,6 +82,41 @@ TEST_F(ExtractTest, IntegerPathPredictsLikeTheFakeQuantizedStudent) {
   }
 }
 
+// Every layer quantized alike, the first layer's input codes from the known pixel range (asymmetric:
+// codes [-z, 2^b - 1 - z]): the integer path, the vertical file and the student file keep it exactly.
+TEST_F(ExtractTest, AllLayersQuantizedWithAKnownInputRange) {
+  config_.first_bits = config_.last_bits = StudentConfig::kSameBits;
+  config_.input_range = pixel_input_range({0.5}, {0.25});  // meta_'s normalization: [-2, 2]
+  make({"resnet8", 1, 10, 8}, {2, 3, 4, 8});
+  const torch::Tensor x = (torch::rand({64, 1, 28, 28}) - 0.5) / 0.25;
+  save_vertical(path("vl.h5"), *student_, spec_, config_, meta_);
+  save_student(path("student.h5"), *student_, config_, meta_);
+  LoadedStudent loaded = load_student(path("student.h5"));
+  EXPECT_EQ(loaded.config.input_range, config_.input_range);
+  EXPECT_EQ(loaded.config.first_last_text(), "same");
+  loaded.model->eval();
+  for (const int64_t b : {2, 3, 4, 8}) {
+    SCOPED_TRACE("bits " + std::to_string(b));
+    const torch::Tensor want = student_logits(b, x);
+    Classifier integer = extract_fixed(*student_, spec_, config_, b);
+    auto* first = dynamic_cast<quant::IntLayerImpl*>(integer->named_modules()["conv1"].get());
+    ASSERT_TRUE(first);
+    const int64_t zero = -first->act_range[0].item<int64_t>();
+    EXPECT_GT(zero, 0);
+    EXPECT_EQ(first->act_range[1].item<int64_t>(), (int64_t(1) << b) - 1 - zero);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor got = integer->forward(x);
+    EXPECT_TRUE(torch::equal(got.argmax(1), want.argmax(1)));
+    // A code at a rounding tie may differ between the fused kernel's x/s and the integer path's (dense
+    // pixel-like inputs at 8 bits): a few 1e-3 of the logits' scale.
+    EXPECT_LT((got - want).abs().max().item<float>(), 3e-3 * want.abs().max().item<float>() + 1e-4);
+    Classifier rebuilt = load_integer_model(path("vl.h5"), b);
+    EXPECT_TRUE(torch::equal(rebuilt->forward(x), got));
+    set_bits(*loaded.model, b);
+    EXPECT_TRUE(torch::equal(loaded.model->forward(x), want));
+  }
+}
+
 TEST_F(ExtractTest, FixedFilesRoundTrip) {
   make({"resnet8", 1, 10, 8}, {2, 4});
   const torch::Tensor x = torch::randn({16, 1, 28, 28});

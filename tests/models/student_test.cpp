@@ -288,19 +288,19 @@ TEST_F(StudentTest, FirstLastBitsSameFollowTheMiddleLayers) {
 }
 
 // The network input's range is known (pixels in [0, 1] under the normalization): the first layer's input
-// steps come from it, not from the calibration images, however wide those are, and stop training.
+// steps come from it, not from the calibration images, however wide those are, and do not train.
 TEST_F(StudentTest, KnownInputRangeSetsTheFirstLayersStepsAndCalibrationLeavesThem) {
   auto teacher = small_teacher();
   StudentConfig c = config({2, 4, 8});
   c.first_bits = c.last_bits = StudentConfig::kSameBits;
-  QuantizerInit init;
-  std::tie(init.input_lo, init.input_hi) = pixel_input_range({0.25}, {0.5});
-  EXPECT_DOUBLE_EQ(init.input_lo[0], -0.5);
-  EXPECT_DOUBLE_EQ(init.input_hi[0], 1.5);
+  c.input_range = pixel_input_range({0.25}, {0.5});
+  EXPECT_EQ(c.input_range, (std::vector<double>{-0.5, 1.5}));
   const torch::Tensor wide = torch::randn({64, 1, 28, 28}) * 6;  // synthetic images far outside the pixel range
   auto fixed = build({"resnet8", 1, 10, 8}, QuantFactory(c));
-  auto calibrated = build({"resnet8", 1, 10, 8}, QuantFactory(c));
-  init_student(*fixed, *teacher, wide, {}, true, init);
+  StudentConfig plain = c;
+  plain.input_range.clear();
+  auto calibrated = build({"resnet8", 1, 10, 8}, QuantFactory(plain));
+  init_student(*fixed, *teacher, wide);
   init_student(*calibrated, *teacher, wide);
   auto* first = dynamic_cast<quant::QuantizedLayer*>(fixed->named_modules()["conv1"].get());
   auto* other = dynamic_cast<quant::QuantizedLayer*>(calibrated->named_modules()["conv1"].get());
@@ -308,24 +308,36 @@ TEST_F(StudentTest, KnownInputRangeSetsTheFirstLayersStepsAndCalibrationLeavesTh
   ASSERT_TRUE(first && other && middle);
   EXPECT_TRUE(first->input_fixed());
   EXPECT_FALSE(middle->input_fixed());
+  EXPECT_FALSE(other->input_fixed());
   EXPECT_TRUE(first->input_signed());
-  for (const int64_t b : {2, 4, 8}) {
+  // [-0.5, 1.5] on 2^b levels with zero on a level: 2 bits: z = 1, s = max(0.5/1, 1.5/2) = 0.75;
+  // 4 bits: z = 4 (split 3.75), s = max(0.5/4, 1.5/11) = 0.13636; 8 bits: z = 64, s = max(0.5/64, 1.5/191).
+  const std::map<int64_t, std::pair<int64_t, double>> want{{2, {1, 0.75}}, {4, {4, 1.5 / 11}}, {8, {64, 1.5 / 191}}};
+  for (const auto& [b, zs] : want) {
     set_bits(*fixed, b);
     set_bits(*calibrated, b);
-    const double qn = std::ldexp(1.0, static_cast<int>(b - 1)), qp = qn - 1;
-    // The smallest step that clips neither -0.5 (qn codes) nor 1.5 (qp codes).
-    EXPECT_FLOAT_EQ(first->input_step().item<float>(), static_cast<float>(std::max(1.5 / qp, 0.5 / qn))) << b;
-    EXPECT_GT(other->input_step().item<float>(), 2 * first->input_step().item<float>()) << b;
+    EXPECT_EQ(first->input_range().qn, zs.first) << b;
+    EXPECT_EQ(first->input_range().qp, (int64_t(1) << b) - 1 - zs.first) << b;
+    EXPECT_FLOAT_EQ(first->input_step().item<float>(), static_cast<float>(zs.second)) << b;
+    // Calibrated on the wide images, the step would be another one.
+    EXPECT_GT(std::abs(other->input_step().item<float>() - first->input_step().item<float>()),
+              0.2 * first->input_step().item<float>())
+        << b;
   }
-  for (const auto& item : fixed->named_parameters()) {
-    if (item.key().rfind("conv1.act_step_b", 0) == 0) {
-      EXPECT_FALSE(item.value().requires_grad()) << item.key();
-    }
-  }
+  for (const auto& step : fixed_input_steps(*fixed)) EXPECT_FALSE(step.requires_grad());
+  EXPECT_EQ(fixed_input_steps(*fixed).size(), 3u);
+  EXPECT_TRUE(fixed_input_steps(*calibrated).empty());
   const auto before = first->input_step().clone();
   calibrate(*fixed, wide * 3);
   set_bits(*fixed, 8);
   EXPECT_TRUE(torch::equal(before, first->input_step()));
+  // Every pixel value is representable without clipping: 0 and 1 quantize to within half a step.
+  const torch::Tensor pixels = (torch::tensor({0.0f, 0.25f, 1.0f}).reshape({1, 1, 1, 3}) - 0.25) / 0.5;
+  for (const int64_t b : {2, 4, 8}) {
+    set_bits(*fixed, b);
+    const torch::Tensor q = first->quantize_input(pixels);
+    EXPECT_LE((q - pixels).abs().max().item<float>(), first->input_step().item<float>() / 2 + 1e-6) << b;
+  }
   EXPECT_NE(error_of([&] { pixel_input_range({0.5}, {0.0}); }).find("channel 0 has mean 0.5 and standard deviation 0"),
             std::string::npos);
 }

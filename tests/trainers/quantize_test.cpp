@@ -217,10 +217,10 @@ TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
 TEST_F(QuantizeTest, KnownInputRangeKeepsTheFirstLayersInputStepsFixed) {
   Toy s = make_setup({2, 4});
   s.config.first_bits = s.config.last_bits = models::StudentConfig::kSameBits;
+  s.config.input_range = models::pixel_input_range(s.norm.mean, s.norm.std);
   auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
   QuantizeOptions o = small_options();
   o.steps = 5;
-  std::tie(o.quant_init.input_lo, o.quant_init.input_hi) = models::pixel_input_range(s.norm.mean, s.norm.std);
   std::map<std::string, torch::Tensor> first;
   std::set<std::string> moved;
   quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
@@ -230,7 +230,7 @@ TEST_F(QuantizeTest, KnownInputRangeKeepsTheFirstLayersInputStepsFixed) {
       if (r.step == 5 && !torch::equal(first[item.key()], item.value())) moved.insert(item.key());
     }
   });
-  // Pixels in [0, 1] with mean 0.5, std 0.25: normalized [-2, 2]; 4 bits signed: max(2/7, 2/8).
+  // Pixels in [0, 1] with mean 0.5, std 0.25: normalized [-2, 2]; 4 bits: z = 8 (split 7.5), max(2/8, 2/7).
   auto* conv1 = dynamic_cast<quant::QuantizedLayer*>(student->named_modules()["conv1"].get());
   ASSERT_TRUE(conv1);
   models::set_bits(*student, 4);
