@@ -844,6 +844,9 @@ int quantize(int argc, char** argv) {
       ("calib-count", po::value<int64_t>()->default_value(256), "images that calibrate the initial steps")
       ("generator-warmup", po::value<int64_t>()->default_value(200),
        "online gdfq/qimera: generator-only steps before the student trains")
+      ("clamp-pixels", po::value<std::string>()->default_value("on"),
+       "on: the training and calibration images are clamped to the pixel range [0, 1] (under the teacher's "
+       "normalization) before teacher and student see them (synthetic images stray outside it); off: as given")
       ("bn-train", po::value<std::string>()->default_value("none"),
        "bit-widths whose BatchNorms use batch statistics while training and update their running statistics: "
        "none, all, or a comma-separated list");
@@ -892,6 +895,9 @@ int quantize(int argc, char** argv) {
   const std::string recursive = get<std::string>(vm, "recursive");
   if (recursive != "on" && recursive != "off") throw UsageError("--recursive must be 'on' or 'off', got '" + recursive + "'");
   q.recursive = recursive == "on";
+  const std::string clamp = get<std::string>(vm, "clamp-pixels");
+  if (clamp != "on" && clamp != "off") throw UsageError("--clamp-pixels must be 'on' or 'off', got '" + clamp + "'");
+  q.clamp_pixels = clamp == "on";
   q.train = get<std::string>(vm, "train");
   if (q.train != "all" && q.train != "per-bit") throw UsageError("--train must be 'all' or 'per-bit', got '" + q.train + "'");
   q.weights = read_per_bit_values(vm, "bit-weights", config, /*one_for_all=*/false);

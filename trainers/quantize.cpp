@@ -41,6 +41,21 @@ std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, const std::stri
   return {bits.front(), bits[middle], bits.back()};
 }
 
+// Normalized images clamped per channel to what pixels in [0, 1] give under `norm`.
+torch::Tensor clamp_to_pixels(const torch::Tensor& images, const Normalization& norm) {
+  const int64_t channels = images.size(1);
+  norm.check(channels);
+  const auto per_channel = [&](double pixel) {
+    std::vector<float> v(channels);
+    for (int64_t c = 0; c < channels; ++c) {
+      const size_t i = norm.mean.size() == 1 ? 0 : static_cast<size_t>(c);
+      v[c] = static_cast<float>((pixel - norm.mean[i]) / norm.std[i]);
+    }
+    return torch::tensor(v).reshape({1, channels, 1, 1});
+  };
+  return torch::max(torch::min(images, per_channel(1.0)), per_channel(0.0));
+}
+
 // The parameters that train (all, or the per-bit ones with --train per-bit).
 NamedTensors trained_parameters(torch::nn::Module& module) {
   NamedTensors out;
@@ -353,6 +368,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       }
       calibration = torch::cat(parts).narrow(0, 0, o.calib_count);
     }
+    if (o.clamp_pixels) calibration = clamp_to_pixels(calibration, data.norm);
     models::init_student(student, teacher, calibration, o.bn_bits, o.bn_mode == "shift", o.quant_init);
     if (world > 1) distributed::broadcast_state(*comm, student);  // rank 0's calibration for every rank
   }
@@ -394,6 +410,8 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       TORCH_CHECK(images.size(0) == local_batch, "the synthesizer gave ", images.size(0), " images, expected ",
                   local_batch);
     }
+    // Teacher and student see the same images, inside the pixel range a fixed input quantizer covers.
+    if (o.clamp_pixels) images = clamp_to_pixels(images, data.norm);
     const double lr = cosine_lr(o.lr, step, o.steps, 0);
     set_lr(*optimizer, lr);
     torch::Tensor teacher_logits, teacher_features;

@@ -77,6 +77,7 @@ struct QuantizeOptions {
   std::string bn_mode = "shift"; ///< shift: by the student-teacher difference on the images; absolute: the images' own
   std::vector<int64_t> bn_train; ///< bit-widths whose BatchNorms use batch statistics while training (running ones updated)
   models::QuantizerInit quant_init; ///< how the weight steps start
+  bool clamp_pixels = false;     ///< images (training and calibration) clamped to pixels in [0, 1] under data.norm
   int64_t generator_warmup = 0;  ///< online generation: generator-only steps before the student trains
   int64_t checkpoint_every = 0;  ///< steps between checkpoints (0: only at the end)
   int64_t stop_after = 0;        ///< end (with a checkpoint) after this many steps of this process (0: run to the end)

@@ -173,6 +173,35 @@ expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-co
   --bn-mode absolute --out "$work/student-bn.h5"
 grep -q "BatchNorm re-estimated (absolute) at bits 4" "$work/out" && ok "init-student says it re-estimated BatchNorm" ||
   bad "init-student --bn-reestimate output: $(cat "$work/out")"
+expect_fail 2 "--first-last-bits takes N, 'same' or FIRST,LAST" "$zsq" init-student --teacher "$work/teacher.h5" \
+  --first-last-bits 1
+expect_fail 2 "--first-last-bits takes N, 'same' or FIRST,LAST" "$zsq" init-student --teacher "$work/teacher.h5" \
+  --first-last-bits 4,all
+expect_fail 2 "--input-range must be 'pixel' or 'calibrated', got 'raw'" "$zsq" init-student \
+  --teacher "$work/teacher.h5" --input-range raw
+expect_fail 2 "--weight-init must be 'mse' or 'lsq', got 'max'" "$zsq" init-student --teacher "$work/teacher.h5" \
+  --weight-init max
+# Every layer at the model's bit-widths, the input range from the teacher's normalization: the student file
+# says so, and the fixed 4-bit model's first layer takes asymmetric input codes covering the pixel range.
+expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --first-last-bits same --calib-count 64 \
+  --out "$work/student-same.h5"
+expect_ok "$zsq" extract --checkpoint "$work/student-same.h5" --bits 4 --out "$work/same-w4.h5"
+if "$py" - "$work/student-same.h5" "$work/same-w4.h5" <<'PY'
+import sys, h5py, numpy as np
+s, f = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+assert int(s.attrs["first_last_bits"]) == 0, s.attrs["first_last_bits"]
+mean, std = float(s.attrs["input_mean"][0]), float(s.attrs["input_std"][0])
+assert np.allclose(s.attrs["input_range"], [-mean / std, (1 - mean) / std]), s.attrs["input_range"]
+lo, hi = f["conv1.act_range"][()]
+assert lo < 0 and hi - lo == 15, (lo, hi)
+step = float(f["conv1.act_step"][()])
+assert lo * step <= -mean / std + 1e-6 and hi * step >= (1 - mean) / std - 1e-6, (lo, hi, step)
+assert f["conv1.weight_codes"][()].min() >= -8 and f["conv1.weight_codes"][()].max() <= 7
+PY
+then ok "first-last-bits same: student attributes and the first layer's pixel-range codes"
+else bad "first-last-bits same: student attributes and the first layer's pixel-range codes"; fi
+expect_fail 2 "--clamp-pixels must be 'on' or 'off', got 'maybe'" "$zsq" quantize --teacher "$work/teacher.h5" \
+  --clamp-pixels maybe
 only_bit_moved "$work/student.h5" "$work/student-bn.h5" 4 1e-3 1e-4 &&
   ok "--bn-reestimate 4 moves only the 4-bit BatchNorm statistics" || bad "--bn-reestimate: wrong statistics moved"
 expect_ok "$zsq" eval --checkpoint "$work/student.h5" --limit 500 --json
