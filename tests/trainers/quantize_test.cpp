@@ -243,6 +243,28 @@ TEST_F(QuantizeTest, KnownInputRangeKeepsTheFirstLayersInputStepsFixed) {
   EXPECT_GE(others, 4u) << others;
 }
 
+// --clamp-pixels: images outside the pixel range train (and calibrate) exactly as their clamped copies do.
+TEST_F(QuantizeTest, ClampPixelsTrainsOnTheClampedImages) {
+  Toy s = make_setup({4});
+  Dataset wide = s.pool, clamped = s.pool;
+  wide.images = torch::rand({64, 1, 28, 28}) * 3 - 1;  // pixels in [-1, 2]
+  clamped.images = wide.images.clamp(0, 1);
+  QuantizeOptions o = small_options();
+  o.steps = 3;
+  const auto losses_on = [&](const Dataset& pool, bool clamp) {
+    o.clamp_pixels = clamp;
+    torch::manual_seed(0);
+    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+    std::vector<double> out;
+    quantize(*student, *s.teacher, {&pool, s.norm, nullptr}, o, nullptr, nullptr,
+             [&](const QuantizeStep& r) { out.push_back(r.losses.at(0)); });
+    return out;
+  };
+  const std::vector<double> reference = losses_on(clamped, false);
+  EXPECT_EQ(losses_on(wide, true), reference);
+  EXPECT_NE(losses_on(wide, false), reference);
+}
+
 TEST_F(QuantizeTest, RefusesASynthesizerThatTrainsWhileSampling) {
   Toy s = make_setup({4, 8});
   auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
