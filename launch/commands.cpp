@@ -414,9 +414,9 @@ void add_quant_init_options(po::options_description& desc) {
       ("input-range", po::value<std::string>()->default_value("pixel"),
        "the first layer's input steps: pixel (set from the known range of pixels in [0, 1] under the model's "
        "normalization; neither calibrated nor trained) or calibrated (calibrated and trained like every other step)")
-      ("weight-init", po::value<std::string>()->default_value("mse"),
-       "weight steps: mse (per channel, the least squared error of the lowest weight bit-width's codes) or lsq "
-       "(LSQ's 2*mean|w|/sqrt(Qp) at the lowest weight bit-width)");
+      ("weight-init", po::value<std::string>()->default_value("lsq"),
+       "weight steps: lsq (LSQ's 2*mean|w|/sqrt(Qp) at the lowest weight bit-width) or mse (per channel, the least "
+       "squared error summed over the layer's weight bit-widths; better for one bit-width, worse for a shared lattice)");
 }
 
 models::QuantizerInit read_quant_init(const po::variables_map& vm) {

@@ -342,7 +342,7 @@ TEST_F(StudentTest, KnownInputRangeSetsTheFirstLayersStepsAndCalibrationLeavesTh
             std::string::npos);
 }
 
-TEST_F(StudentTest, MseWeightStepsQuantizeTheLowestBitWidthWithLessErrorThanLsq) {
+TEST_F(StudentTest, MseWeightStepsQuantizeWithLessErrorThanLsq) {
   auto teacher = small_teacher();
   StudentConfig c = config({2, 3, 8});
   c.first_bits = c.last_bits = StudentConfig::kSameBits;
@@ -353,24 +353,40 @@ TEST_F(StudentTest, MseWeightStepsQuantizeTheLowestBitWidthWithLessErrorThanLsq)
   QuantizerInit init;
   init.weight_init = quant::WeightInit::kMse;
   init_student(*mse, *teacher, calib, {}, true, init);
-  set_bits(*lsq, 2);
-  set_bits(*mse, 2);
+  // Per channel, the squared error summed over the bit-widths that share the step.
+  const auto error = [](const Classifier& model, const std::string& name) {
+    auto* layer = dynamic_cast<quant::QuantizedLayer*>(model->named_modules()[name].get());
+    const torch::Tensor w = model->named_modules()[name]->named_parameters()["weight"].detach();
+    torch::Tensor total = torch::zeros({w.size(0)});
+    for (const int64_t b : {2, 3, 8}) {
+      set_bits(*model, b);
+      total += (layer->quantized_weight().detach() - w).pow(2).reshape({w.size(0), -1}).sum(1);
+    }
+    return total;
+  };
   double lsq_total = 0, mse_total = 0;
   for (const auto& item : mse->named_modules()) {
-    auto* m = dynamic_cast<quant::QuantizedLayer*>(item.value().get());
-    if (!m) continue;
-    auto* l = dynamic_cast<quant::QuantizedLayer*>(lsq->named_modules()[item.key()].get());
-    const torch::Tensor w = item.value()->named_parameters()["weight"].detach();
-    const auto error = [&](quant::QuantizedLayer* layer) {
-      return (layer->quantized_weight().detach() - w).pow(2).reshape({w.size(0), -1}).sum(1);
-    };
-    const torch::Tensor e_mse = error(m), e_lsq = error(l);
-    // The grid holds LSQ's step, so no channel can be worse (float slack only).
+    if (!dynamic_cast<quant::QuantizedLayer*>(item.value().get())) continue;
+    const torch::Tensor e_mse = error(mse, item.key()), e_lsq = error(lsq, item.key());
+    // LSQ's step is a candidate, so no channel can be worse (float slack only).
     EXPECT_TRUE((e_mse <= e_lsq * (1 + 1e-5) + 1e-12).all().item<bool>()) << item.key();
     lsq_total += e_lsq.sum().item<double>();
     mse_total += e_mse.sum().item<double>();
   }
   EXPECT_LT(mse_total, 0.8 * lsq_total);
+  // One bit-width: its own least-squares step (the 9-weight filters of the first layer at 4 bits).
+  StudentConfig four = config({4});
+  four.first_bits = four.last_bits = StudentConfig::kSameBits;
+  auto single = build({"resnet8", 1, 10, 8}, QuantFactory(four));
+  init_student(*single, *teacher, calib, {}, true, init);
+  auto* conv1 = dynamic_cast<quant::QuantizedLayer*>(single->named_modules()["conv1"].get());
+  const torch::Tensor w = single->named_modules()["conv1"]->named_parameters()["weight"].detach();
+  const auto err = [&](const torch::Tensor& step) {
+    return (quant::vl_fake_quant(w, step, 8, 4, quant::Nesting::kShift, 1.0) - w).pow(2).sum().item<double>();
+  };
+  const torch::Tensor found = conv1->weight_step();
+  EXPECT_LE(err(found), err(found * 1.05) + 1e-12);
+  EXPECT_LE(err(found), err(found * 0.95) + 1e-12);
   EXPECT_EQ(quant::parse_weight_init("mse"), quant::WeightInit::kMse);
   EXPECT_NE(error_of([] { quant::parse_weight_init("max"); }).find("unknown weight-step initialisation 'max'"),
             std::string::npos);
