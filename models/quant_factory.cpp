@@ -33,15 +33,18 @@ void StudentConfig::check() const {
               "the input range must be {lo, hi} with lo < hi and hi > 0");
 }
 
-std::vector<int64_t> StudentConfig::layer_wbits(LayerRole role) const {
-  const int64_t fixed = role == LayerRole::kFirst ? first_bits : role == LayerRole::kLast ? last_bits : kSameBits;
-  return fixed == kSameBits ? middle_wbits() : std::vector<int64_t>(bits.size(), fixed);
+namespace {
+// A layer's bits at every model bit-width: its role's fixed bits, or the middle layers' (`middle`).
+std::vector<int64_t> role_bits(const StudentConfig& c, LayerRole role, const std::vector<int64_t>& middle) {
+  const int64_t fixed = role == LayerRole::kFirst ? c.first_bits
+                        : role == LayerRole::kLast ? c.last_bits
+                                                   : StudentConfig::kSameBits;
+  return fixed == StudentConfig::kSameBits ? middle : std::vector<int64_t>(c.bits.size(), fixed);
 }
+} // namespace
 
-std::vector<int64_t> StudentConfig::layer_abits(LayerRole role) const {
-  const int64_t fixed = role == LayerRole::kFirst ? first_bits : role == LayerRole::kLast ? last_bits : kSameBits;
-  return fixed == kSameBits ? middle_abits() : std::vector<int64_t>(bits.size(), fixed);
-}
+std::vector<int64_t> StudentConfig::layer_wbits(LayerRole role) const { return role_bits(*this, role, middle_wbits()); }
+std::vector<int64_t> StudentConfig::layer_abits(LayerRole role) const { return role_bits(*this, role, middle_abits()); }
 
 std::string StudentConfig::first_last_text() const {
   const auto one = [](int64_t b) { return b == kSameBits ? std::string("same") : std::to_string(b); };

@@ -14,8 +14,6 @@ WeightInit parse_weight_init(const std::string& name) {
   TORCH_CHECK(false, "unknown weight-step initialisation '", name, "': use 'mse' or 'lsq'");
 }
 
-std::string weight_init_name(WeightInit init) { return init == WeightInit::kLsq ? "lsq" : "mse"; }
-
 std::string bits_text(const std::vector<int64_t>& bits) {
   std::ostringstream out;
   for (size_t i = 0; i < bits.size(); ++i) out << (i ? "," : "") << bits[i];
@@ -175,9 +173,9 @@ void QuantizedLayer::init_weight_step(WeightInit init) {
   // bit-width starts from a sensible grid; the top one clips |w| > 4·mean|w|.
   const int64_t min_bits = *std::min_element(options_.wbits().begin(), options_.wbits().end());
   const double carry = std::ldexp(1.0, static_cast<int>(options_.top_bits() - min_bits));
-  const torch::Tensor lsq = lsq_init_step(weight_, signed_range(min_bits), /*per_channel=*/true) / carry;
+  const torch::Tensor lowest = lsq_init_step(weight_, signed_range(min_bits), /*per_channel=*/true);
   if (init == WeightInit::kLsq) {
-    weight_step_.copy_(lsq);
+    weight_step_.copy_(lowest / carry);
     return;
   }
   // Per output channel, the step with the least squared error summed over the layer's weight bit-widths
@@ -201,19 +199,16 @@ void QuantizedLayer::init_weight_step(WeightInit init) {
     }
     return total;
   };
-  const torch::Tensor lsq_lowest = lsq * carry;
-  torch::Tensor best = lsq_lowest.clone(), best_error = error_of(lsq_lowest);  // never worse than LSQ's step
+  torch::Tensor best = lowest.clone(), best_error = error_of(lowest);  // never worse than LSQ's step
   for (int i = 0; i < 200; ++i) {
-    const torch::Tensor s = lsq_lowest * (0.05 * std::pow(80.0, i / 199.0));
+    const torch::Tensor s = lowest * (0.05 * std::pow(80.0, i / 199.0));
     const torch::Tensor error = error_of(s);
     const torch::Tensor better = error < best_error;
     best = torch::where(better, s, best);
     best_error = torch::where(better, error, best_error);
   }
-  best = best / carry;
-  weight_step_.copy_(best.clamp_min(kMinStep));
+  weight_step_.copy_((best / carry).clamp_min(kMinStep));
 }
-
 
 // --- QConv2d -----------------------------------------------------------------------
 

@@ -30,10 +30,9 @@ namespace zsq::quant {
 /// How init_weight_step sets a layer's weight steps.
 enum class WeightInit {
   kLsq,  ///< LSQ's per-channel 2·mean|w|/sqrt(Qp) at the lowest weight bit-width
-  kMse,  ///< per channel, the step with the least squared error of the lowest bit-width's nested weights
+  kMse,  ///< per channel, the least squared error of the nested weights summed over the layer's weight bit-widths
 };
 WeightInit parse_weight_init(const std::string& name);
-std::string weight_init_name(WeightInit init);
 
 /// "2,3,4,8"
 std::string bits_text(const std::vector<int64_t>& bits);
@@ -107,8 +106,9 @@ class QuantizedLayer : public BitSwitchable {
   /// layer's input signedness) from its input instead of requiring them.
   void set_calibrating(bool on) { calibrating_ = on; }
   /// Sets weight_step for the lowest weight bit-width (LSQ's per-channel
-  /// initial value, or the least-squared-error step of that bit-width's
-  /// nested codes), divided by 2^(top_bits - lowest) (see the .cpp).
+  /// initial value, or the step with the least squared error of the nested
+  /// weights summed over the layer's weight bit-widths), divided by
+  /// 2^(top_bits - lowest) (see the .cpp).
   void init_weight_step(WeightInit init = WeightInit::kLsq);
   /// Whether the input steps come from options().input_bounds() (then they
   /// neither calibrate nor train).
