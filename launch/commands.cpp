@@ -948,13 +948,19 @@ int quantize(int argc, char** argv) {
   q.checkpoint = checkpoint.string();
   const std::string recipe_text = resolved_config(desc, vm);
   int64_t resume_step = 0;
+  bool calibrated_input = false;
   if (q.resume) {
     if (!fs::exists(checkpoint)) {
       throw UsageError("--resume: there is no '" + checkpoint.string() + "' to continue; start the run without --resume");
     }
     const h5::File file = h5::File::open_read(checkpoint.string());
     resume_step = trainers::read_checkpoint_info(file).step;  // also: it is a checkpoint at all
-    check_same_recipe(checkpoint.string(), read_meta_attrs(file).recipe, recipe_text, vm);
+    const std::string stored = read_meta_attrs(file).recipe;
+    check_same_recipe(checkpoint.string(), stored, recipe_text, vm);
+    // A checkpoint from before these options trained with a calibrated input step on unclamped images.
+    const auto values = config_values(stored);
+    if (!values.count("input-range")) calibrated_input = true;
+    if (!values.count("clamp-pixels")) q.clamp_pixels = false;
   } else if (fs::exists(checkpoint)) {
     throw UsageError("'" + checkpoint.string() + "' exists; add --resume to continue that run, or choose another --out");
   }
@@ -970,7 +976,7 @@ int quantize(int argc, char** argv) {
     }
   }
   const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"));
-  set_input_range(vm, teacher.norm(), &config);
+  if (!calibrated_input) set_input_range(vm, teacher.norm(), &config);
   const auto& shape = teacher.meta.input_shape;
   models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
                          teacher.meta.width > 0 ? teacher.meta.width : 16};
