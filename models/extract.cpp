@@ -24,7 +24,6 @@ size_t bits_index(const StudentConfig& config, int64_t bits) {
   return static_cast<size_t>(it - config.bits.begin());
 }
 
-
 // A quantized layer of the student, with the BatchNorm that follows it.
 struct LayerPair {
   std::string name;

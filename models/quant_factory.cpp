@@ -29,8 +29,6 @@ void StudentConfig::check() const {
   for (const int64_t b : bits) TORCH_CHECK(b >= 2 && b <= top_bits, "bits must be in [2, top bits = ", top_bits, "], got ", b);
   for (const int64_t b : wbits) TORCH_CHECK(b >= 2 && b <= top_bits, "wbits must be in [2, top bits = ", top_bits, "], got ", b);
   for (const int64_t b : abits) TORCH_CHECK(b >= 2 && b <= 16, "abits must be in [2, 16], got ", b);
-  TORCH_CHECK(input_range.empty() || (input_range.size() == 2 && input_range[0] < input_range[1] && input_range[1] > 0),
-              "the input range must be {lo, hi} with lo < hi and hi > 0");
 }
 
 namespace {

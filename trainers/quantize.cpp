@@ -41,19 +41,12 @@ std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, const std::stri
   return {bits.front(), bits[middle], bits.back()};
 }
 
-// Normalized images clamped per channel to what pixels in [0, 1] give under `norm`.
-torch::Tensor clamp_to_pixels(const torch::Tensor& images, const Normalization& norm) {
-  const int64_t channels = images.size(1);
-  norm.check(channels);
-  const auto per_channel = [&](double pixel) {
-    std::vector<float> v(channels);
-    for (int64_t c = 0; c < channels; ++c) {
-      const size_t i = norm.mean.size() == 1 ? 0 : static_cast<size_t>(c);
-      v[c] = static_cast<float>((pixel - norm.mean[i]) / norm.std[i]);
-    }
-    return torch::tensor(v).reshape({1, channels, 1, 1});
-  };
-  return torch::max(torch::min(images, per_channel(1.0)), per_channel(0.0));
+// The normalized value of `pixel` per channel of `norm`, shaped 1×C×1×1 (C = 1 broadcasts).
+torch::Tensor normalized_pixel(double pixel, const Normalization& norm) {
+  TORCH_CHECK(!norm.mean.empty() && norm.mean.size() == norm.std.size(), "--clamp-pixels needs the teacher's normalization");
+  std::vector<float> v(norm.mean.size());
+  for (size_t c = 0; c < v.size(); ++c) v[c] = static_cast<float>((pixel - norm.mean[c]) / norm.std[c]);
+  return torch::tensor(v).reshape({1, static_cast<int64_t>(v.size()), 1, 1});
 }
 
 // The parameters that train (all, or the per-bit ones with --train per-bit).
@@ -278,6 +271,9 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   TORCH_CHECK(o.checkpoint_every >= 0 && o.stop_after >= 0, "--checkpoint-every and --stop-after must be >= 0");
   TORCH_CHECK(!o.resume || !o.checkpoint.empty(), "resuming needs a checkpoint path");
   const int64_t local_batch = o.batch_size / world;
+  // --clamp-pixels: the normalized images of pixels 0 and 1, per channel.
+  const torch::Tensor pixel_lo = o.clamp_pixels ? normalized_pixel(0.0, data.norm) : torch::Tensor();
+  const torch::Tensor pixel_hi = o.clamp_pixels ? normalized_pixel(1.0, data.norm) : torch::Tensor();
   // A per-bit option's value at bit-width b: `unset` for an empty list, its one value, or b's entry.
   const auto value_at = [&](const std::vector<double>& values, double unset, int64_t b) {
     if (values.empty()) return unset;
@@ -368,7 +364,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       }
       calibration = torch::cat(parts).narrow(0, 0, o.calib_count);
     }
-    if (o.clamp_pixels) calibration = clamp_to_pixels(calibration, data.norm);
+    if (o.clamp_pixels) calibration = torch::max(torch::min(calibration, pixel_hi), pixel_lo);
     models::init_student(student, teacher, calibration, o.bn_bits, o.bn_mode == "shift", o.quant_init);
     if (world > 1) distributed::broadcast_state(*comm, student);  // rank 0's calibration for every rank
   }
@@ -411,7 +407,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
                   local_batch);
     }
     // Teacher and student see the same images, inside the pixel range a fixed input quantizer covers.
-    if (o.clamp_pixels) images = clamp_to_pixels(images, data.norm);
+    if (o.clamp_pixels) images = torch::max(torch::min(images, pixel_hi), pixel_lo);
     const double lr = cosine_lr(o.lr, step, o.steps, 0);
     set_lr(*optimizer, lr);
     torch::Tensor teacher_logits, teacher_features;
