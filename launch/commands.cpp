@@ -828,6 +828,9 @@ int quantize(int argc, char** argv) {
       ("batch-size", po::value<int64_t>()->default_value(64), "images per step, over all processes")
       ("lr", po::value<double>()->default_value(1e-4), "peak learning rate (SGD, Nesterov momentum 0.9, cosine to 0)")
       ("weight-decay", po::value<double>()->default_value(0.0), "weight decay on the latent weights")
+      ("weight-step-lr", po::value<double>()->default_value(1.0),
+       "learning-rate multiplier of the shared weight steps (0: frozen at their initial values, the latent weights "
+       "still train)")
       ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
       ("ce-weight", po::value<std::string>()->default_value("0"),
        "weight of the cross-entropy to the images' labels: one value, or one per bit-width (e.g. 1,0,0,0)")
@@ -879,6 +882,10 @@ int quantize(int argc, char** argv) {
   q.batch_size = get<int64_t>(vm, "batch-size");
   q.lr = get<double>(vm, "lr");
   q.weight_decay = get<double>(vm, "weight-decay");
+  q.weight_step_lr = get<double>(vm, "weight-step-lr");
+  if (!(q.weight_step_lr >= 0) || !std::isfinite(q.weight_step_lr)) {
+    throw UsageError("--weight-step-lr must be a finite number >= 0");
+  }
   q.temperature = get<double>(vm, "temperature");
   q.ce_weight = read_per_bit_values(vm, "ce-weight", config, /*one_for_all=*/true);
   q.feature_weight = get<double>(vm, "feature-weight");

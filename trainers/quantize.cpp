@@ -168,6 +168,12 @@ bool is_per_bit_tensor(const std::string& name) {
   return std::regex_search(name, per_bit);
 }
 
+bool is_weight_step(const std::string& name) {
+  static const std::string suffix = "weight_step";
+  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+         (name.size() == suffix.size() || name[name.size() - suffix.size() - 1] == '.');
+}
+
 const std::vector<std::string>& known_weightings() {
   static const std::vector<std::string> names = {"sum", "sandwich", "min-norm"};
   return names;
@@ -241,6 +247,8 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   }
   TORCH_CHECK(o.lr > 0, "--lr must be > 0, got ", o.lr);
   TORCH_CHECK(o.weight_decay >= 0, "--weight-decay must be >= 0, got ", o.weight_decay);
+  TORCH_CHECK(o.weight_step_lr >= 0 && std::isfinite(o.weight_step_lr), "--weight-step-lr must be >= 0, got ",
+              o.weight_step_lr);
   TORCH_CHECK(o.temperature > 0, "--temperature must be > 0, got ", o.temperature);
   TORCH_CHECK(o.ce_weight.size() <= 1 || o.ce_weight.size() == bits.size(),
               "--ce-weight needs one value or one per bit-width (", bits.size(), "), got ", o.ce_weight.size());
@@ -317,10 +325,13 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   // Weight decay on the latent weights only (make_sgd spares every 1-D tensor: steps, BatchNorm, biases).
   const std::unique_ptr<torch::optim::SGD> optimizer = make_sgd(student, o.lr, 0.9, /*nesterov=*/true, o.weight_decay);
   int64_t trained = 0;
+  std::vector<torch::Tensor> weight_steps;  // scaled by --weight-step-lr
   for (const auto& item : student.named_parameters()) {
-    const bool trains = o.train == "all" || is_per_bit_tensor(item.key());
+    const bool weight_step = is_weight_step(item.key());
+    const bool trains = (o.train == "all" || is_per_bit_tensor(item.key())) && !(weight_step && o.weight_step_lr == 0);
     item.value().set_requires_grad(trains);
     trained += trains;
+    if (trains && weight_step) weight_steps.push_back(item.value());
   }
   // Input steps derived from a known input range neither calibrate nor train.
   for (auto& step : models::fixed_input_steps(student)) step.set_requires_grad(false);
@@ -460,6 +471,13 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       report.alphas = alpha;
     } else if (reducer) {
       reducer->reduce();
+    }
+    if (o.weight_step_lr != 1) {
+      // SGD is linear in the gradient (no weight decay on 1-D tensors): scaling it scales the step's rate.
+      torch::NoGradGuard no_grad;
+      for (auto& s : weight_steps) {
+        if (s.grad().defined()) s.grad().mul_(o.weight_step_lr);
+      }
     }
     optimizer->step();
     if (world > 1 && !bn_running.empty()) {

@@ -63,6 +63,7 @@ struct QuantizeOptions {
   int64_t batch_size = 64;       ///< global batch (split over the ranks)
   double lr = 1e-4;              ///< peak learning rate (SGD with Nesterov momentum 0.9, cosine to 0)
   double weight_decay = 0;       ///< on latent weights only
+  double weight_step_lr = 1;     ///< learning-rate multiplier of the shared weight steps (0: frozen)
   double temperature = 4;
   std::vector<double> ce_weight; ///< cross-entropy to the labels: one weight for every bit-width, or one per bit-width in ascending bit order (empty: 0)
   double feature_weight = 0;     ///< MSE of the penultimate features to the teacher's, per bit-width
@@ -88,6 +89,9 @@ struct QuantizeOptions {
 
 /// True for the tensors of one bit-width only (act_step_b<k>, <bn>.b<k>.<leaf>).
 bool is_per_bit_tensor(const std::string& name);
+
+/// True for the shared top-precision weight steps (<layer>.weight_step).
+bool is_weight_step(const std::string& name);
 
 /// The weighting rules QuantizeOptions::weighting accepts.
 const std::vector<std::string>& known_weightings();

@@ -202,6 +202,8 @@ then ok "first-last-bits same: student attributes and the first layer's pixel-ra
 else bad "first-last-bits same: student attributes and the first layer's pixel-range codes"; fi
 expect_fail 2 "--clamp-pixels must be 'on' or 'off', got 'maybe'" "$zsq" quantize --teacher "$work/teacher.h5" \
   --clamp-pixels maybe
+expect_fail 2 "--weight-step-lr must be a finite number >= 0" "$zsq" quantize --teacher "$work/teacher.h5" \
+  --weight-step-lr -0.5
 only_bit_moved "$work/student.h5" "$work/student-bn.h5" 4 1e-3 1e-4 &&
   ok "--bn-reestimate 4 moves only the 4-bit BatchNorm statistics" || bad "--bn-reestimate: wrong statistics moved"
 expect_ok "$zsq" eval --checkpoint "$work/student.h5" --limit 500 --json

@@ -212,6 +212,55 @@ TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
                     "--train must be 'all' or 'per-bit'");
 }
 
+// --weight-step-lr scales the shared weight steps' update and nothing else; 0 freezes them while the latent
+// weights still train.
+TEST_F(QuantizeTest, WeightStepLrScalesOnlyTheWeightSteps) {
+  EXPECT_TRUE(is_weight_step("layer1.0.conv1.weight_step"));
+  EXPECT_TRUE(is_weight_step("weight_step"));
+  EXPECT_FALSE(is_weight_step("layer1.0.conv1.weight"));
+  EXPECT_FALSE(is_weight_step("layer1.0.conv1.act_step_b4"));
+  EXPECT_FALSE(is_weight_step("layer1.0.conv1.xweight_step"));
+  Toy s = make_setup({2, 8});
+  // The change of every parameter over the second step (the first one's values are recorded after it).
+  std::map<std::string, std::map<std::string, torch::Tensor>> moved;
+  for (const double m : {1.0, 0.5, 0.0}) {
+    torch::manual_seed(3);
+    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+    QuantizeOptions o = small_options();
+    o.steps = 2;
+    o.weight_step_lr = m;
+    std::map<std::string, torch::Tensor> first;
+    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
+      for (const auto& item : student->named_parameters()) {
+        if (r.step == 1) first[item.key()] = item.value().detach().clone();
+        if (r.step == 2) moved[std::to_string(m)][item.key()] = item.value().detach() - first[item.key()];
+      }
+    });
+  }
+  int64_t steps = 0, weights = 0;
+  for (const auto& [name, d1] : moved[std::to_string(1.0)]) {
+    const torch::Tensor& half = moved[std::to_string(0.5)][name];
+    const torch::Tensor& zero = moved[std::to_string(0.0)][name];
+    if (is_weight_step(name)) {
+      ++steps;
+      EXPECT_TRUE(torch::equal(zero, torch::zeros_like(zero))) << name;
+      EXPECT_GT(d1.abs().max().item<double>(), 0) << name;
+      // Nearly half: the second step's gradient comes from slightly different weights.
+      EXPECT_NEAR(half.norm().item<double>() / d1.norm().item<double>(), 0.5, 0.05) << name;
+    } else if (name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 && d1.dim() > 1) {
+      ++weights;
+      EXPECT_GT(zero.abs().max().item<double>(), 0) << name;  // latent weights train with frozen steps
+    }
+  }
+  EXPECT_GT(steps, 0);
+  EXPECT_GT(weights, 0);
+  QuantizeOptions o = small_options();
+  o.weight_step_lr = -1;
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  EXPECT_THROW_WITH(quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr),
+                    "--weight-step-lr must be >= 0");
+}
+
 // With the pixel range known, the first layer's input steps are set from it and do not train, while every
 // other activation step does (the synthetic images' range must not move them).
 TEST_F(QuantizeTest, KnownInputRangeKeepsTheFirstLayersInputStepsFixed) {
