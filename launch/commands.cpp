@@ -838,7 +838,8 @@ int quantize(int argc, char** argv) {
        "weight of the squared error of the penultimate features to the teacher's")
       ("weighting", po::value<std::string>()->default_value("sum"),
        "bit-widths per step: sum (all, weighted by --bit-weights), sandwich (highest, lowest, one random middle), "
-       "min-norm (MGDA combination of the per-bit gradients)")
+       "min-norm (MGDA combination of the per-bit gradients), normalized (all, each bit-width's gradient on the "
+       "shared weights rescaled to their mean norm)")
       ("bit-weights", po::value<std::string>(), "loss weight per bit-width, comma-separated (default: all 1)")
       ("recursive", po::value<std::string>()->default_value("off"),
        "on: each bit-width learns from the next higher one instead of the teacher")
@@ -1046,6 +1047,7 @@ int quantize(int argc, char** argv) {
     Json line;
     line.add("step", r.step).add("lr", r.lr).add("bits", r.bits).add("loss", r.losses);
     if (!r.alphas.empty()) line.add("alpha", r.alphas);
+    if (!r.grad_norms.empty()) line.add("grad_norm", r.grad_norms);
     if (r.generator_loss >= 0) line.add("generator_loss", r.generator_loss);
     line.add("images_per_second", r.images_per_second);
     metrics << line.str() << "\n";

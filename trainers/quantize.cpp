@@ -175,8 +175,16 @@ bool is_weight_step(const std::string& name) {
 }
 
 const std::vector<std::string>& known_weightings() {
-  static const std::vector<std::string> names = {"sum", "sandwich", "min-norm"};
+  static const std::vector<std::string> names = {"sum", "sandwich", "min-norm", "normalized"};
   return names;
+}
+
+torch::Tensor normalized_sum(const torch::Tensor& gradients) {
+  TORCH_CHECK(gradients.dim() == 2 && gradients.size(0) > 0, "normalized_sum: expected K × P gradients, got ",
+              gradients.sizes());
+  const torch::Tensor norms = gradients.norm(2, 1, /*keepdim=*/true);
+  // A zero gradient stays zero (its scale is irrelevant); the others get the mean norm of all.
+  return (gradients * (norms.mean() / norms.clamp_min(1e-30))).sum(0);
 }
 
 std::vector<double> min_norm_weights(const torch::Tensor& gram_in, int iterations) {
@@ -255,10 +263,11 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   for (double w : o.ce_weight) TORCH_CHECK(w >= 0, "--ce-weight must be >= 0, got ", w);
   TORCH_CHECK(o.feature_weight >= 0, "--feature-weight must be >= 0, got ", o.feature_weight);
   TORCH_CHECK(std::find(known_weightings().begin(), known_weightings().end(), o.weighting) != known_weightings().end(),
-              "unknown --weighting '", o.weighting, "' (sum, sandwich, min-norm)");
+              "unknown --weighting '", o.weighting, "' (sum, sandwich, min-norm, normalized)");
   TORCH_CHECK(o.weights.empty() || o.weights.size() == bits.size(), "--bit-weights needs one value per bit-width (",
               bits.size(), "), got ", o.weights.size());
-  TORCH_CHECK(o.weights.empty() || o.weighting != "min-norm", "--bit-weights has no meaning with --weighting min-norm");
+  TORCH_CHECK(o.weights.empty() || (o.weighting != "min-norm" && o.weighting != "normalized"),
+              "--bit-weights has no meaning with --weighting ", o.weighting);
   for (double w : o.weights) TORCH_CHECK(w >= 0, "--bit-weights must be >= 0, got ", w);
   TORCH_CHECK(o.train == "all" || o.train == "per-bit", "--train must be 'all' or 'per-bit', got '", o.train, "'");
   TORCH_CHECK(o.bn_mode == "shift" || o.bn_mode == "absolute", "--bn-mode must be 'shift' or 'absolute', got '",
@@ -337,6 +346,10 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   for (auto& step : models::fixed_input_steps(student)) step.set_requires_grad(false);
   TORCH_CHECK(trained > 0, "--train ", o.train, ": the student has nothing to train");
   const NamedTensors params = trained_parameters(student);
+  NamedTensors shared;  // what the bit-widths share: latent weights, weight steps, biases
+  for (const auto& item : params) {
+    if (!is_per_bit_tensor(item.first)) shared.push_back(item);
+  }
   std::unique_ptr<distributed::Reducer> reducer;
   if (world > 1 && o.weighting != "min-norm") {
     std::vector<torch::Tensor> list;
@@ -431,7 +444,9 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     const bool min_norm = o.weighting == "min-norm";
     std::vector<double> losses(now.size());
     std::vector<torch::Tensor> gradients(now.size());
+    std::vector<torch::Tensor> shared_gradients(now.size());  // each bit-width's gradient on the shared tensors
     optimizer->zero_grad();
+    torch::Tensor shared_before = shared.empty() ? torch::Tensor() : flat_gradient(shared);
     torch::Tensor higher;  // logits of the next higher bit-width (recursive distillation)
     for (size_t i = now.size(); i-- > 0;) {
       models::set_bits(student, now[i]);
@@ -449,6 +464,11 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
         // Backward per bit-width: the graphs do not stay alive together; gradients accumulate.
         (loss * weight_of(now[i])).backward();
       }
+      if (!shared.empty()) {
+        const torch::Tensor shared_now = flat_gradient(shared);
+        shared_gradients[i] = min_norm ? shared_now : shared_now - shared_before;
+        shared_before = shared_now;
+      }
       higher = logits.detach();
     }
     // Every rank decides on the same (global mean) losses, so a divergence stops all of them together.
@@ -461,6 +481,17 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
                   last_checkpoint >= 0 ? "the checkpoint of step " + std::to_string(last_checkpoint) + " is kept"
                                        : std::string("no checkpoint was written"),
                   "; lower --lr");
+    }
+    if (!shared.empty()) {
+      torch::Tensor d = torch::stack(shared_gradients);  // K × S, float64
+      if (o.weighting == "normalized") {
+        // Every bit-width's gradient on the shared tensors rescaled to the mean of their norms (per-bit
+        // tensors keep their own gradients): the lowest bit-width's large loss no longer sets the direction.
+        if (world > 1) comm->all_reduce(d, distributed::ReduceOp::kAverage);
+        set_flat_gradient(shared, normalized_sum(d));
+      }
+      const torch::Tensor norms = d.norm(2, 1);
+      report.grad_norms.assign(norms.data_ptr<double>(), norms.data_ptr<double>() + norms.numel());
     }
     if (min_norm) {
       torch::Tensor g = torch::stack(gradients);  // K × P, float64

@@ -19,6 +19,10 @@
 //   min-norm  MGDA: per-bit gradients g_b, α = argmin ||Σ α_b g_b|| on the
 //             simplex (Frank-Wolfe, Sener & Koltun's MinNormSolver), the step
 //             uses K · Σ α_b g_b so that its scale matches the sum of K losses
+//   normalized  every bit-width every step; on the shared tensors (latent
+//             weights, weight steps) each bit-width's gradient is rescaled to
+//             the mean norm of all of them, so no bit-width's loss scale sets
+//             the direction; per-bit tensors keep their own gradients
 // Recursive distillation (recursive = true): the top bit-width learns from the
 // teacher, every other one from the student at the next higher bit-width in
 // this step's set (its logits detached).
@@ -68,7 +72,7 @@ struct QuantizeOptions {
   std::vector<double> ce_weight; ///< cross-entropy to the labels: one weight for every bit-width, or one per bit-width in ascending bit order (empty: 0)
   double feature_weight = 0;     ///< MSE of the penultimate features to the teacher's, per bit-width
   std::vector<double> weights;   ///< λ_b per bit-width in ascending bit order (empty: all 1)
-  std::string weighting = "sum"; ///< sum, sandwich, min-norm
+  std::string weighting = "sum"; ///< sum, sandwich, min-norm, normalized
   bool recursive = false;        ///< each bit-width distilled from the next higher one
   std::string train = "all";     ///< all; per-bit: only per-bit tensors (activation steps, switchable BN) train
   int64_t crop_padding = 2;      ///< augmentation of the pool's images
@@ -102,6 +106,7 @@ struct QuantizeStep {
   std::vector<int64_t> bits;     ///< the bit-widths trained this step
   std::vector<double> losses;    ///< KD per bit-width of `bits` (global batch mean)
   std::vector<double> alphas;    ///< min-norm weights (empty otherwise)
+  std::vector<double> grad_norms; ///< norm of each bit-width's gradient on the shared tensors (this process's batch; normalized: global)
   double generator_loss = -1;    ///< online generation: the generator's loss (-1: none)
   double lr = 0, images_per_second = 0, elapsed_seconds = 0, eta_seconds = 0;
   bool checkpointed = false;     ///< a checkpoint was written after this step
@@ -134,6 +139,10 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
                         const QuantizeOptions& options, const CheckpointStudent& write_student,
                         std::shared_ptr<distributed::Communicator> comm,
                         const std::function<void(const QuantizeStep&)>& on_step);
+
+/// Σ_b g_b · mean_c(||g_c||) / ||g_b|| for the K × P per-bit gradients (rows):
+/// the combination of --weighting normalized.
+torch::Tensor normalized_sum(const torch::Tensor& gradients);
 
 /// α on the simplex minimizing ||Σ α_i g_i||² for the Gram matrix G (K×K,
 /// G_ij = g_i·g_j), by Frank-Wolfe as MGDA's MinNormSolver (float64).

@@ -318,6 +318,13 @@ expect_fail 1 "training diverged" "$zsq" "${q_pool[@]}" --lr 1e30 --out "$work/r
   bad "run-nan has a checkpoint"
 expect_ok "$zsq" "${q_pool[@]}" --weighting sandwich --recursive on --out "$work/run-s"
 expect_ok "$zsq" "${q_pool[@]}" --weighting min-norm --out "$work/run-m"
+expect_ok "$zsq" "${q_pool[@]}" --weighting normalized --weight-step-lr 0 --out "$work/run-n"
+"$py" - "$work/run-n/metrics.jsonl" "$work/run-n/checkpoint.h5" <<'PY' && ok "normalized logs per-bit gradient norms; --weight-step-lr 0 recorded" || bad "run-n metrics or recipe"
+import h5py, json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+assert all(len(l["grad_norm"]) == 3 and min(l["grad_norm"]) > 0 for l in lines if "loss" in l), lines[-1]
+assert "weight-step-lr = 0" in h5py.File(sys.argv[2], "r").attrs["recipe"]
+PY
 expect_ok "$zsq" "${q_pool[@]}" --feature-weight 1 --ce-weight 0.5 --out "$work/run-f"
 expect_ok "$zsq" "${q_pool[@]}" --ce-weight 1,0,0 --out "$work/run-ce"
 "$py" - "$work/run/metrics.jsonl" "$work/run-ce/metrics.jsonl" <<'PY' && ok "--ce-weight 1,0,0 adds cross-entropy at 2 bits only" || bad "--ce-weight per bit-width"
@@ -444,6 +451,7 @@ if [ -n "$mpirun_bin" ]; then
   same_checkpoints "$work/mrun/checkpoint.h5" "$work/mrun2/checkpoint.h5" && ok "two-process resume = uninterrupted" ||
     bad "two-process resume differs"
   expect_fail 1 "resume it with the same number (mpirun -np 2)" "$zsq" "${q_mpi[@]}" --resume --out "$work/mrun2"
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi[@]}" --weighting normalized --out "$work/mrun5"
   q_mpi_online=(quantize --teacher "$work/teacher.h5" --recipe gdfq --generator-warmup 2 --bits 2,8 --steps 4
     --batch-size 16 --calib-count 8 --checkpoint-every 2 --eval-data none --threads 1 --weighting min-norm)
   expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi_online[@]}" --out "$work/mrun3"

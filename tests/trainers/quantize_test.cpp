@@ -261,6 +261,36 @@ TEST_F(QuantizeTest, WeightStepLrScalesOnlyTheWeightSteps) {
                     "--weight-step-lr must be >= 0");
 }
 
+// --weighting normalized: each bit-width's gradient on the shared tensors rescaled to the mean norm.
+TEST_F(QuantizeTest, NormalizedWeightingGivesEveryBitWidthTheMeanNorm) {
+  const torch::Tensor g = torch::tensor({3.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5}, torch::kFloat64).view({2, 4});
+  // norms 5 and 0.5, mean 2.75: rows scaled by 0.55 and 5.5.
+  const torch::Tensor want = torch::tensor({1.65, 2.2, 0.0, 2.75}, torch::kFloat64);
+  EXPECT_TRUE(torch::allclose(normalized_sum(g), want, 1e-12, 1e-12)) << normalized_sum(g);
+  EXPECT_TRUE(torch::equal(normalized_sum(torch::zeros({2, 3}, torch::kFloat64)), torch::zeros({3}, torch::kFloat64)));
+  Toy s = make_setup({2, 8});
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  QuantizeOptions o = small_options();
+  o.weighting = "normalized";
+  std::vector<QuantizeStep> steps;
+  quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr,
+           [&](const QuantizeStep& r) { steps.push_back(r); });
+  ASSERT_EQ(steps.size(), 30u);
+  for (const auto& r : steps) {
+    ASSERT_EQ(r.grad_norms.size(), 2u);
+    EXPECT_GT(r.grad_norms[0], 0);
+    EXPECT_GT(r.grad_norms[1], 0);
+  }
+  // The 2-bit loss is the larger one and so is its gradient: what the normalization evens out.
+  EXPECT_GT(steps.front().grad_norms[0], steps.front().grad_norms[1]);
+  const double first = steps.front().losses[0] + steps.front().losses[1];
+  const double last = steps.back().losses[0] + steps.back().losses[1];
+  EXPECT_LT(last, first);
+  o.weights = {1, 2};
+  EXPECT_THROW_WITH(quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr),
+                    "--bit-weights has no meaning with --weighting normalized");
+}
+
 // With the pixel range known, the first layer's input steps are set from it and do not train, while every
 // other activation step does (the synthetic images' range must not move them).
 TEST_F(QuantizeTest, KnownInputRangeKeepsTheFirstLayersInputStepsFixed) {
