@@ -351,7 +351,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     if (!is_per_bit_tensor(item.first)) shared.push_back(item);
   }
   std::unique_ptr<distributed::Reducer> reducer;
-  if (world > 1 && o.weighting != "min-norm") {
+  if (world > 1) {
     std::vector<torch::Tensor> list;
     for (const auto& [name, p] : params) list.push_back(p);
     reducer = std::make_unique<distributed::Reducer>(comm, list);
@@ -441,9 +441,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       teacher_logits = teacher.head(teacher_features);
     }
     const std::vector<int64_t> now = step_bits(bits, o.weighting, o.seed, step);
-    const bool min_norm = o.weighting == "min-norm";
     std::vector<double> losses(now.size());
-    std::vector<torch::Tensor> gradients(now.size());
     std::vector<torch::Tensor> shared_gradients(now.size());  // each bit-width's gradient on the shared tensors
     optimizer->zero_grad();
     torch::Tensor shared_before = shared.empty() ? torch::Tensor() : flat_gradient(shared);
@@ -456,17 +454,11 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       if (ce_weight_of(now[i]) > 0) loss = loss + ce_weight_of(now[i]) * torch::cross_entropy_loss(logits, labels);
       if (o.feature_weight > 0) loss = loss + o.feature_weight * torch::mse_loss(features, teacher_features);
       losses[i] = loss.item<double>();
-      if (min_norm) {
-        optimizer->zero_grad();
-        loss.backward();
-        gradients[i] = flat_gradient(params);
-      } else {
-        // Backward per bit-width: the graphs do not stay alive together; gradients accumulate.
-        (loss * weight_of(now[i])).backward();
-      }
+      // Backward per bit-width: the graphs do not stay alive together; gradients accumulate.
+      (loss * weight_of(now[i])).backward();
       if (!shared.empty()) {
         const torch::Tensor shared_now = flat_gradient(shared);
-        shared_gradients[i] = min_norm ? shared_now : shared_now - shared_before;
+        shared_gradients[i] = shared_now - shared_before;
         shared_before = shared_now;
       }
       higher = logits.detach();
@@ -484,25 +476,27 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     }
     if (!shared.empty()) {
       torch::Tensor d = torch::stack(shared_gradients);  // K × S, float64
-      if (o.weighting == "normalized") {
-        // Every bit-width's gradient on the shared tensors rescaled to the mean of their norms (per-bit
-        // tensors keep their own gradients): the lowest bit-width's large loss no longer sets the direction.
+      if (o.weighting == "normalized" || o.weighting == "min-norm") {
+        // Both combine the global per-bit gradients on the shared tensors (the same on every rank); the
+        // per-bit tensors keep their own gradients, averaged by the reducer below (which leaves the
+        // already global shared ones as they are).
         if (world > 1) comm->all_reduce(d, distributed::ReduceOp::kAverage);
-        set_flat_gradient(shared, normalized_sum(d));
+        if (o.weighting == "normalized") {
+          // Each rescaled to the mean norm: the lowest bit-width's large loss no longer sets the direction.
+          set_flat_gradient(shared, normalized_sum(d));
+        } else {
+          // MGDA (Sener & Koltun): α from the shared parameters' gradients only, task-specific ones
+          // (here: per-bit activation steps and BatchNorm) step on their own gradients.
+          const std::vector<double> alpha = min_norm_weights(d.matmul(d.t()));
+          const torch::Tensor a = torch::tensor(alpha, torch::kFloat64) * static_cast<double>(now.size());
+          set_flat_gradient(shared, a.matmul(d));
+          report.alphas = alpha;
+        }
       }
       const torch::Tensor norms = d.norm(2, 1);
       report.grad_norms.assign(norms.data_ptr<double>(), norms.data_ptr<double>() + norms.numel());
     }
-    if (min_norm) {
-      torch::Tensor g = torch::stack(gradients);  // K × P, float64
-      if (world > 1) comm->all_reduce(g, distributed::ReduceOp::kAverage);
-      const std::vector<double> alpha = min_norm_weights(g.matmul(g.t()));
-      const torch::Tensor a = torch::tensor(alpha, torch::kFloat64) * static_cast<double>(now.size());
-      set_flat_gradient(params, a.matmul(g));
-      report.alphas = alpha;
-    } else if (reducer) {
-      reducer->reduce();
-    }
+    if (reducer) reducer->reduce();
     if (o.weight_step_lr != 1) {
       // SGD is linear in the gradient (no weight decay on 1-D tensors): scaling it scales the step's rate.
       torch::NoGradGuard no_grad;

@@ -16,9 +16,12 @@
 //   sum       every bit-width every step, fixed weights λ_b (default 1)
 //   sandwich  each step the highest, the lowest and one random middle
 //             bit-width (the same draw on every rank), with their λ_b
-//   min-norm  MGDA: per-bit gradients g_b, α = argmin ||Σ α_b g_b|| on the
-//             simplex (Frank-Wolfe, Sener & Koltun's MinNormSolver), the step
-//             uses K · Σ α_b g_b so that its scale matches the sum of K losses
+//   min-norm  MGDA: the per-bit gradients g_b on the shared tensors (latent
+//             weights, weight steps, biases), α = argmin ||Σ α_b g_b|| on the
+//             simplex (Frank-Wolfe, Sener & Koltun's MinNormSolver), the shared
+//             step uses K · Σ α_b g_b so that its scale matches the sum of K
+//             losses; per-bit tensors (activation steps, BatchNorm) step on
+//             their own gradients, as MGDA's task-specific parameters
 //   normalized  every bit-width every step; on the shared tensors (latent
 //             weights, weight steps) each bit-width's gradient is rescaled to
 //             the mean norm of all of them, so no bit-width's loss scale sets
@@ -35,9 +38,9 @@
 // teacher's running statistics while its affine parameters train.
 //
 // Data parallel (comm with several ranks): the pool is sharded and the global
-// batch split over the ranks, gradients averaged by a Reducer (min-norm: the
-// per-bit gradients are averaged before α is solved, so every rank takes the
-// same step); a generator is shared (generators/synthesizer.h). Rank 0 writes
+// batch split over the ranks, gradients averaged by a Reducer (min-norm,
+// normalized: the per-bit gradients on the shared tensors are averaged before
+// they are combined, so every rank takes the same step); a generator is shared (generators/synthesizer.h). Rank 0 writes
 // the checkpoints: the student (a zsq-student file, so `zsq eval
 // --checkpoint` and `zsq extract` read it) plus, in group "train/", the SGD
 // momenta, the synthesizer's generator and optimizer, and every rank's random
@@ -106,7 +109,7 @@ struct QuantizeStep {
   std::vector<int64_t> bits;     ///< the bit-widths trained this step
   std::vector<double> losses;    ///< KD per bit-width of `bits` (global batch mean)
   std::vector<double> alphas;    ///< min-norm weights (empty otherwise)
-  std::vector<double> grad_norms; ///< norm of each bit-width's gradient on the shared tensors (this process's batch; normalized: global)
+  std::vector<double> grad_norms; ///< norm of each bit-width's gradient on the shared tensors (this process's batch; min-norm, normalized: global)
   double generator_loss = -1;    ///< online generation: the generator's loss (-1: none)
   double lr = 0, images_per_second = 0, elapsed_seconds = 0, eta_seconds = 0;
   bool checkpointed = false;     ///< a checkpoint was written after this step

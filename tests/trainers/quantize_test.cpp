@@ -179,6 +179,41 @@ TEST_F(QuantizeTest, SandwichTrainsHighestLowestAndOneMiddle) {
   });
 }
 
+// min-norm and normalized combine the bit-widths' gradients on the shared tensors only: from the same start,
+// one step moves every per-bit tensor exactly as `sum` does, and the shared ones differently.
+TEST_F(QuantizeTest, MinNormAndNormalizedLeaveThePerBitGradientsAlone) {
+  Toy s = make_setup({2, 4, 8});
+  auto after_one_step = [&](const std::string& weighting) {
+    torch::manual_seed(5);
+    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+    QuantizeOptions o = small_options();
+    o.steps = 1;
+    o.weighting = weighting;
+    std::vector<double> alphas;
+    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr,
+             [&](const QuantizeStep& r) { alphas = r.alphas; });
+    EXPECT_EQ(alphas.size(), weighting == "min-norm" ? 3u : 0u);
+    std::map<std::string, torch::Tensor> out;
+    for (const auto& item : student->named_parameters()) out[item.key()] = item.value().detach().clone();
+    return out;
+  };
+  const auto sum = after_one_step("sum");
+  for (const std::string weighting : {"min-norm", "normalized"}) {
+    const auto other = after_one_step(weighting);
+    int64_t per_bit = 0, shared_moved = 0;
+    for (const auto& [name, value] : sum) {
+      if (is_per_bit_tensor(name)) {
+        ++per_bit;
+        EXPECT_TRUE(torch::allclose(other.at(name), value, 1e-5, 1e-7)) << weighting << " " << name;
+      } else {
+        shared_moved += !torch::allclose(other.at(name), value, 1e-5, 1e-7);
+      }
+    }
+    EXPECT_GT(per_bit, 0);
+    EXPECT_GT(shared_moved, 0) << weighting;
+  }
+}
+
 TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
   EXPECT_TRUE(is_per_bit_tensor("layer1.0.conv1.act_step_b4"));
   EXPECT_TRUE(is_per_bit_tensor("layer1.0.bn1.b2.weight"));
