@@ -1074,11 +1074,16 @@ int quantize(int argc, char** argv) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!root) return 0;
   if (result.resumed_from >= 0) std::cout << "resumed from step " << result.resumed_from << std::endl;
+  if (result.changed_codes >= 0) {
+    std::cout << "top-precision (" << config.top_bits << "-bit) weight codes changed by training: " << std::fixed
+              << std::setprecision(2) << 100 * result.changed_codes << " %" << std::defaultfloat << std::endl;
+  }
   std::cout << "wrote " << checkpoint.string() << " (step " << result.steps_done << "/" << q.steps << ") and "
             << metrics_path.string() << " in " << format_duration(seconds) << std::endl;
   Json json;
   json.add("command", "quantize").add("checkpoint", checkpoint.string()).add("bits", config.bits)
       .add("steps_done", result.steps_done).add("complete", result.complete).add("seconds", seconds);
+  if (result.changed_codes >= 0) json.add("changed_codes", result.changed_codes);
   if (!result.complete) {
     std::cout << "stopped after " << result.steps_done << " of " << q.steps << " steps; continue with the same command and --resume"
               << std::endl;

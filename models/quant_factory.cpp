@@ -120,6 +120,17 @@ std::vector<quant::QuantizedLayer*> quantized_layers(const torch::nn::Module& mo
 
 } // namespace
 
+std::vector<std::pair<std::string, torch::Tensor>> top_weight_codes(const torch::nn::Module& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  torch::NoGradGuard no_grad;
+  for (const auto& item : model.named_modules()) {
+    if (auto* q = dynamic_cast<quant::QuantizedLayer*>(item.value().get())) {
+      out.emplace_back(item.key(), q->weight_codes_at(q->quant_options().top_bits()));
+    }
+  }
+  return out;
+}
+
 void set_bits(const torch::nn::Module& model, int64_t b) {
   const auto all = switchables(model);
   TORCH_CHECK(!all.empty(), "set_bits: the model has no quantized layers (is it an FP32 model?)");

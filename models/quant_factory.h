@@ -94,6 +94,10 @@ std::vector<double> pixel_input_range(const std::vector<double>& mean, const std
 /// The input steps of the layers whose input range is known (they must not train).
 std::vector<torch::Tensor> fixed_input_steps(const torch::nn::Module& model);
 
+/// Every quantized layer's integer weight codes at the top precision (int16),
+/// named by the layer's module path.
+std::vector<std::pair<std::string, torch::Tensor>> top_weight_codes(const torch::nn::Module& model);
+
 /// Initialises `student` from `teacher` (same architecture, FP32): latent
 /// weights and biases are the teacher's, every per-bit BatchNorm is the
 /// teacher's BatchNorm, weight steps follow LSQ's per-channel init at the top

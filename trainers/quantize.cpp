@@ -23,6 +23,7 @@ namespace {
 constexpr const char* kOptimizerGroup = "train/optimizer/";
 constexpr const char* kSynthesizerGroup = "train/synthesizer/";
 constexpr const char* kRngGroup = "train/rng/";
+constexpr const char* kInitialCodesGroup = "train/initial_codes/";
 
 uint64_t splitmix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
@@ -99,7 +100,7 @@ class Checkpointer {
 
   // Collective when several ranks (the random states are gathered); rank 0 writes.
   void write(torch::optim::SGD& optimizer, const NamedTensors& params, generators::Synthesizer* synth,
-             int64_t step) {
+             const NamedTensors& initial_codes, int64_t step) {
     const int world = comm_ ? comm_->size() : 1;
     torch::Tensor rng;
     if (synth) {
@@ -115,6 +116,7 @@ class Checkpointer {
       // A test hook: a slow write, so that a test can kill the process in the middle of one.
       if (delay_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay_));
       for (const auto& [name, t] : synth_state) file.write_tensor(kSynthesizerGroup + name, t);
+      for (const auto& [name, t] : initial_codes) file.write_tensor(kInitialCodesGroup + name, t);
       if (rng.defined()) {
         for (int r = 0; r < world; ++r) file.write_tensor(kRngGroup + ("rank" + std::to_string(r)), rng[r]);
       }
@@ -135,7 +137,8 @@ class Checkpointer {
 // Restores a checkpoint into the student, its optimizer and the synthesizer;
 // returns the student step it was written at.
 int64_t restore(const QuantizeOptions& o, models::ClassifierImpl& student, torch::optim::SGD& optimizer,
-                const NamedTensors& params, generators::Synthesizer* synth, int rank, int world) {
+                const NamedTensors& params, generators::Synthesizer* synth, NamedTensors* initial_codes, int rank,
+                int world) {
   const h5::File file = h5::File::open_read(o.checkpoint);
   const CheckpointInfo info = read_checkpoint_info(file);
   TORCH_CHECK(info.world_size == world, "'", o.checkpoint, "' was written by ", info.world_size,
@@ -148,6 +151,8 @@ int64_t restore(const QuantizeOptions& o, models::ClassifierImpl& student, torch
   load_optimizer_state(optimizer, params, read_group(file, kOptimizerGroup));
   const auto synth_state = read_group(file, kSynthesizerGroup);
   const auto rng = read_group(file, kRngGroup);
+  initial_codes->clear();
+  for (const auto& [name, t] : read_group(file, kInitialCodesGroup)) initial_codes->emplace_back(name, t);
   if (synth) {
     synth->load_state(synth_state);
     const auto it = rng.find("rank" + std::to_string(rank));
@@ -360,8 +365,9 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
 
   QuantizeResult result;
   int64_t first = 0;
+  NamedTensors initial_codes;  // top-precision weight codes at the start, by layer
   if (o.resume) {
-    first = restore(o, student, *optimizer, params, synth, rank, world);
+    first = restore(o, student, *optimizer, params, synth, &initial_codes, rank, world);
     result.resumed_from = first;
   } else {
     torch::manual_seed(o.seed);
@@ -391,6 +397,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     if (o.clamp_pixels) calibration = torch::max(torch::min(calibration, pixel_hi), pixel_lo);
     models::init_student(student, teacher, calibration, o.bn_bits, o.bn_mode == "shift", o.quant_init);
     if (world > 1) distributed::broadcast_state(*comm, student);  // rank 0's calibration for every rank
+    initial_codes = models::top_weight_codes(student);
   }
   // --bn-train: these bit-widths' BatchNorms normalize with batch statistics and update their running ones
   // (momentum 0.1) while training; under mpirun each rank uses its own batch's statistics and the running
@@ -514,7 +521,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     const bool stop = o.stop_after > 0 && done_here >= o.stop_after;
     const bool last = step + 1 == o.steps;
     if (!o.checkpoint.empty() && (last || stop || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))) {
-      checkpointer.write(*optimizer, params, synth, step + 1);
+      checkpointer.write(*optimizer, params, synth, initial_codes, step + 1);
       last_checkpoint = step + 1;
       report.checkpointed = true;
     }
@@ -532,6 +539,19 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     if (stop) break;
   }
   result.complete = result.steps_done == o.steps;
+  if (!initial_codes.empty()) {
+    std::map<std::string, torch::Tensor> now;
+    for (const auto& [name, t] : models::top_weight_codes(student)) now.emplace(name, t);
+    int64_t changed = 0, total = 0;
+    for (const auto& [name, start] : initial_codes) {
+      const auto it = now.find(name);
+      TORCH_CHECK(it != now.end() && it->second.sizes() == start.sizes(), "the start codes of layer '", name,
+                  "' do not fit the student");
+      changed += it->second.ne(start).sum().item<int64_t>();
+      total += start.numel();
+    }
+    result.changed_codes = total > 0 ? static_cast<double>(changed) / static_cast<double>(total) : 0.0;
+  }
   models::set_bits(student, bits.front());
   return result;
 }

@@ -44,7 +44,9 @@
 // the checkpoints: the student (a zsq-student file, so `zsq eval
 // --checkpoint` and `zsq extract` read it) plus, in group "train/", the SGD
 // momenta, the synthesizer's generator and optimizer, and every rank's random
-// state; attributes train_step, train_steps, train_world_size. Resuming restores
+// state, and the top-precision weight codes at the start (train/initial_codes/,
+// for QuantizeResult::changed_codes); attributes train_step, train_steps,
+// train_world_size. Resuming restores
 // all of it, so a resumed run ends bit-for-bit where an uninterrupted one ends
 // (same world size). Writes are atomic: a run killed at any moment leaves the
 // previous checkpoint intact.
@@ -119,6 +121,10 @@ struct QuantizeResult {
   int64_t steps_done = 0;        ///< student steps in the checkpoint at the end
   bool complete = false;         ///< all planned steps done (false: stopped by stop_after)
   int64_t resumed_from = -1;     ///< step the run resumed from (-1: fresh)
+  /// Share of the top-precision weight codes that differ from the run's start
+  /// (after initialisation from the teacher); -1 for a checkpoint written
+  /// before the start codes were kept.
+  double changed_codes = -1;
 };
 
 /// Where the images come from: a pool (sharded over the ranks, augmented) or a

@@ -79,6 +79,9 @@ TEST_F(QuantizeTest, TrainingLowersTheSummedLoss) {
     last += steps[26 + i].losses[0] + steps[26 + i].losses[1];
   }
   EXPECT_LT(last, 0.8 * first);
+  // The weights trained: some top-precision codes moved from their start, not all of them.
+  EXPECT_GT(result.changed_codes, 0.0);
+  EXPECT_LT(result.changed_codes, 0.5);
   o.weights = {1.0};
   EXPECT_NE(error_of([&] { quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr); })
                 .find("one value per bit-width (2)"),
@@ -226,7 +229,7 @@ TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
   o.train = "per-bit";
   std::map<std::string, torch::Tensor> first;
   int64_t shared = 0, own = 0;
-  quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
+  const QuantizeResult result = quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
     for (const auto& item : student->named_parameters()) {
       if (r.step == 1) {
         first[item.key()] = item.value().detach().clone();
@@ -241,6 +244,7 @@ TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
     }
   });
   EXPECT_EQ(shared, 0);  // latent weights, weight steps: frozen
+  EXPECT_EQ(result.changed_codes, 0.0);
   EXPECT_GT(own, 0);     // activation steps and per-bit BatchNorm train
   o.train = "some";
   EXPECT_THROW_WITH(quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr),
