@@ -836,7 +836,7 @@ int quantize(int argc, char** argv) {
        "weight of the cross-entropy to the images' labels: one value, or one per bit-width (e.g. 1,0,0,0)")
       ("feature-weight", po::value<double>()->default_value(0.0),
        "weight of the squared error of the penultimate features to the teacher's")
-      ("weighting", po::value<std::string>()->default_value("sum"),
+      ("weighting", po::value<std::string>()->default_value("min-norm"),
        "bit-widths per step: sum (all, weighted by --bit-weights), sandwich (highest, lowest, one random middle), "
        "min-norm (MGDA combination of the per-bit gradients), normalized (all, each bit-width's gradient on the "
        "shared weights rescaled to their mean norm)")
@@ -851,6 +851,9 @@ int quantize(int argc, char** argv) {
       ("clamp-pixels", po::value<std::string>()->default_value("on"),
        "on: the training and calibration images are clamped to the pixel range [0, 1] (under the teacher's "
        "normalization) before teacher and student see them (synthetic images stray outside it); off: as given")
+      ("bn-reestimate-end", po::value<std::string>()->default_value("off"),
+       "on: after the last step the --bn-reestimate bit-widths' BatchNorm statistics are re-estimated again "
+       "(--bn-mode, --calib-count fresh images) through the trained network; off: only at the start")
       ("bn-train", po::value<std::string>()->default_value("none"),
        "bit-widths whose BatchNorms use batch statistics while training and update their running statistics: "
        "none, all, or a comma-separated list");
@@ -906,10 +909,16 @@ int quantize(int argc, char** argv) {
   const std::string clamp = get<std::string>(vm, "clamp-pixels");
   if (clamp != "on" && clamp != "off") throw UsageError("--clamp-pixels must be 'on' or 'off', got '" + clamp + "'");
   q.clamp_pixels = clamp == "on";
+  const std::string bn_end = get<std::string>(vm, "bn-reestimate-end");
+  if (bn_end != "on" && bn_end != "off") throw UsageError("--bn-reestimate-end must be 'on' or 'off', got '" + bn_end + "'");
+  q.bn_reestimate_end = bn_end == "on";
   q.train = get<std::string>(vm, "train");
   if (q.train != "all" && q.train != "per-bit") throw UsageError("--train must be 'all' or 'per-bit', got '" + q.train + "'");
   q.weights = read_per_bit_values(vm, "bit-weights", config, /*one_for_all=*/false);
   std::tie(q.bn_bits, q.bn_mode) = read_bn_options(vm, config);
+  if (q.bn_reestimate_end && q.bn_bits.empty()) {
+    throw UsageError("--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");
+  }
   q.bn_train = read_bit_list(vm, "bn-train", config);
   const int64_t every = get<int64_t>(vm, "log-every");
   if (q.steps < 1) throw UsageError("--steps must be >= 1");
@@ -1023,7 +1032,8 @@ int quantize(int argc, char** argv) {
               << ", weighting " << q.weighting << (q.recursive ? " (recursive)" : "")
               << (q.train == "per-bit" ? ", shared weights frozen (per-bit training)" : "")
               << (q.bn_bits.empty() ? ""
-                                    : ", BatchNorm re-estimated (" + q.bn_mode + ") at bits " + models::bits_text(q.bn_bits))
+                                    : ", BatchNorm re-estimated (" + q.bn_mode + ") at bits " + models::bits_text(q.bn_bits) +
+                                          (q.bn_reestimate_end ? " at the start and the end" : ""))
               << (q.bn_train.empty() ? "" : ", BatchNorm on batch statistics at bits " + models::bits_text(q.bn_train))
               << (comm->size() > 1 ? ", " + std::to_string(comm->size()) + " processes" : std::string()) << std::endl;
   }

@@ -164,7 +164,7 @@ std::vector<torch::Tensor> fixed_input_steps(const torch::nn::Module& model) {
 }
 
 void calibrate(torch::nn::Module& student, const torch::Tensor& images, const std::vector<int64_t>& bn_bits,
-               torch::nn::Module* reference) {
+               torch::nn::Module* reference, bool activation_steps) {
   const auto layers = quantized_layers(student);
   TORCH_CHECK(!layers.empty(), "calibrate: the model has no quantized layers");
   TORCH_CHECK(images.dim() == 4 && images.size(0) > 0, "calibrate: expected a non-empty N×C×H×W batch, got ",
@@ -209,7 +209,7 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images, const st
     }
   }
   const auto set_modes = [&](bool calibrating, bool reestimating) {
-    for (auto* layer : layers) layer->set_calibrating(calibrating);
+    for (auto* layer : layers) layer->set_calibrating(calibrating && activation_steps);
     for (auto& [name, n] : norms) {
       if (reestimating && moments.count(name)) {
         n->set_reestimating(true, moments[name].first, moments[name].second);
@@ -220,8 +220,10 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images, const st
   };
   try {
     for (const int64_t b : bits) {
+      const bool reestimate = std::find(bn_bits.begin(), bn_bits.end(), b) != bn_bits.end();
+      if (!activation_steps && !reestimate) continue;
       set_bits(student, b);
-      set_modes(true, std::find(bn_bits.begin(), bn_bits.end(), b) != bn_bits.end());
+      set_modes(true, reestimate);
       classifier->forward(images);
     }
   } catch (...) {

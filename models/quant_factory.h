@@ -120,7 +120,9 @@ void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const 
 /// between the student's and the reference's statistics on the images (see
 /// SwitchableBatchNorm2dImpl::set_reestimating), which keeps the part of the
 /// statistics the images got wrong out.
+/// With `activation_steps` false only the BatchNorms of `bn_bits` are
+/// re-estimated (e.g. after training moved the weights); the steps stay.
 void calibrate(torch::nn::Module& student, const torch::Tensor& images, const std::vector<int64_t>& bn_bits = {},
-               torch::nn::Module* reference = nullptr);
+               torch::nn::Module* reference = nullptr, bool activation_steps = true);
 
 } // namespace zsq::models

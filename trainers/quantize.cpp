@@ -284,6 +284,8 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     }
   }
   TORCH_CHECK(o.calib_count >= 1, "--calib-count must be >= 1, got ", o.calib_count);
+  TORCH_CHECK(!o.bn_reestimate_end || !o.bn_bits.empty(),
+              "--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");
   TORCH_CHECK(o.generator_warmup >= 0, "--generator-warmup must be >= 0, got ", o.generator_warmup);
   TORCH_CHECK(o.generator_warmup == 0 || (data.synthesizer && data.synthesizer->trains_generator()),
               "--generator-warmup needs a recipe that trains a generator (gdfq, qimera)");
@@ -363,22 +365,8 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   }
   Checkpointer checkpointer(o, write_student, comm);
 
-  QuantizeResult result;
-  int64_t first = 0;
-  NamedTensors initial_codes;  // top-precision weight codes at the start, by layer
-  if (o.resume) {
-    first = restore(o, student, *optimizer, params, synth, &initial_codes, rank, world);
-    result.resumed_from = first;
-  } else {
-    torch::manual_seed(o.seed);
-    for (int64_t w = 0; w < o.generator_warmup; ++w) {
-      QuantizeStep report;
-      report.warmup_step = w + 1;
-      report.warmup_steps = o.generator_warmup;
-      report.steps = o.steps;
-      next_images(&report);
-      if (on_step) on_step(report);
-    }
+  // Images that calibrate the student: a random pick of the pool, or fresh synthetic batches.
+  const auto calibration_images = [&]() {
     torch::Tensor calibration;
     if (data.pool) {
       const torch::Tensor pick =
@@ -395,7 +383,25 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       calibration = torch::cat(parts).narrow(0, 0, o.calib_count);
     }
     if (o.clamp_pixels) calibration = torch::max(torch::min(calibration, pixel_hi), pixel_lo);
-    models::init_student(student, teacher, calibration, o.bn_bits, o.bn_mode == "shift", o.quant_init);
+    return calibration;
+  };
+  QuantizeResult result;
+  int64_t first = 0;
+  NamedTensors initial_codes;  // top-precision weight codes at the start, by layer
+  if (o.resume) {
+    first = restore(o, student, *optimizer, params, synth, &initial_codes, rank, world);
+    result.resumed_from = first;
+  } else {
+    torch::manual_seed(o.seed);
+    for (int64_t w = 0; w < o.generator_warmup; ++w) {
+      QuantizeStep report;
+      report.warmup_step = w + 1;
+      report.warmup_steps = o.generator_warmup;
+      report.steps = o.steps;
+      next_images(&report);
+      if (on_step) on_step(report);
+    }
+    models::init_student(student, teacher, calibration_images(), o.bn_bits, o.bn_mode == "shift", o.quant_init);
     if (world > 1) distributed::broadcast_state(*comm, student);  // rank 0's calibration for every rank
     initial_codes = models::top_weight_codes(student);
   }
@@ -520,6 +526,12 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
 
     const bool stop = o.stop_after > 0 && done_here >= o.stop_after;
     const bool last = step + 1 == o.steps;
+    if (last && o.bn_reestimate_end) {
+      // The weights moved since the start: the bn_bits' statistics again, through the trained network.
+      models::calibrate(student, calibration_images(), o.bn_bits, o.bn_mode == "shift" ? &teacher : nullptr,
+                        /*activation_steps=*/false);
+      if (world > 1) distributed::broadcast_state(*comm, student);
+    }
     if (!o.checkpoint.empty() && (last || stop || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))) {
       checkpointer.write(*optimizer, params, synth, initial_codes, step + 1);
       last_checkpoint = step + 1;

@@ -85,6 +85,7 @@ struct QuantizeOptions {
   int64_t calib_count = 256;     ///< images that calibrate the activation steps at the start
   std::vector<int64_t> bn_bits;  ///< bit-widths whose BatchNorm statistics calibration re-estimates
   std::string bn_mode = "shift"; ///< shift: by the student-teacher difference on the images; absolute: the images' own
+  bool bn_reestimate_end = false; ///< re-estimate bn_bits' BatchNorm statistics again after the last step (fresh calibration images)
   std::vector<int64_t> bn_train; ///< bit-widths whose BatchNorms use batch statistics while training (running ones updated)
   models::QuantizerInit quant_init; ///< how the weight steps start
   bool clamp_pixels = false;     ///< images (training and calibration) clamped to pixels in [0, 1] under data.norm

@@ -217,6 +217,43 @@ TEST_F(QuantizeTest, MinNormAndNormalizedLeaveThePerBitGradientsAlone) {
   }
 }
 
+// bn_reestimate_end: after the last step only the bn_bits' BatchNorm statistics change (through the trained
+// network); every trained tensor and the other bit-widths' statistics are those of the same run without it.
+TEST_F(QuantizeTest, BatchNormReestimatedAtTheEndOnlyAtItsBitWidths) {
+  Toy s = make_setup({2, 8});
+  auto run = [&](bool at_end) {
+    torch::manual_seed(7);
+    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+    QuantizeOptions o = small_options();
+    o.steps = 4;
+    o.bn_bits = {2};
+    o.bn_mode = "absolute";
+    o.bn_reestimate_end = at_end;
+    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr);
+    std::map<std::string, torch::Tensor> out;
+    for (const auto& item : student->named_buffers()) out[item.key()] = item.value().detach().clone();
+    for (const auto& item : student->named_parameters()) out[item.key()] = item.value().detach().clone();
+    return out;
+  };
+  const auto plain = run(false), reestimated = run(true);
+  int64_t moved = 0;
+  for (const auto& [name, value] : plain) {
+    const bool stats = name.find("running_") != std::string::npos;
+    const bool at_2 = name.find(".b2.") != std::string::npos;
+    if (stats && at_2) {
+      moved += !torch::allclose(reestimated.at(name), value, 1e-5, 1e-7);
+    } else if (name.find("num_batches_tracked") == std::string::npos) {
+      EXPECT_TRUE(torch::allclose(reestimated.at(name), value, 1e-6, 1e-8)) << name;
+    }
+  }
+  EXPECT_GT(moved, 0);
+  QuantizeOptions o = small_options();
+  o.bn_reestimate_end = true;
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  EXPECT_THROW_WITH(quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr),
+                    "--bn-reestimate-end on needs");
+}
+
 TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
   EXPECT_TRUE(is_per_bit_tensor("layer1.0.conv1.act_step_b4"));
   EXPECT_TRUE(is_per_bit_tensor("layer1.0.bn1.b2.weight"));
