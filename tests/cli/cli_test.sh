@@ -204,6 +204,10 @@ expect_fail 2 "--clamp-pixels must be 'on' or 'off', got 'maybe'" "$zsq" quantiz
   --clamp-pixels maybe
 expect_fail 2 "--weight-step-lr must be a finite number >= 0" "$zsq" quantize --teacher "$work/teacher.h5" \
   --weight-step-lr -0.5
+expect_fail 2 "--bn-reestimate-end on needs the bit-widths to re-estimate" "$zsq" quantize \
+  --teacher "$work/teacher.h5" --bn-reestimate-end on
+expect_fail 2 "--bn-reestimate-end must be 'on' or 'off', got 'yes'" "$zsq" quantize --teacher "$work/teacher.h5" \
+  --bn-reestimate-end yes
 only_bit_moved "$work/student.h5" "$work/student-bn.h5" 4 1e-3 1e-4 &&
   ok "--bn-reestimate 4 moves only the 4-bit BatchNorm statistics" || bad "--bn-reestimate: wrong statistics moved"
 expect_ok "$zsq" eval --checkpoint "$work/student.h5" --limit 500 --json
