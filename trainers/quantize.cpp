@@ -174,9 +174,8 @@ bool is_per_bit_tensor(const std::string& name) {
 }
 
 bool is_weight_step(const std::string& name) {
-  static const std::string suffix = "weight_step";
-  return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0 &&
-         (name.size() == suffix.size() || name[name.size() - suffix.size() - 1] == '.');
+  static const std::regex weight_step(R"((^|\.)weight_step$)");
+  return std::regex_search(name, weight_step);
 }
 
 const std::vector<std::string>& known_weightings() {
