@@ -1,7 +1,8 @@
 // The once-for-all training loop: the distillation loss by hand, training
 // lowering the summed loss, the min-norm solver, optimizer state round trips,
 // sandwich sampling, and a divergence that stops the run and keeps the last
-// checkpoint.
+// checkpoint, recursive and feature distillation by hand, and joint training
+// bringing every bit-width closer to the teacher than its calibrated start.
 #include "trainers/quantize.h"
 
 #include "framework/h5.h"
@@ -252,6 +253,111 @@ TEST_F(QuantizeTest, BatchNormReestimatedAtTheEndOnlyAtItsBitWidths) {
   auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
   EXPECT_THROW_WITH(quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr),
                     "--bn-reestimate-end on needs");
+}
+
+// Recursive distillation: each bit-width's target is the next higher one's logits on the same images, the
+// highest one's the teacher's; feature distillation adds the MSE of the penultimate features to the
+// teacher's. Checked by hand on the first step's batch (the whole pool, in another order; the loss is a
+// batch mean) with a learning rate so small that the step changes nothing measurable.
+TEST_F(QuantizeTest, RecursiveAndFeatureDistillationTargets) {
+  Toy s = make_setup({2, 4, 8});
+  {  // a confident teacher: the distillation losses well above float rounding
+    torch::NoGradGuard no_grad;
+    for (const auto& item : s.teacher->named_parameters()) {
+      if (item.key().rfind("fc.", 0) == 0) item.value().mul_(20);
+    }
+  }
+  const std::vector<int64_t> bits = {2, 4, 8};
+  const torch::Tensor x = normalize(s.pool.images, s.norm);
+  torch::Tensor teacher_features, teacher_logits;
+  {
+    torch::NoGradGuard no_grad;
+    teacher_features = s.teacher->features(x);
+    teacher_logits = s.teacher->head(teacher_features);
+  }
+  double gap = 0;  // relative difference of the 2-bit loss to the two targets: the check tells them apart
+  for (const bool recursive : {false, true}) {
+    for (const double feature_weight : {0.0, 0.5}) {
+      torch::manual_seed(3);
+      auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+      QuantizeOptions o = small_options();
+      o.steps = 1;
+      o.batch_size = 64;
+      o.lr = 1e-12;
+      o.recursive = recursive;
+      o.feature_weight = feature_weight;
+      std::vector<double> reported;
+      quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
+        ASSERT_EQ(r.bits, bits);
+        reported = r.losses;
+      });
+      ASSERT_EQ(reported.size(), 3u);
+      torch::NoGradGuard no_grad;
+      torch::Tensor higher = teacher_logits;
+      for (int i = 2; i >= 0; --i) {
+        models::set_bits(*student, bits[i]);
+        const torch::Tensor features = student->features(x), logits = student->head(features);
+        const double to_teacher = kd_loss(logits, teacher_logits, o.temperature).item<double>();
+        const double to_higher = kd_loss(logits, higher, o.temperature).item<double>();
+        const double feature = torch::mse_loss(features, teacher_features).item<double>();
+        if (i == 0) ASSERT_GT(feature, 1e-3);  // the feature term is visible at 2 bits
+        const double expected = (recursive ? to_higher : to_teacher) + feature_weight * feature;
+        EXPECT_NEAR(reported[i], expected, 1e-4 * expected) << "recursive " << recursive << ", feature weight "
+                                                                   << feature_weight << ", " << bits[i] << " bits";
+        if (i == 0) gap = std::abs(to_higher - to_teacher) / to_teacher;
+        higher = logits;
+      }
+    }
+  }
+  EXPECT_GT(gap, 0.05);
+}
+
+// Joint training of the shared weights (min-norm, every tensor trains) brings every bit-width closer to the
+// teacher on images it never trained on than the calibrated start (the frozen lattice) is; feature
+// distillation brings the penultimate features closer to the teacher's than distillation of the logits alone.
+TEST_F(QuantizeTest, JointTrainingRaisesEveryBitWidthsAgreementWithTheTeacher) {
+  Toy s = make_setup({2, 4, 8});
+  const torch::Tensor held_out = normalize(torch::randint(0, 256, {128, 1, 28, 28}, torch::kUInt8), s.norm);
+  torch::Tensor teacher_features, teacher_logits;
+  {
+    torch::NoGradGuard no_grad;
+    teacher_features = s.teacher->features(held_out);
+    teacher_logits = s.teacher->head(teacher_features);
+  }
+  struct Distance {
+    std::vector<double> kl, feature;
+  };
+  const auto distance = [&](models::Classifier& student) {
+    torch::NoGradGuard no_grad;
+    Distance d;
+    for (const int64_t b : s.config.bits) {
+      models::set_bits(*student, b);
+      const torch::Tensor features = student->features(held_out);
+      d.kl.push_back(kd_loss(student->head(features), teacher_logits, 1.0).item<double>());
+      d.feature.push_back(torch::mse_loss(features, teacher_features).item<double>());
+    }
+    return d;
+  };
+  const auto trained = [&](double feature_weight) {
+    torch::manual_seed(11);
+    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+    QuantizeOptions o = small_options();
+    o.weighting = "min-norm";
+    o.lr = 0.01;
+    o.feature_weight = feature_weight;
+    const QuantizeResult result = quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr);
+    EXPECT_GT(result.changed_codes, 0.0);
+    return distance(student);
+  };
+  torch::manual_seed(11);
+  auto start = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  models::init_student(*start, *s.teacher, normalize(s.pool.images, s.norm));
+  const Distance before = distance(start), logits_only = trained(0.0), with_features = trained(1.0);
+  for (size_t i = 0; i < s.config.bits.size(); ++i) {
+    EXPECT_LT(logits_only.kl[i], 0.9 * before.kl[i]) << s.config.bits[i] << " bits";
+    EXPECT_LT(with_features.feature[i], logits_only.feature[i]) << s.config.bits[i] << " bits";
+    EXPECT_LT(with_features.feature[i], before.feature[i]) << s.config.bits[i] << " bits";
+  }
 }
 
 TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
