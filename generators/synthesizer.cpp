@@ -144,6 +144,7 @@ class Base : public Synthesizer {
       : teacher_(std::move(teacher)), shape_(std::move(shape)), classes_(classes), options_(o),
         comm_(std::move(comm)) {
     recipe_ = recipe;
+    external_ = o.external_adversary;
     const int rank = comm_ ? comm_->rank() : 0;
     gen_ = at::make_generator<at::CPUGeneratorImpl>(o.seed + 1000003ull * static_cast<uint64_t>(rank));
     predictor_ = teacher_;
@@ -205,11 +206,14 @@ class Base : public Synthesizer {
         report->ce += term.item<double>();
       }
     }
-    if (recipe_.adversarial > 0 && student_) {
+    if (recipe_.adversarial > 0 && (student_ || adversary_)) {
       // Fast-DFKD's adversarial term (fast_meta.py): −KL(p_t || p_s) at T = 1,
       // summed over classes, on the samples where the student's top-1 agrees
-      // with the teacher's, averaged over the whole batch.
-      const torch::Tensor s_logits = student_->forward(input);
+      // with the teacher's, averaged over the whole batch. The student is the
+      // proxy trained here, or the caller's (online: the student being quantized;
+      // before set_adversary, i.e. during zsq quantize's generator warm-up, the
+      // term is off).
+      const torch::Tensor s_logits = student_ ? student_->forward(input) : adversary_(input);
       const torch::Tensor t_log = torch::log_softmax(logits, 1);
       const torch::Tensor kl = (t_log.exp() * (t_log - torch::log_softmax(s_logits, 1))).sum(1);
       const torch::Tensor mask = s_logits.argmax(1).eq(logits.argmax(1)).to(kl.scalar_type()).detach();
@@ -219,8 +223,10 @@ class Base : public Synthesizer {
       // its first disagreements can throw the generator far off the teacher's
       // statistics (demo teacher, seed 1: BN loss 0.1 -> 10 within 10 steps, a
       // pool the teacher agreed with on 37 %).
-      const double ramp = std::min(1.0, static_cast<double>(++adversarial_steps_) /
-                                            static_cast<double>(std::max<int64_t>(1, recipe_.iterations)));
+      // The caller's student is calibrated and agrees with the teacher from its first step: no ramp.
+      const double ramp = external_ ? 1.0
+                                    : std::min(1.0, static_cast<double>(++adversarial_steps_) /
+                                                        static_cast<double>(std::max<int64_t>(1, recipe_.iterations)));
       report->adversarial_weight = recipe_.adversarial * ramp;
       total = total + report->adversarial_weight * term;
       report->adversarial = term.item<double>();
@@ -362,7 +368,7 @@ class GeneratorSynthesizer : public Base {
     generator_ = GdfqGenerator(classes, o.latent_dim, shape);
     if (recipe.mapping) generator_->add_mapping(o.latent_dim);
     if (comm_) distributed::broadcast_state(*comm_, *generator_);
-    if (recipe.adversarial > 0) {
+    if (recipe.adversarial > 0 && !o.external_adversary) {
       TORCH_CHECK(!o.teacher_spec.arch.empty(), "the adversarial part needs the teacher's architecture (teacher_spec)");
       student_ = models::build(o.teacher_spec, models::Fp32Factory());
       if (comm_) distributed::broadcast_state(*comm_, *student_);
@@ -694,6 +700,9 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
               "the adversarial term needs a trained generator (gdfq, qimera, adversarial)");
   TORCH_CHECK((o.stride == 0 && o.student_steps == 0) || r.adversarial > 0,
               "--stride and --student-steps need the adversarial part (--adversarial > 0)");
+  TORCH_CHECK(!o.external_adversary || (o.stride == 0 && o.student_steps == 0),
+              "--stride and --student-steps are for the proxy student of a pool; online, the adversary is the "
+              "student being quantized");
   TORCH_CHECK(r.adversarial == 0 || !r.lor,
               "local object reinforcement cannot be combined with the adversarial part (the bank keeps uncropped images)");
   TORCH_CHECK(!r.layerwise || r.bns == BnsVariant::kZeroQ,

@@ -88,6 +88,9 @@ struct SynthesizerOptions {
   double adversarial = -1;       ///< weight of the adversarial term (0: off; -1: the recipe's)
   int64_t student_steps = 0;     ///< proxy-student steps per generator step (0: the recipe's)
   int64_t stride = 0;            ///< adversarial: generator steps per sampled batch (0: the recipe's)
+  /// The adversarial term works against a student the caller supplies (set_adversary: zsq quantize's own
+  /// student, online) instead of a proxy student trained here: no proxy, no bank, no ramp.
+  bool external_adversary = false;
   /// The teacher's architecture (needed by genie, which builds a swinging copy).
   models::ModelSpec teacher_spec{"", 1, 10, 16};
   uint64_t seed = 0;
@@ -154,9 +157,18 @@ class Synthesizer {
   virtual torch::Tensor rng_state() const = 0;
   virtual void set_rng_state(const torch::Tensor& state) = 0;
   const Recipe& recipe() const { return recipe_; }
+  /// With external_adversary and an adversarial weight: the student's logits of a batch of images. Until it
+  /// is set the generator trains without the adversarial term. Gradients must reach the images; the callable
+  /// decides what else (trainers::quantize keeps them off the student's parameters).
+  using Adversary = std::function<torch::Tensor(const torch::Tensor&)>;
+  void set_adversary(Adversary adversary) { adversary_ = std::move(adversary); }
+  /// True when the recipe's adversarial term waits for set_adversary.
+  bool wants_adversary() const { return external_ && recipe_.adversarial > 0; }
 
  protected:
   Recipe recipe_;
+  bool external_ = false;
+  Adversary adversary_;
 };
 
 /// teacher: FP32, put in eval mode with its BN taps used while synthesizing.

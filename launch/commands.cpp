@@ -582,7 +582,7 @@ void add_synth_options(po::options_description& desc, const std::string& prefix)
       (key("superpose-prob").c_str(), po::value<double>()->default_value(-1), "Qimera: chance per generator step of superposed samples (-1: the recipe's)")
       (key("superpose-k").c_str(), po::value<int64_t>()->default_value(0), "Qimera: classes mixed per superposed sample (0: the recipe's)")
       (key("mapping").c_str(), po::value<std::string>()->default_value(""), "Qimera's disentanglement mapping layer: on or off (default: the recipe's)")
-      (key("adversarial").c_str(), po::value<double>()->default_value(-1), "weight of the adversarial term against a proxy student (0: off; -1: the recipe's), ramped up over the warm-up")
+      (key("adversarial").c_str(), po::value<double>()->default_value(-1), "weight of the adversarial term (0: off; -1: the recipe's); zsq generate: against a proxy student, ramped up over the warm-up; zsq quantize online: against the student at its lowest bit-width")
       (key("student-steps").c_str(), po::value<int64_t>()->default_value(0), "adversarial: proxy-student steps per generator step (0: the recipe's)")
       (key("stride").c_str(), po::value<int64_t>()->default_value(0), "adversarial: generator steps per written batch (0: the recipe's)")
       (key("latent-dim").c_str(), po::value<int64_t>()->default_value(100), "generator noise size");
@@ -939,19 +939,13 @@ int quantize(int argc, char** argv) {
   so.recipe = get<std::string>(vm, "recipe");
   read_synth_options(vm, "gen-", &so);
   so.seed = q.seed;
+  so.external_adversary = true;  // online, --gen-adversarial works against the student being quantized
   q.generator_warmup = get<int64_t>(vm, "generator-warmup");
   if (q.generator_warmup < 0) throw UsageError("--generator-warmup must be >= 0");
   if (online) {
     try {
       const generators::Recipe recipe = generators::resolve_recipe(so);
       if (recipe.variables != "generator") q.generator_warmup = 0;  // only a trained generator warms up
-      if (recipe.adversarial > 0) {
-        std::ostringstream weight;
-        weight << recipe.adversarial;
-        throw UsageError("the adversarial part trains its own proxy student and is for pools: run zsq generate --recipe " +
-                         recipe.name + (recipe.name == "adversarial" ? "" : " --adversarial " + weight.str()) +
-                         " and quantize with --pool (--gen-adversarial 0 turns it off)");
-      }
     } catch (const c10::Error& e) {
       throw UsageError(e.what_without_backtrace());
     }
@@ -1059,6 +1053,7 @@ int quantize(int argc, char** argv) {
     if (!r.alphas.empty()) line.add("alpha", r.alphas);
     if (!r.grad_norms.empty()) line.add("grad_norm", r.grad_norms);
     if (r.generator_loss >= 0) line.add("generator_loss", r.generator_loss);
+    if (r.generator_adversarial != 0) line.add("generator_adversarial", r.generator_adversarial);
     line.add("images_per_second", r.images_per_second);
     metrics << line.str() << "\n";
     if (r.checkpointed) metrics.flush();
@@ -1068,6 +1063,7 @@ int quantize(int argc, char** argv) {
       std::cout << " b" << r.bits[i] << " " << std::fixed << std::setprecision(4) << r.losses[i];
     }
     if (r.generator_loss >= 0) std::cout << "  generator " << std::setprecision(4) << r.generator_loss;
+    if (r.generator_adversarial != 0) std::cout << " (adversarial " << std::setprecision(4) << r.generator_adversarial << ")";
     std::cout << "  lr " << std::defaultfloat << std::setprecision(3) << r.lr << "  " << std::fixed << std::setprecision(0) << r.images_per_second
               << " img/s  elapsed " << format_duration(r.elapsed_seconds) << "  ETA " << format_duration(r.eta_seconds)
               << std::endl;

@@ -332,6 +332,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
       generators::StepReport g;
       auto batch = synth->train_step(&g);
       report->generator_loss = g.total;
+      report->generator_adversarial = g.adversarial;
       return batch;
     }
     return synth->next_batch(nullptr);
@@ -403,6 +404,31 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     models::init_student(student, teacher, calibration_images(), o.bn_bits, o.bn_mode == "shift", o.quant_init);
     if (world > 1) distributed::broadcast_state(*comm, student);  // rank 0's calibration for every rank
     initial_codes = models::top_weight_codes(student);
+  }
+  std::shared_ptr<void> clear_adversary;
+  if (synth && synth->wants_adversary()) {
+    // The generator's adversarial term works against this student at its lowest bit-width (the one furthest
+    // from the teacher), from the first student step on (the warm-up ran without it: the student was not
+    // calibrated yet). Its parameters are kept out of the generator's graph: the gradient reaches the images.
+    TORCH_CHECK(std::find(o.bn_train.begin(), o.bn_train.end(), bits.front()) == o.bn_train.end(),
+                "the generator's adversarial term uses the ", bits.front(), "-bit student, whose BatchNorm "
+                "statistics --bn-train ", bits.front(), " would update: drop one of the two");
+    struct ClearOnExit {  // the callable refers to this call's student
+      generators::Synthesizer* synth;
+      ~ClearOnExit() { synth->set_adversary(nullptr); }
+    };
+    clear_adversary = std::make_shared<ClearOnExit>(ClearOnExit{synth});
+    synth->set_adversary([&student, lowest = bits.front()](const torch::Tensor& images) {
+      std::vector<std::pair<torch::Tensor, bool>> saved;
+      for (auto& p : student.parameters()) {
+        saved.emplace_back(p, p.requires_grad());
+        p.set_requires_grad(false);
+      }
+      models::set_bits(student, lowest);
+      torch::Tensor logits = student.forward(images);
+      for (auto& [p, on] : saved) p.set_requires_grad(on);
+      return logits;
+    });
   }
   // --bn-train: these bit-widths' BatchNorms normalize with batch statistics and update their running ones
   // (momentum 0.1) while training; under mpirun each rank uses its own batch's statistics and the running

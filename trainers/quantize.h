@@ -114,6 +114,7 @@ struct QuantizeStep {
   std::vector<double> alphas;    ///< min-norm weights (empty otherwise)
   std::vector<double> grad_norms; ///< norm of each bit-width's gradient on the shared tensors (this process's batch; min-norm, normalized: global)
   double generator_loss = -1;    ///< online generation: the generator's loss (-1: none)
+  double generator_adversarial = 0; ///< its adversarial term against the student (≤ 0; 0: none)
   double lr = 0, images_per_second = 0, elapsed_seconds = 0, eta_seconds = 0;
   bool checkpointed = false;     ///< a checkpoint was written after this step
 };

@@ -300,7 +300,9 @@ TEST_F(QuantizeTest, RecursiveAndFeatureDistillationTargets) {
         const double to_teacher = kd_loss(logits, teacher_logits, o.temperature).item<double>();
         const double to_higher = kd_loss(logits, higher, o.temperature).item<double>();
         const double feature = torch::mse_loss(features, teacher_features).item<double>();
-        if (i == 0) ASSERT_GT(feature, 1e-3);  // the feature term is visible at 2 bits
+        if (i == 0) {
+          ASSERT_GT(feature, 1e-3);  // the feature term is visible at 2 bits
+        }
         const double expected = (recursive ? to_higher : to_teacher) + feature_weight * feature;
         EXPECT_NEAR(reported[i], expected, 1e-4 * expected) << "recursive " << recursive << ", feature weight "
                                                                    << feature_weight << ", " << bits[i] << " bits";
@@ -536,6 +538,48 @@ TEST_F(QuantizeTest, RefusesASynthesizerThatTrainsWhileSampling) {
   EXPECT_THROW_WITH(quantize(*student, *s.teacher, {nullptr, s.norm, synth.get()}, small_options(), nullptr, nullptr,
                              nullptr),
                     "recipe 'adversarial' trains a proxy student while it samples");
+}
+
+// Online, the generator's adversarial term works against the student being quantized, at its lowest
+// bit-width, from the first student step on (the warm-up, before the student is calibrated, runs without it);
+// after the run the synthesizer no longer refers to the student.
+TEST_F(QuantizeTest, OnlineAdversaryIsTheStudentBeingQuantized) {
+  Toy s = make_setup({2, 8});
+  const auto run = [&](double adversarial, const std::vector<int64_t>& bn_train) {
+    torch::manual_seed(4);
+    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+    generators::SynthesizerOptions so;
+    so.recipe = "gdfq";
+    so.adversarial = adversarial;
+    so.external_adversary = true;
+    so.batch_size = 32;
+    auto synth = generators::make_synthesizer(s.teacher, {1, 28, 28}, 10, so);
+    EXPECT_EQ(synth->wants_adversary(), adversarial > 0);
+    QuantizeOptions o = small_options();
+    o.steps = 3;
+    o.generator_warmup = 2;
+    o.bn_train = bn_train;
+    std::vector<QuantizeStep> steps;
+    quantize(*student, *s.teacher, {nullptr, s.norm, synth.get()}, o, nullptr, nullptr,
+             [&](const QuantizeStep& r) { steps.push_back(r); });
+    generators::StepReport after;
+    synth->train_step(&after);
+    EXPECT_EQ(after.adversarial, 0.0);  // cleared at the end of the run
+    return steps;
+  };
+  const auto plain = run(0, {}), adversarial = run(1, {});
+  ASSERT_EQ(adversarial.size(), 5u);
+  for (int i = 0; i < 2; ++i) {  // the warm-up: the same generator steps as without the term
+    EXPECT_EQ(adversarial[i].generator_adversarial, 0.0);
+    EXPECT_EQ(adversarial[i].generator_loss, plain[i].generator_loss);
+  }
+  for (int i = 2; i < 5; ++i) {
+    EXPECT_LT(adversarial[i].generator_adversarial, 0.0) << "step " << i;
+    EXPECT_EQ(plain[i].generator_adversarial, 0.0);
+  }
+  EXPECT_NE(adversarial[2].generator_loss, plain[2].generator_loss);
+  EXPECT_THROW_WITH(run(1, {2}), "--bn-train 2 would update");
+  EXPECT_NO_THROW(run(1, {8}));
 }
 
 TEST_F(QuantizeTest, DivergenceStopsAndKeepsTheLastCheckpoint) {
