@@ -189,6 +189,17 @@ TEST_F(SynthTest, QimeraSuperposesClassesWithSoftTargets) {
   std::vector<StepReport> plain_reports;
   without->fit([&](const StepReport& r) { plain_reports.push_back(r); });
   EXPECT_NE(reports.front().ce, plain_reports.front().ce);
+  // The cross-entropy is to the soft mixture, not to its top class (the labels train_step returns): a
+  // plain step's reported cross-entropy is the hard one of its images, a superposed step's is not.
+  const auto hard_ce = [&](Synthesizer& s, StepReport* report) {
+    const auto [images, labels] = s.train_step(report);
+    torch::NoGradGuard no_grad;
+    return torch::cross_entropy_loss(teacher_->forward(images), labels).item<double>();
+  };
+  StepReport superposed_step, plain_step;
+  const double superposed_hard = hard_ce(*synth, &superposed_step), plain_hard = hard_ce(*without, &plain_step);
+  EXPECT_NEAR(plain_step.ce, plain_hard, 1e-5 * plain_hard);
+  EXPECT_GT(std::abs(superposed_step.ce - superposed_hard), 100 * 1e-5 * superposed_hard);
   auto plain = make_synthesizer(teacher_, {1, 28, 28}, 10, SynthesizerOptions{});
   EXPECT_EQ(params.size(), plain->parameters().size() + 2);  // the mapping layer's weight and bias
   o.recipe = "zeroq";
