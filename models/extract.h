@@ -24,7 +24,8 @@ inline constexpr const char* kFixedFormat = "zsq-fixed";
 inline constexpr const char* kVerticalFormat = "zsq-vertical";
 inline constexpr const char* kStudentFormat = "zsq-student";
 /// The group of a checkpoint (a zsq-student file) that holds the training
-/// state: optimizer, generator, RNG states (trainers/checkpoint.h).
+/// state: optimizer, generator, RNG states, start codes (written by the
+/// Checkpointer of trainers/quantize.cpp, read back by its restore()).
 inline constexpr const char* kTrainingStateGroup = "train/";
 inline constexpr int64_t kExtractFormatVersion = 1;
 
