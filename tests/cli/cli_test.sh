@@ -205,7 +205,7 @@ expect_fail 2 "--clamp-pixels must be 'on' or 'off', got 'maybe'" "$zsq" quantiz
 expect_fail 2 "--weight-step-lr must be a finite number >= 0" "$zsq" quantize --teacher "$work/teacher.h5" \
   --weight-step-lr -0.5
 expect_fail 2 "--bn-reestimate-end on needs the bit-widths to re-estimate" "$zsq" quantize \
-  --teacher "$work/teacher.h5" --bn-reestimate-end on
+  --teacher "$work/teacher.h5" --bn-reestimate-end on --bn-reestimate none
 expect_fail 2 "--bn-reestimate-end must be 'on' or 'off', got 'yes'" "$zsq" quantize --teacher "$work/teacher.h5" \
   --bn-reestimate-end yes
 only_bit_moved "$work/student.h5" "$work/student-bn.h5" 4 1e-3 1e-4 &&
@@ -330,12 +330,16 @@ assert all(len(l["grad_norm"]) == 3 and min(l["grad_norm"]) > 0 for l in lines i
 assert "weight-step-lr = 0" in h5py.File(sys.argv[2], "r").attrs["recipe"]
 PY
 expect_ok "$zsq" "${q_pool[@]}" --feature-weight 1 --ce-weight 0.5 --out "$work/run-f"
+expect_ok "$zsq" "${q_pool[@]}" --ce-weight 0 --out "$work/run-ce0"
 expect_ok "$zsq" "${q_pool[@]}" --ce-weight 1,0,0 --out "$work/run-ce"
-"$py" - "$work/run/metrics.jsonl" "$work/run-ce/metrics.jsonl" <<'PY' && ok "--ce-weight 1,0,0 adds cross-entropy at 2 bits only" || bad "--ce-weight per bit-width"
+grep -q "cross-entropy to the labels at bits 2 (×1)" "$work/out" && ok "quantize names the cross-entropy's bit-widths" ||
+  bad "cross-entropy not announced: $(head -c 400 "$work/out")"
+"$py" - "$work/run-ce0/metrics.jsonl" "$work/run-ce/metrics.jsonl" "$work/run/metrics.jsonl" <<'PY' && ok "--ce-weight 1,0,0 adds cross-entropy at 2 bits only; auto (default) is 1,0,0 here" || bad "--ce-weight per bit-width"
 import sys, json
-a, b = (json.loads(open(f).readline()) for f in sys.argv[1:3])
+a, b, auto = (json.loads(open(f).readline()) for f in sys.argv[1:4])
 assert a["bits"] == b["bits"] == [2, 4, 8], (a, b)
 assert b["loss"][0] > a["loss"][0] and b["loss"][1:] == a["loss"][1:], (a["loss"], b["loss"])
+assert auto["loss"] == b["loss"], (auto["loss"], b["loss"])
 PY
 # Per-bit lists follow --bits as written: 8,4,2 with 0,0,1 is 2,4,8 with 1,0,0.
 expect_ok "$zsq" "${q_pool[@]/#2,4,8/8,4,2}" --ce-weight 0,0,1 --out "$work/run-ce2"
@@ -351,9 +355,13 @@ expect_fail 2 "--ce-weight must be >= 0" "$zsq" "${q_pool[@]}" --ce-weight 1,-1,
 expect_fail 2 "--feature-weight must be >= 0" "$zsq" "${q_pool[@]}" --feature-weight -1 --out "$work/run-c"
 expect_fail 2 "--train must be 'all' or 'per-bit'" "$zsq" "${q_pool[@]}" --train some --out "$work/run-c"
 expect_ok "$zsq" "${q_pool[@]}" --train per-bit --out "$work/run-p"
-grep -q "BatchNorm re-estimated" "$work/out" && bad "re-estimation announced without --bn-reestimate" ||
-  ok "no BatchNorm re-estimation by default"
-expect_ok "$zsq" "${q_pool[@]}" --train per-bit --bn-reestimate 2 --out "$work/run-bn"
+grep -q "BatchNorm re-estimated (absolute) at bits 2" "$work/out" &&
+  ok "quantize re-estimates the 2-bit BatchNorm by default (--bn-reestimate auto) and says so" ||
+  bad "quantize default re-estimation: $(head -c 400 "$work/out")"
+expect_ok "$zsq" "${q_pool[@]}" --train per-bit --bn-reestimate none --out "$work/run-bn0"
+grep -q "BatchNorm re-estimated" "$work/out" && bad "re-estimation announced with --bn-reestimate none" ||
+  ok "--bn-reestimate none: no re-estimation"
+expect_ok "$zsq" "${q_pool[@]}" --train per-bit --bn-reestimate 2 --bn-mode shift --out "$work/run-bn"
 grep -q "BatchNorm re-estimated (shift) at bits 2" "$work/out" && ok "quantize says it re-estimates BatchNorm" ||
   bad "quantize --bn-reestimate: $(head -c 400 "$work/out")"
 expect_fail 2 "--bn-reestimate 3: not one of the model's bit-widths (2,4,8)" "$zsq" "${q_pool[@]}" --bn-reestimate 3 \
@@ -375,6 +383,14 @@ expect_ok "$zsq" "${q_online[@]}" --stop-after 1 --out "$work/run-g2"
 expect_ok "$zsq" "${q_online[@]}" --resume --out "$work/run-g2"
 same_checkpoints "$work/run-g/checkpoint.h5" "$work/run-g2/checkpoint.h5" && ok "resumed online run = uninterrupted run" ||
   bad "resumed online run differs"
+# The generator's adversarial term against the student being quantized: logged, and resumed bit for bit.
+expect_ok "$zsq" "${q_online[@]}" --gen-adversarial 1 --out "$work/run-ga"
+grep -q "generator [0-9.]* (adversarial -[0-9.]*)" "$work/out" && grep -q '"generator_adversarial": -' "$work/run-ga/metrics.jsonl" &&
+  ok "online adversarial term on the progress line and in the metrics" || bad "online adversarial: $(tail -c 400 "$work/out")"
+expect_ok "$zsq" "${q_online[@]}" --gen-adversarial 1 --stop-after 1 --out "$work/run-ga2"
+expect_ok "$zsq" "${q_online[@]}" --gen-adversarial 1 --resume --out "$work/run-ga2"
+same_checkpoints "$work/run-ga/checkpoint.h5" "$work/run-ga2/checkpoint.h5" &&
+  ok "resumed online adversarial run = uninterrupted run" || bad "resumed online adversarial run differs"
 # SIGKILL in the middle of a checkpoint write (a test hook slows the write down):
 # the previous checkpoint stays loadable, and --resume finishes the run.
 rm -rf "$work/run-k"
@@ -422,9 +438,9 @@ expect_fail 2 "--adversarial must be >= 0" "$zsq" generate --teacher "$work/teac
 expect_fail 2 "--student-steps must be >= 1" "$zsq" generate --teacher "$work/teacher.h5" --recipe adversarial --student-steps -1
 expect_fail 2 "the adversarial term needs a trained generator" "$zsq" generate --teacher "$work/teacher.h5" --recipe zeroq \
   --adversarial 1
-expect_fail 2 "is for pools: run zsq generate --recipe adversarial" "$zsq" quantize --teacher "$work/teacher.h5" \
-  --recipe adversarial --out "$work/run-adv"
-[ -e "$work/run-adv" ] && bad "refused quantize created its folder" || ok "refused adversarial quantize wrote nothing"
+expect_fail 2 "are for the proxy student of a pool" "$zsq" quantize --teacher "$work/teacher.h5" \
+  --recipe adversarial --gen-stride 2 --out "$work/run-adv"
+[ -e "$work/run-adv" ] && bad "refused quantize created its folder" || ok "refused --gen-stride online wrote nothing"
 
 # --- mpirun works as root ----------------------------------------------------
 if [ -n "$mpirun_bin" ]; then
