@@ -15,7 +15,6 @@
 #include <cstdlib>
 #include <map>
 #include <regex>
-#include <thread>
 
 namespace zsq::trainers {
 namespace {
@@ -94,9 +93,7 @@ class Checkpointer {
  public:
   Checkpointer(const QuantizeOptions& o, const CheckpointStudent& write_student,
                std::shared_ptr<distributed::Communicator> comm)
-      : o_(o), write_student_(write_student), comm_(std::move(comm)) {
-    if (const char* delay = std::getenv("ZSQ_TEST_CHECKPOINT_DELAY")) delay_ = std::atof(delay);
-  }
+      : o_(o), write_student_(write_student), comm_(std::move(comm)) {}
 
   // Collective when several ranks (the random states are gathered); rank 0 writes.
   void write(torch::optim::SGD& optimizer, const NamedTensors& params, generators::Synthesizer* synth,
@@ -113,8 +110,7 @@ class Checkpointer {
     h5::atomic_write(o_.checkpoint, [&](h5::File& file) {
       write_student_(file);
       for (const auto& [name, t] : momenta) file.write_tensor(kOptimizerGroup + name, t);
-      // A test hook: a slow write, so that a test can kill the process in the middle of one.
-      if (delay_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(delay_));
+      if (o_.checkpoint_hook) o_.checkpoint_hook(step);  // a test kills the process here
       for (const auto& [name, t] : synth_state) file.write_tensor(kSynthesizerGroup + name, t);
       for (const auto& [name, t] : initial_codes) file.write_tensor(kInitialCodesGroup + name, t);
       if (rng.defined()) {
@@ -131,7 +127,6 @@ class Checkpointer {
   const QuantizeOptions& o_;
   const CheckpointStudent& write_student_;
   std::shared_ptr<distributed::Communicator> comm_;
-  double delay_ = 0;
 };
 
 // Restores a checkpoint into the student, its optimizer and the synthesizer;

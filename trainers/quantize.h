@@ -93,6 +93,10 @@ struct QuantizeOptions {
   int64_t checkpoint_every = 0;  ///< steps between checkpoints (0: only at the end)
   int64_t stop_after = 0;        ///< end (with a checkpoint) after this many steps of this process (0: run to the end)
   std::string checkpoint;        ///< checkpoint path ("": none)
+  /// Test hook: called in the middle of every checkpoint write (the student and the optimizer state are
+  /// in the temporary file, the rest is not) with the step the checkpoint is for; a test kills the
+  /// process there.
+  std::function<void(int64_t)> checkpoint_hook;
   bool resume = false;           ///< continue from `checkpoint`
   uint64_t seed = 0;
 };

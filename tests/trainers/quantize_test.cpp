@@ -11,7 +11,10 @@
 #include "models/extract.h"
 #include "tests/support.h"
 
+#include <csignal>
 #include <set>
+
+#include <unistd.h>
 
 namespace zsq::trainers {
 namespace {
@@ -580,6 +583,62 @@ TEST_F(QuantizeTest, OnlineAdversaryIsTheStudentBeingQuantized) {
   EXPECT_NE(adversarial[2].generator_loss, plain[2].generator_loss);
   EXPECT_THROW_WITH(run(1, {2}), "--bn-train 2 would update");
   EXPECT_NO_THROW(run(1, {8}));
+}
+
+// SIGKILL in the middle of a checkpoint write, as a death test: the run goes on in a child process (started
+// afresh, so no OpenMP state crosses a fork), which the hook kills while it writes step 4's checkpoint. The
+// checkpoint of step 2 stays, loadable, beside the killed write's temporary file, and a run resumed from it
+// ends bit for bit where an uninterrupted run ends.
+TEST_F(QuantizeTest, KilledDuringACheckpointWriteKeepsThePreviousOne) {
+  ::testing::FLAGS_gtest_death_test_style = "threadsafe";
+  const bool child = ::testing::internal::InDeathTestChild();
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("zsq-test-kill-" + std::to_string(child ? ::getppid() : ::getpid()));
+  if (!child) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+  }
+  Toy s = make_setup({4, 8});
+  QuantizeOptions o = small_options();
+  o.steps = 6;
+  o.checkpoint_every = 2;
+  o.checkpoint = (dir / "checkpoint.h5").string();
+  const auto train = [&](const QuantizeOptions& options) {
+    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+    const CheckpointStudent write_student = [&](h5::File& file) {
+      models::write_student(file, *student, s.config, ModelMeta{});
+    };
+    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, options, write_student, nullptr, nullptr);
+    return student;
+  };
+  EXPECT_EXIT(
+      {
+        QuantizeOptions killed = o;
+        killed.checkpoint_hook = [](int64_t step) {
+          if (step == 4) std::raise(SIGKILL);
+        };
+        train(killed);
+      },
+      ::testing::KilledBySignal(SIGKILL), "");
+  EXPECT_EQ(read_checkpoint_info(o.checkpoint).step, 2);
+  int64_t temporary = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    temporary += entry.path().filename().string().rfind(".checkpoint.h5.tmp.", 0) == 0;
+  }
+  EXPECT_EQ(temporary, 1);
+  QuantizeOptions resume = o;
+  resume.resume = true;
+  const auto resumed = train(resume);
+  QuantizeOptions straight = o;
+  straight.checkpoint = (dir / "straight.h5").string();
+  const auto uninterrupted = train(straight);
+  EXPECT_EQ(read_checkpoint_info(o.checkpoint).step, 6);
+  const auto a = resumed->named_parameters(), b = uninterrupted->named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].value(), b[i].value())) << a[i].key();
+  const auto x = resumed->named_buffers(), y = uninterrupted->named_buffers();
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_TRUE(torch::equal(x[i].value(), y[i].value())) << x[i].key();
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(QuantizeTest, DivergenceStopsAndKeepsTheLastCheckpoint) {
