@@ -1,0 +1,383 @@
+// zsq quantize: the main job, data-free once-for-all quantization (checkpoints, resume, metrics).
+#include "launch/commands.h"
+#include "launch/options.h"
+
+#include "distributed/communicator.h"
+#include "framework/data.h"
+#include "framework/h5.h"
+#include "framework/model_file.h"
+#include "generators/synthesizer.h"
+#include "models/extract.h"
+#include "models/quant_factory.h"
+#include "models/zoo.h"
+#include "trainers/evaluate.h"
+#include "trainers/quantize.h"
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <optional>
+#include <set>
+
+namespace zsq::cli {
+namespace fs = std::filesystem;
+
+namespace {
+
+// A resumed run must train with the recipe it started with; only options that
+// do not change the numbers may differ.
+// An option the checkpoint does not know (added to zsq after it was written) matches when it is
+// left at its default.
+void check_same_recipe(const std::string& checkpoint, const std::string& stored, const std::string& now,
+                       const po::variables_map& vm) {
+  static const std::set<std::string> free = {"out", "resume", "log-every", "eval-data", "data-dir", "threads",
+                                             "log-level", "json", "config", "collective-timeout",
+                                             "checkpoint-every", "stop-after"};
+  const auto a = config_values(stored), b = config_values(now);
+  std::vector<std::string> diffs;
+  for (const auto& [key, value] : b) {
+    if (free.count(key)) continue;
+    const auto it = a.find(key);
+    if (it == a.end() && vm.count(key) && vm[key].defaulted()) continue;
+    const std::string was = it == a.end() ? "(unset)" : it->second;
+    if (was != value) diffs.push_back("--" + key + " " + value + " (the checkpoint has " + was + ")");
+  }
+  for (const auto& [key, value] : a) {
+    if (!free.count(key) && !b.count(key)) diffs.push_back("--" + key + " unset (the checkpoint has " + value + ")");
+  }
+  if (diffs.empty()) return;
+  std::string msg = "'" + checkpoint + "' was trained with another recipe; resume with the same options:";
+  for (const auto& d : diffs) msg += "\n  " + d;
+  throw UsageError(msg);
+}
+
+// Keeps the metrics lines of steps <= `step` (a killed run may have logged further).
+void truncate_metrics(const fs::path& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    const size_t at = line.find("\"step\":");
+    if (at == std::string::npos) continue;
+    if (std::stoll(line.substr(at + 7)) <= step) kept += line + "\n";
+  }
+  in.close();
+  std::ofstream(path, std::ios::trunc) << kept;
+}
+
+} // namespace
+
+int quantize(int argc, char** argv) {
+  po::options_description desc("zsq quantize options");
+  desc.add_options()
+      ("teacher", po::value<std::string>(), "FP32 teacher model file")
+      ("pool", po::value<std::string>(),
+       "train on this fixed set of images instead of generating online: an HDF5 data set (e.g. from zsq generate), "
+       "or 'fashion-mnist' for the real-data baseline")
+      ("recipe", po::value<std::string>()->default_value("gdfq"),
+       "online generation (without --pool): gdfq or qimera alternate a generator with the student; "
+       "noise, zeroq, dsg, genie, intraq make fresh batches");
+  add_student_options(desc);
+  desc.add_options()
+      ("steps", po::value<int64_t>()->default_value(400), "student optimizer steps")
+      ("batch-size", po::value<int64_t>()->default_value(64), "images per step, over all processes")
+      ("lr", po::value<double>()->default_value(1e-4), "peak learning rate (SGD, Nesterov momentum 0.9, cosine to 0)")
+      ("weight-decay", po::value<double>()->default_value(0.0), "weight decay on the latent weights")
+      ("weight-step-lr", po::value<double>()->default_value(1.0),
+       "learning-rate multiplier of the shared weight steps (0: frozen at their initial values, the latent weights "
+       "still train)")
+      ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
+      ("ce-weight", po::value<std::string>()->default_value("auto"),
+       "weight of the cross-entropy to the images' labels: one value, one per bit-width (e.g. 1,0,0,0), or auto "
+       "(1 at the bit-widths of 2 or fewer, 0 at the others)")
+      ("feature-weight", po::value<double>()->default_value(0.0),
+       "weight of the squared error of the penultimate features to the teacher's")
+      ("weighting", po::value<std::string>()->default_value("min-norm"),
+       "bit-widths per step: sum (all, weighted by --bit-weights), sandwich (highest, lowest, one random middle), "
+       "min-norm (MGDA combination of the per-bit gradients), normalized (all, each bit-width's gradient on the "
+       "shared weights rescaled to their mean norm)")
+      ("bit-weights", po::value<std::string>(), "loss weight per bit-width, comma-separated (default: all 1)")
+      ("recursive", po::value<std::string>()->default_value("off"),
+       "on: each bit-width learns from the next higher one instead of the teacher")
+      ("train", po::value<std::string>()->default_value("all"),
+       "what trains: all, or per-bit (only each bit-width's activation steps and BatchNorm; shared weights frozen)")
+      ("calib-count", po::value<int64_t>()->default_value(256), "images that calibrate the initial steps")
+      ("generator-warmup", po::value<int64_t>()->default_value(400),
+       "online gdfq/qimera: generator-only steps before the student trains")
+      ("clamp-pixels", po::value<std::string>()->default_value("on"),
+       "on: the training and calibration images are clamped to the pixel range [0, 1] (under the teacher's "
+       "normalization) before teacher and student see them (synthetic images stray outside it); off: as given")
+      ("bn-reestimate-end", po::value<std::string>()->default_value("off"),
+       "on: after the last step the --bn-reestimate bit-widths' BatchNorm statistics are re-estimated again "
+       "(--bn-mode, --calib-count fresh images) through the trained network; off: only at the start")
+      ("bn-train", po::value<std::string>()->default_value("none"),
+       "bit-widths whose BatchNorms use batch statistics while training and update their running statistics: "
+       "none, all, or a comma-separated list");
+  add_bn_options(desc, "auto", "absolute");
+  add_quant_init_options(desc);
+  add_synth_options(desc, "gen-");
+  desc.add_options()
+      ("checkpoint-every", po::value<int64_t>()->default_value(100), "steps between checkpoints (0: only at the end)")
+      ("stop-after", po::value<int64_t>()->default_value(0),
+       "end after this many steps with a checkpoint (0: run to the end); --resume continues")
+      ("resume", po::bool_switch(), "continue the run in --out from its checkpoint")
+      ("eval-data", po::value<std::string>()->default_value("fashion-mnist"),
+       "labelled test set for the final table ('fashion-mnist', an HDF5 file, or 'none')")
+      ("data-dir", po::value<std::string>()->default_value(kFashionMnistDir), "folder with the Fashion-MNIST IDX files")
+      ("log-every", po::value<int64_t>()->default_value(50), "steps between progress lines")
+      ("collective-timeout", po::value<double>()->default_value(600), "under mpirun: seconds a collective may take")
+      ("seed", po::value<uint64_t>()->default_value(0), "random seed")
+      ("out", po::value<std::string>()->default_value("run"), "run folder (created): checkpoint.h5, metrics.jsonl");
+  add_common_options(desc);
+  Common common;
+  auto parsed = parse("quantize", "zsq quantize --teacher teacher.h5 [--pool synth.h5 | --recipe gdfq] [--bits 2,3,4,8] [--out run/]",
+                      desc, argc, argv, &common);
+  if (!parsed) return 0;
+  const po::variables_map& vm = *parsed;
+  if (!vm.count("teacher")) throw UsageError("--teacher is required");
+  models::StudentConfig config = read_student_config(vm);
+  trainers::QuantizeOptions q;
+  q.quant_init = read_quant_init(vm);
+  q.steps = get<int64_t>(vm, "steps");
+  q.batch_size = get<int64_t>(vm, "batch-size");
+  q.lr = get<double>(vm, "lr");
+  q.weight_decay = get<double>(vm, "weight-decay");
+  q.weight_step_lr = get<double>(vm, "weight-step-lr");
+  if (!(q.weight_step_lr >= 0) || !std::isfinite(q.weight_step_lr)) {
+    throw UsageError("--weight-step-lr must be a finite number >= 0");
+  }
+  q.temperature = get<double>(vm, "temperature");
+  if (get<std::string>(vm, "ce-weight") == "auto") {
+    const std::vector<int64_t> low = low_bits(config);
+    std::vector<int64_t> ascending = config.bits;
+    std::sort(ascending.begin(), ascending.end());
+    for (const int64_t b : ascending) q.ce_weight.push_back(std::count(low.begin(), low.end(), b) ? 1.0 : 0.0);
+  } else {
+    q.ce_weight = read_per_bit_values(vm, "ce-weight", config, /*one_for_all=*/true);
+  }
+  q.feature_weight = get<double>(vm, "feature-weight");
+  for (const double w : q.ce_weight) {
+    if (w < 0) throw UsageError("--ce-weight must be >= 0");
+  }
+  if (q.feature_weight < 0) throw UsageError("--feature-weight must be >= 0");
+  q.weighting = get<std::string>(vm, "weighting");
+  q.calib_count = get<int64_t>(vm, "calib-count");
+  q.checkpoint_every = get<int64_t>(vm, "checkpoint-every");
+  q.stop_after = get<int64_t>(vm, "stop-after");
+  q.resume = vm["resume"].as<bool>();
+  q.seed = get<uint64_t>(vm, "seed");
+  const std::string recursive = get<std::string>(vm, "recursive");
+  if (recursive != "on" && recursive != "off") throw UsageError("--recursive must be 'on' or 'off', got '" + recursive + "'");
+  q.recursive = recursive == "on";
+  const std::string clamp = get<std::string>(vm, "clamp-pixels");
+  if (clamp != "on" && clamp != "off") throw UsageError("--clamp-pixels must be 'on' or 'off', got '" + clamp + "'");
+  q.clamp_pixels = clamp == "on";
+  const std::string bn_end = get<std::string>(vm, "bn-reestimate-end");
+  if (bn_end != "on" && bn_end != "off") throw UsageError("--bn-reestimate-end must be 'on' or 'off', got '" + bn_end + "'");
+  q.bn_reestimate_end = bn_end == "on";
+  q.train = get<std::string>(vm, "train");
+  if (q.train != "all" && q.train != "per-bit") throw UsageError("--train must be 'all' or 'per-bit', got '" + q.train + "'");
+  q.weights = read_per_bit_values(vm, "bit-weights", config, /*one_for_all=*/false);
+  std::tie(q.bn_bits, q.bn_mode) = read_bn_options(vm, config);
+  if (q.bn_reestimate_end && q.bn_bits.empty()) {
+    throw UsageError("--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");
+  }
+  q.bn_train = read_bit_list(vm, "bn-train", config);
+  const int64_t every = get<int64_t>(vm, "log-every");
+  if (q.steps < 1) throw UsageError("--steps must be >= 1");
+  if (q.batch_size < 1) throw UsageError("--batch-size must be >= 1");
+  if (q.calib_count < 1) throw UsageError("--calib-count must be >= 1");
+  if (every < 1) throw UsageError("--log-every must be >= 1");
+  if (q.checkpoint_every < 0) throw UsageError("--checkpoint-every must be >= 0");
+  if (q.stop_after < 0) throw UsageError("--stop-after must be >= 0");
+  if (std::find(trainers::known_weightings().begin(), trainers::known_weightings().end(), q.weighting) ==
+      trainers::known_weightings().end()) {
+    throw UsageError("unknown --weighting '" + q.weighting + "' (sum, sandwich, min-norm)");
+  }
+  if (q.weighting == "min-norm" && !q.weights.empty()) throw UsageError("--bit-weights has no meaning with --weighting min-norm");
+  const double timeout = get<double>(vm, "collective-timeout");
+  if (timeout < 0) throw UsageError("--collective-timeout must be >= 0 seconds");
+  const bool online = !vm.count("pool");
+  generators::SynthesizerOptions so;
+  so.recipe = get<std::string>(vm, "recipe");
+  read_synth_options(vm, "gen-", &so);
+  so.seed = q.seed;
+  so.external_adversary = true;  // online, --gen-adversarial works against the student being quantized
+  q.generator_warmup = get<int64_t>(vm, "generator-warmup");
+  if (q.generator_warmup < 0) throw UsageError("--generator-warmup must be >= 0");
+  if (online) {
+    try {
+      const generators::Recipe recipe = generators::resolve_recipe(so);
+      if (recipe.variables != "generator") q.generator_warmup = 0;  // only a trained generator warms up
+      // A generator trained beside the student weighs the BN-statistics loss 1 unless told (GDFQ: 0.1;
+      // measured on ResNet-20, 2-bit: 79.8 vs 74.7 %, and on the demo teacher with the rest of the recipe).
+      if (recipe.variables == "generator" && so.bns_weight < 0) so.bns_weight = 1;
+    } catch (const c10::Error& e) {
+      throw UsageError(e.what_without_backtrace());
+    }
+  } else {
+    q.generator_warmup = 0;
+  }
+
+  const fs::path run = get<std::string>(vm, "out");
+  check_output_folder(run.string());  // its parent must exist; the run folder itself is created
+  const fs::path checkpoint = run / "checkpoint.h5";
+  q.checkpoint = checkpoint.string();
+  const std::string recipe_text = resolved_config(desc, vm);
+  int64_t resume_step = 0;
+  bool calibrated_input = false;
+  if (q.resume) {
+    if (!fs::exists(checkpoint)) {
+      throw UsageError("--resume: there is no '" + checkpoint.string() + "' to continue; start the run without --resume");
+    }
+    const h5::File file = h5::File::open_read(checkpoint.string());
+    resume_step = trainers::read_checkpoint_info(file).step;  // also: it is a checkpoint at all
+    const std::string stored = read_meta_attrs(file).recipe;
+    check_same_recipe(checkpoint.string(), stored, recipe_text, vm);
+    // A checkpoint from before these options trained with a calibrated input step on unclamped images.
+    const auto values = config_values(stored);
+    if (!values.count("input-range")) calibrated_input = true;
+    if (!values.count("clamp-pixels")) q.clamp_pixels = false;
+  } else if (fs::exists(checkpoint)) {
+    throw UsageError("'" + checkpoint.string() + "' exists; add --resume to continue that run, or choose another --out");
+  }
+
+  auto comm = distributed::Communicator::create({timeout});
+  const bool root = comm->rank() == 0;
+  if (root) {
+    fs::create_directories(run);
+    // Temporary files of a write that a killed run left behind.
+    for (const auto& entry : fs::directory_iterator(run)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind(".checkpoint.h5.tmp.", 0) == 0) fs::remove(entry.path());
+    }
+  }
+  const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"));
+  if (!calibrated_input) set_input_range(vm, teacher.norm(), &config);
+  const auto& shape = teacher.meta.input_shape;
+  models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
+                         teacher.meta.width > 0 ? teacher.meta.width : 16};
+  std::optional<Dataset> pool;
+  std::unique_ptr<generators::Synthesizer> synth;
+  if (online) {
+    if (q.batch_size % comm->size() != 0) {
+      throw UsageError("--batch-size " + std::to_string(q.batch_size) + " must be a multiple of the number of processes (" +
+                       std::to_string(comm->size()) + ")");
+    }
+    so.batch_size = q.batch_size / comm->size();
+    so.teacher_spec = spec;
+    // The synthesizer gets its own copy of the teacher: its BN taps must not disturb the distillation.
+    models::Classifier copy = models::build(spec, models::Fp32Factory());
+    load_state(h5::File::open_read(get<std::string>(vm, "teacher")), *copy);
+    synth = generators::make_synthesizer(copy, shape, teacher.meta.num_classes, so, comm);
+  } else {
+    const std::string spec_text = get<std::string>(vm, "pool");
+    pool = load_dataset(spec_text, spec_text == "fashion-mnist" ? get<std::string>(vm, "data-dir") : "", Split::kTrain);
+    trainers::check_data_fits(teacher.meta, *pool);
+  }
+  const std::string eval_spec = get<std::string>(vm, "eval-data");
+  models::Classifier student = models::build(spec, models::QuantFactory(config));
+
+  ModelMeta meta = teacher.meta;
+  meta.recipe = recipe_text;
+  const trainers::CheckpointStudent write_student = [&](h5::File& file) {
+    models::write_student(file, *student, config, meta);
+  };
+
+  if (root) {
+    std::cout << "quantize: " << spec.arch << " at bits " << models::bits_text(config.bits) << " on "
+              << (online ? "images generated online (" + synth->recipe().describe() + ")"
+                         : pool->name + " (" + std::to_string(pool->size()) + " images)")
+              << ", " << q.steps << " steps, batch " << q.batch_size << ", lr " << q.lr << ", T " << q.temperature
+              << ", weighting " << q.weighting << (q.recursive ? " (recursive)" : "")
+              << (q.train == "per-bit" ? ", shared weights frozen (per-bit training)" : "")
+              << (q.bn_bits.empty() ? ""
+                                    : ", BatchNorm re-estimated (" + q.bn_mode + ") at bits " + models::bits_text(q.bn_bits) +
+                                          (q.bn_reestimate_end ? " at the start and the end" : ""))
+              << (q.bn_train.empty() ? "" : ", BatchNorm on batch statistics at bits " + models::bits_text(q.bn_train))
+              << ce_text(q.ce_weight, config.bits)
+              << (comm->size() > 1 ? ", " + std::to_string(comm->size()) + " processes" : std::string()) << std::endl;
+  }
+  const fs::path metrics_path = run / "metrics.jsonl";
+  if (root && q.resume) truncate_metrics(metrics_path, resume_step);
+  std::ofstream metrics;
+  if (root) metrics.open(metrics_path, q.resume ? std::ios::app : std::ios::trunc);
+  trainers::QuantizeData data;
+  data.pool = pool ? &*pool : nullptr;
+  data.norm = teacher.norm();
+  data.synthesizer = synth.get();
+  const auto on_step = [&](const trainers::QuantizeStep& r) {
+    if (!root) return;
+    if (r.step == 0) {  // generator warm-up
+      if (r.warmup_step % every == 0 || r.warmup_step == r.warmup_steps) {
+        std::cout << "generator warm-up " << r.warmup_step << "/" << r.warmup_steps << "  loss " << std::fixed
+                  << std::setprecision(4) << r.generator_loss << std::endl;
+      }
+      return;
+    }
+    Json line;
+    line.add("step", r.step).add("lr", r.lr).add("bits", r.bits).add("loss", r.losses);
+    if (!r.alphas.empty()) line.add("alpha", r.alphas);
+    if (!r.grad_norms.empty()) line.add("grad_norm", r.grad_norms);
+    if (r.generator_loss >= 0) line.add("generator_loss", r.generator_loss);
+    if (r.generator_adversarial != 0) line.add("generator_adversarial", r.generator_adversarial);
+    line.add("images_per_second", r.images_per_second);
+    metrics << line.str() << "\n";
+    if (r.checkpointed) metrics.flush();
+    if (r.step % every != 0 && r.step != r.steps && !(r.checkpointed && q.stop_after > 0)) return;
+    std::cout << "step " << r.step << "/" << r.steps << "  loss";
+    for (size_t i = 0; i < r.losses.size(); ++i) {
+      std::cout << " b" << r.bits[i] << " " << std::fixed << std::setprecision(4) << r.losses[i];
+    }
+    if (r.generator_loss >= 0) std::cout << "  generator " << std::setprecision(4) << r.generator_loss;
+    if (r.generator_adversarial != 0) std::cout << " (adversarial " << std::setprecision(4) << r.generator_adversarial << ")";
+    std::cout << "  lr " << std::defaultfloat << std::setprecision(3) << r.lr << "  " << std::fixed << std::setprecision(0) << r.images_per_second
+              << " img/s  elapsed " << format_duration(r.elapsed_seconds) << "  ETA " << format_duration(r.eta_seconds)
+              << std::endl;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  trainers::QuantizeResult result;
+  try {
+    result = trainers::quantize(*student, *teacher.model, data, q, write_student, comm, on_step);
+  } catch (...) {
+    if (metrics.is_open()) metrics.flush();
+    throw;
+  }
+  metrics.close();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!root) return 0;
+  if (result.resumed_from >= 0) std::cout << "resumed from step " << result.resumed_from << std::endl;
+  if (result.changed_codes >= 0) {
+    std::cout << "top-precision (" << config.top_bits << "-bit) weight codes changed by training: " << std::fixed
+              << std::setprecision(2) << 100 * result.changed_codes << " %" << std::defaultfloat << std::endl;
+  }
+  std::cout << "wrote " << checkpoint.string() << " (step " << result.steps_done << "/" << q.steps << ") and "
+            << metrics_path.string() << " in " << format_duration(seconds) << std::endl;
+  Json json;
+  json.add("command", "quantize").add("checkpoint", checkpoint.string()).add("bits", config.bits)
+      .add("steps_done", result.steps_done).add("complete", result.complete).add("seconds", seconds);
+  if (result.changed_codes >= 0) json.add("changed_codes", result.changed_codes);
+  if (!result.complete) {
+    std::cout << "stopped after " << result.steps_done << " of " << q.steps << " steps; continue with the same command and --resume"
+              << std::endl;
+  } else if (eval_spec != "none") {
+    const Dataset test = load_dataset(eval_spec, get<std::string>(vm, "data-dir"), Split::kTest);
+    trainers::check_data_fits(teacher.meta, test);
+    const trainers::EvalResult t = trainers::evaluate(*teacher.model, test, teacher.norm());
+    std::cout << "top-1 on " << test.name << ": teacher (fp32) " << percent(t.top1);
+    json.add("teacher_top1", t.top1);
+    for (const int64_t b : config.bits) {
+      models::set_bits(*student, b);
+      const trainers::EvalResult r = trainers::evaluate(*student, test, teacher.norm());
+      std::cout << ", " << b << "-bit " << percent(r.top1);
+      json.add("top1_b" + std::to_string(b), r.top1);
+    }
+    std::cout << std::endl;
+  }
+  if (common.json) std::cout << json.str() << std::endl;
+  return 0;
+}
+
+} // namespace zsq::cli
