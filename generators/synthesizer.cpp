@@ -2,6 +2,7 @@
 
 #include "distributed/reducer.h"
 #include "distributed/sync.h"
+#include "framework/errors.h"
 #include "framework/model_file.h"
 #include "framework/nn/losses.h"
 
@@ -676,7 +677,7 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   } else {
     std::string known;
     for (const auto& n : known_recipes()) known += (known.empty() ? "" : ", ") + n;
-    TORCH_CHECK(false, "unknown recipe '", o.recipe, "'; known: ", known);
+    ZSQ_CHECK_OPTION(false, "unknown recipe '", o.recipe, "'; known: ", known);
   }
   if (!o.bns.empty()) r.bns = parse_bns_variant(o.bns);
   if (o.bns_weight >= 0) r.bns_weight = o.bns_weight;
@@ -693,35 +694,35 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   if (o.adversarial >= 0) r.adversarial = o.adversarial;
   if (o.student_steps > 0) r.student_steps = o.student_steps;
   if (o.stride > 0) r.stride = o.stride;
-  TORCH_CHECK(o.stride >= 0, "--stride must be >= 1, got ", o.stride);
-  TORCH_CHECK(o.adversarial >= 0 || o.adversarial == -1, "--adversarial must be >= 0, got ", o.adversarial);
-  TORCH_CHECK(o.student_steps >= 0, "--student-steps must be >= 1, got ", o.student_steps);
-  TORCH_CHECK(r.adversarial == 0 || r.variables == "generator",
-              "the adversarial term needs a trained generator (gdfq, qimera, adversarial)");
-  TORCH_CHECK((o.stride == 0 && o.student_steps == 0) || r.adversarial > 0,
-              "--stride and --student-steps need the adversarial part (--adversarial > 0)");
-  TORCH_CHECK(!o.external_adversary || (o.stride == 0 && o.student_steps == 0),
-              "--stride and --student-steps are for the proxy student of a pool; online, the adversary is the "
-              "student being quantized");
-  TORCH_CHECK(r.adversarial == 0 || !r.lor,
-              "local object reinforcement cannot be combined with the adversarial part (the bank keeps uncropped images)");
-  TORCH_CHECK(!r.layerwise || r.bns == BnsVariant::kZeroQ,
-              "layerwise sample enhancement needs per-sample statistics: use --bns zeroq");
-  TORCH_CHECK(r.superpose_prob <= 1, "--superpose-prob must be in [0, 1], got ", r.superpose_prob);
-  TORCH_CHECK(r.superpose_k >= 2, "--superpose-k must be >= 2, got ", r.superpose_k);
-  TORCH_CHECK(r.variables == "generator" || (r.superpose_prob == 0 && !r.mapping),
-              "superposed embeddings and the mapping layer need the class-conditional generator (gdfq, qimera)");
+  ZSQ_CHECK_OPTION(o.stride >= 0, "--stride must be >= 1, got ", o.stride);
+  ZSQ_CHECK_OPTION(o.adversarial >= 0 || o.adversarial == -1, "--adversarial must be >= 0, got ", o.adversarial);
+  ZSQ_CHECK_OPTION(o.student_steps >= 0, "--student-steps must be >= 1, got ", o.student_steps);
+  ZSQ_CHECK_OPTION(r.adversarial == 0 || r.variables == "generator",
+                   "the adversarial term needs a trained generator (gdfq, qimera, adversarial)");
+  ZSQ_CHECK_OPTION((o.stride == 0 && o.student_steps == 0) || r.adversarial > 0,
+                   "--stride and --student-steps need the adversarial part (--adversarial > 0)");
+  ZSQ_CHECK_OPTION(!o.external_adversary || (o.stride == 0 && o.student_steps == 0),
+                   "--stride and --student-steps are for the proxy student of a pool; online, the adversary is the "
+                   "student being quantized");
+  ZSQ_CHECK_OPTION(r.adversarial == 0 || !r.lor,
+                   "local object reinforcement cannot be combined with the adversarial part (the bank keeps uncropped images)");
+  ZSQ_CHECK_OPTION(!r.layerwise || r.bns == BnsVariant::kZeroQ,
+                   "layerwise sample enhancement needs per-sample statistics: use --bns zeroq");
+  ZSQ_CHECK_OPTION(r.superpose_prob <= 1, "--superpose-prob must be in [0, 1], got ", r.superpose_prob);
+  ZSQ_CHECK_OPTION(r.superpose_k >= 2, "--superpose-k must be >= 2, got ", r.superpose_k);
+  ZSQ_CHECK_OPTION(r.variables == "generator" || (r.superpose_prob == 0 && !r.mapping),
+                   "superposed embeddings and the mapping layer need the class-conditional generator (gdfq, qimera)");
   if (o.soft_target >= 0) r.soft_target = o.soft_target;
   if (o.margin_low > -2) r.margin_low = o.margin_low;
   if (o.margin_up > -2) r.margin_up = o.margin_up;
-  TORCH_CHECK(r.soft_target < 1, "--soft-target must be in [0, 1), got ", r.soft_target);
-  TORCH_CHECK(r.margin_low < 0 || r.margin_up >= r.margin_low, "--margin-up must be >= --margin-low");
-  TORCH_CHECK(o.batch_size >= 2, "--batch-size must be >= 2 for synthesis, got ", o.batch_size);
-  TORCH_CHECK(o.margin >= 0 || o.margin == -1, "--margin must be >= 0, got ", o.margin);
-  TORCH_CHECK(o.latent_dim >= 1, "--latent-dim must be >= 1, got ", o.latent_dim);
-  TORCH_CHECK(r.variables == "noise" || r.lr > 0, "--lr must be > 0, got ", r.lr);
-  TORCH_CHECK(r.variables != "generator+latents" || (r.ce_weight == 0 && r.soft_target == 0 && r.margin_low < 0),
-              "the ", r.name, " recipe has no target labels: --ce-weight, --soft-target and --margin-low are off");
+  ZSQ_CHECK_OPTION(r.soft_target < 1, "--soft-target must be in [0, 1), got ", r.soft_target);
+  ZSQ_CHECK_OPTION(r.margin_low < 0 || r.margin_up >= r.margin_low, "--margin-up must be >= --margin-low");
+  ZSQ_CHECK_OPTION(o.batch_size >= 2, "--batch-size must be >= 2 for synthesis, got ", o.batch_size);
+  ZSQ_CHECK_OPTION(o.margin >= 0 || o.margin == -1, "--margin must be >= 0, got ", o.margin);
+  ZSQ_CHECK_OPTION(o.latent_dim >= 1, "--latent-dim must be >= 1, got ", o.latent_dim);
+  ZSQ_CHECK_OPTION(r.variables == "noise" || r.lr > 0, "--lr must be > 0, got ", r.lr);
+  ZSQ_CHECK_OPTION(r.variables != "generator+latents" || (r.ce_weight == 0 && r.soft_target == 0 && r.margin_low < 0),
+                   "the ", r.name, " recipe has no target labels: --ce-weight, --soft-target and --margin-low are off");
   return r;
 }
 

@@ -1,6 +1,7 @@
 // zsq: zero-shot, once-for-all quantization. Dispatches the sub-commands and
 // turns every exception into one clear message and a non-zero exit.
 #include "distributed/world.h"
+#include "framework/errors.h"
 #include "framework/logging.h"
 #include "launch/cli.h"
 #include "launch/commands.h"
@@ -67,6 +68,10 @@ int main(int argc, char** argv) {
     zsq::set_log_rank(world.rank, world.world_size);
     code = command->second(argc - 1, argv + 1);
   } catch (const zsq::cli::UsageError& e) {
+    std::cerr << rank_prefix(world) << "zsq " << name << ": error: " << e.what() << "\n(see zsq " << name << " --help)"
+              << std::endl;
+    code = 2;
+  } catch (const zsq::OptionError& e) {  // an option value the library refused: a user error as well
     std::cerr << rank_prefix(world) << "zsq " << name << ": error: " << e.what() << "\n(see zsq " << name << " --help)"
               << std::endl;
     code = 2;

@@ -145,9 +145,6 @@ int quantize(int argc, char** argv) {
   q.lr = get<double>(vm, "lr");
   q.weight_decay = get<double>(vm, "weight-decay");
   q.weight_step_lr = get<double>(vm, "weight-step-lr");
-  if (!(q.weight_step_lr >= 0) || !std::isfinite(q.weight_step_lr)) {
-    throw UsageError("--weight-step-lr must be a finite number >= 0");
-  }
   q.temperature = get<double>(vm, "temperature");
   if (get<std::string>(vm, "ce-weight") == "auto") {
     const std::vector<int64_t> low = low_bits(config);
@@ -158,10 +155,6 @@ int quantize(int argc, char** argv) {
     q.ce_weight = read_per_bit_values(vm, "ce-weight", config, /*one_for_all=*/true);
   }
   q.feature_weight = get<double>(vm, "feature-weight");
-  for (const double w : q.ce_weight) {
-    if (w < 0) throw UsageError("--ce-weight must be >= 0");
-  }
-  if (q.feature_weight < 0) throw UsageError("--feature-weight must be >= 0");
   q.weighting = get<std::string>(vm, "weighting");
   q.calib_count = get<int64_t>(vm, "calib-count");
   q.checkpoint_every = get<int64_t>(vm, "checkpoint-every");
@@ -178,25 +171,11 @@ int quantize(int argc, char** argv) {
   if (bn_end != "on" && bn_end != "off") throw UsageError("--bn-reestimate-end must be 'on' or 'off', got '" + bn_end + "'");
   q.bn_reestimate_end = bn_end == "on";
   q.train = get<std::string>(vm, "train");
-  if (q.train != "all" && q.train != "per-bit") throw UsageError("--train must be 'all' or 'per-bit', got '" + q.train + "'");
   q.weights = read_per_bit_values(vm, "bit-weights", config, /*one_for_all=*/false);
   std::tie(q.bn_bits, q.bn_mode) = read_bn_options(vm, config);
-  if (q.bn_reestimate_end && q.bn_bits.empty()) {
-    throw UsageError("--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");
-  }
   q.bn_train = read_bit_list(vm, "bn-train", config);
   const int64_t every = get<int64_t>(vm, "log-every");
-  if (q.steps < 1) throw UsageError("--steps must be >= 1");
-  if (q.batch_size < 1) throw UsageError("--batch-size must be >= 1");
-  if (q.calib_count < 1) throw UsageError("--calib-count must be >= 1");
   if (every < 1) throw UsageError("--log-every must be >= 1");
-  if (q.checkpoint_every < 0) throw UsageError("--checkpoint-every must be >= 0");
-  if (q.stop_after < 0) throw UsageError("--stop-after must be >= 0");
-  if (std::find(trainers::known_weightings().begin(), trainers::known_weightings().end(), q.weighting) ==
-      trainers::known_weightings().end()) {
-    throw UsageError("unknown --weighting '" + q.weighting + "' (sum, sandwich, min-norm)");
-  }
-  if (q.weighting == "min-norm" && !q.weights.empty()) throw UsageError("--bit-weights has no meaning with --weighting min-norm");
   const double timeout = get<double>(vm, "collective-timeout");
   if (timeout < 0) throw UsageError("--collective-timeout must be >= 0 seconds");
   const bool online = !vm.count("pool");
@@ -206,7 +185,7 @@ int quantize(int argc, char** argv) {
   so.seed = q.seed;
   so.external_adversary = true;  // online, --gen-adversarial works against the student being quantized
   q.generator_warmup = get<int64_t>(vm, "generator-warmup");
-  if (q.generator_warmup < 0) throw UsageError("--generator-warmup must be >= 0");
+  q.check();  // the values alone, before anything is loaded (OptionError: exit 2)
   if (online) {
     try {
       const generators::Recipe recipe = generators::resolve_recipe(so);

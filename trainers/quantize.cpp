@@ -2,6 +2,7 @@
 
 #include "distributed/reducer.h"
 #include "distributed/sync.h"
+#include "framework/errors.h"
 #include "framework/model_file.h"
 #include "framework/optim_state.h"
 #include "framework/quant/layers.h"
@@ -43,7 +44,7 @@ std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, const std::stri
 
 // The normalized value of `pixel` per channel of `norm`, shaped 1×C×1×1 (C = 1 broadcasts).
 torch::Tensor normalized_pixel(double pixel, const Normalization& norm) {
-  TORCH_CHECK(!norm.mean.empty() && norm.mean.size() == norm.std.size(), "--clamp-pixels needs the teacher's normalization");
+  ZSQ_CHECK_OPTION(!norm.mean.empty() && norm.mean.size() == norm.std.size(), "--clamp-pixels needs the teacher's normalization");
   std::vector<float> v(norm.mean.size());
   for (size_t c = 0; c < v.size(); ++c) v[c] = static_cast<float>((pixel - norm.mean[c]) / norm.std[c]);
   return torch::tensor(v).reshape({1, static_cast<int64_t>(v.size()), 1, 1});
@@ -232,6 +233,32 @@ CheckpointInfo read_checkpoint_info(const h5::File& file) {
   return info;
 }
 
+void QuantizeOptions::check() const {
+  ZSQ_CHECK_OPTION(steps > 0, "--steps must be > 0, got ", steps);
+  ZSQ_CHECK_OPTION(batch_size > 0, "--batch-size must be > 0, got ", batch_size);
+  ZSQ_CHECK_OPTION(lr > 0 && std::isfinite(lr), "--lr must be > 0, got ", lr);
+  ZSQ_CHECK_OPTION(weight_decay >= 0, "--weight-decay must be >= 0, got ", weight_decay);
+  ZSQ_CHECK_OPTION(weight_step_lr >= 0 && std::isfinite(weight_step_lr), "--weight-step-lr must be a finite number >= 0, got ",
+                   weight_step_lr);
+  ZSQ_CHECK_OPTION(temperature > 0, "--temperature must be > 0, got ", temperature);
+  for (const double w : ce_weight) ZSQ_CHECK_OPTION(w >= 0, "--ce-weight must be >= 0, got ", w);
+  ZSQ_CHECK_OPTION(feature_weight >= 0, "--feature-weight must be >= 0, got ", feature_weight);
+  ZSQ_CHECK_OPTION(std::find(known_weightings().begin(), known_weightings().end(), weighting) != known_weightings().end(),
+                   "unknown --weighting '", weighting, "' (sum, sandwich, min-norm, normalized)");
+  ZSQ_CHECK_OPTION(weights.empty() || (weighting != "min-norm" && weighting != "normalized"),
+                   "--bit-weights has no meaning with --weighting ", weighting);
+  for (const double w : weights) ZSQ_CHECK_OPTION(w >= 0, "--bit-weights must be >= 0, got ", w);
+  ZSQ_CHECK_OPTION(train == "all" || train == "per-bit", "--train must be 'all' or 'per-bit', got '", train, "'");
+  ZSQ_CHECK_OPTION(bn_mode == "shift" || bn_mode == "absolute", "--bn-mode must be 'shift' or 'absolute', got '",
+                   bn_mode, "'");
+  ZSQ_CHECK_OPTION(calib_count >= 1, "--calib-count must be >= 1, got ", calib_count);
+  ZSQ_CHECK_OPTION(!bn_reestimate_end || !bn_bits.empty(),
+                   "--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");
+  ZSQ_CHECK_OPTION(generator_warmup >= 0, "--generator-warmup must be >= 0, got ", generator_warmup);
+  ZSQ_CHECK_OPTION(checkpoint_every >= 0, "--checkpoint-every must be >= 0, got ", checkpoint_every);
+  ZSQ_CHECK_OPTION(stop_after >= 0, "--stop-after must be >= 0, got ", stop_after);
+}
+
 QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const QuantizeData& data,
                         const QuantizeOptions& o, const CheckpointStudent& write_student,
                         std::shared_ptr<distributed::Communicator> comm,
@@ -245,49 +272,30 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   const int world = comm ? comm->size() : 1;
   TORCH_CHECK(!bits.empty(), "quantize: the student has no quantized layers");
   TORCH_CHECK((data.pool != nullptr) != (data.synthesizer != nullptr), "quantize: give a pool or a synthesizer");
-  TORCH_CHECK(o.steps > 0, "--steps must be > 0, got ", o.steps);
-  TORCH_CHECK(o.batch_size > 0 && o.batch_size % world == 0, "--batch-size (", o.batch_size,
-              ") must be a positive multiple of the number of processes (", world, ")");
+  o.check();
+  TORCH_CHECK(!o.resume || !o.checkpoint.empty(), "resuming needs a checkpoint path");
+  ZSQ_CHECK_OPTION(o.batch_size % world == 0, "--batch-size (", o.batch_size,
+                   ") must be a multiple of the number of processes (", world, ")");
   if (data.pool) {
-    TORCH_CHECK(o.batch_size <= data.pool->size(), "--batch-size must be at most the pool's size (",
-                data.pool->size(), "), got ", o.batch_size);
+    ZSQ_CHECK_OPTION(o.batch_size <= data.pool->size(), "--batch-size must be at most the pool's size (",
+                     data.pool->size(), "), got ", o.batch_size);
   }
-  TORCH_CHECK(o.lr > 0, "--lr must be > 0, got ", o.lr);
-  TORCH_CHECK(o.weight_decay >= 0, "--weight-decay must be >= 0, got ", o.weight_decay);
-  TORCH_CHECK(o.weight_step_lr >= 0 && std::isfinite(o.weight_step_lr), "--weight-step-lr must be >= 0, got ",
-              o.weight_step_lr);
-  TORCH_CHECK(o.temperature > 0, "--temperature must be > 0, got ", o.temperature);
-  TORCH_CHECK(o.ce_weight.size() <= 1 || o.ce_weight.size() == bits.size(),
-              "--ce-weight needs one value or one per bit-width (", bits.size(), "), got ", o.ce_weight.size());
-  for (double w : o.ce_weight) TORCH_CHECK(w >= 0, "--ce-weight must be >= 0, got ", w);
-  TORCH_CHECK(o.feature_weight >= 0, "--feature-weight must be >= 0, got ", o.feature_weight);
-  TORCH_CHECK(std::find(known_weightings().begin(), known_weightings().end(), o.weighting) != known_weightings().end(),
-              "unknown --weighting '", o.weighting, "' (sum, sandwich, min-norm, normalized)");
-  TORCH_CHECK(o.weights.empty() || o.weights.size() == bits.size(), "--bit-weights needs one value per bit-width (",
-              bits.size(), "), got ", o.weights.size());
-  TORCH_CHECK(o.weights.empty() || (o.weighting != "min-norm" && o.weighting != "normalized"),
-              "--bit-weights has no meaning with --weighting ", o.weighting);
-  for (double w : o.weights) TORCH_CHECK(w >= 0, "--bit-weights must be >= 0, got ", w);
-  TORCH_CHECK(o.train == "all" || o.train == "per-bit", "--train must be 'all' or 'per-bit', got '", o.train, "'");
-  TORCH_CHECK(o.bn_mode == "shift" || o.bn_mode == "absolute", "--bn-mode must be 'shift' or 'absolute', got '",
-              o.bn_mode, "'");
+  ZSQ_CHECK_OPTION(o.ce_weight.size() <= 1 || o.ce_weight.size() == bits.size(),
+                   "--ce-weight needs one value or one per bit-width (", bits.size(), "), got ", o.ce_weight.size());
+  ZSQ_CHECK_OPTION(o.weights.empty() || o.weights.size() == bits.size(),
+                   "--bit-weights needs one value per bit-width (", bits.size(), "), got ", o.weights.size());
   for (const auto* list : {&o.bn_bits, &o.bn_train}) {
     for (const int64_t b : *list) {
-      TORCH_CHECK(std::find(bits.begin(), bits.end(), b) != bits.end(), list == &o.bn_bits ? "--bn-reestimate " : "--bn-train ",
-                  b, ": not one of the model's bit-widths");
+      ZSQ_CHECK_OPTION(std::find(bits.begin(), bits.end(), b) != bits.end(),
+                       list == &o.bn_bits ? "--bn-reestimate " : "--bn-train ", b, ": not one of the model's bit-widths (",
+                       models::bits_text(bits), ")");
     }
   }
-  TORCH_CHECK(o.calib_count >= 1, "--calib-count must be >= 1, got ", o.calib_count);
-  TORCH_CHECK(!o.bn_reestimate_end || !o.bn_bits.empty(),
-              "--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");
-  TORCH_CHECK(o.generator_warmup >= 0, "--generator-warmup must be >= 0, got ", o.generator_warmup);
-  TORCH_CHECK(o.generator_warmup == 0 || (data.synthesizer && data.synthesizer->trains_generator()),
-              "--generator-warmup needs a recipe that trains a generator (gdfq, qimera)");
+  ZSQ_CHECK_OPTION(o.generator_warmup == 0 || (data.synthesizer && data.synthesizer->trains_generator()),
+                   "--generator-warmup needs a recipe that trains a generator (gdfq, qimera)");
   TORCH_CHECK(!data.synthesizer || !data.synthesizer->trains_while_sampling(),
               "recipe '", data.synthesizer ? data.synthesizer->recipe().name : "", "' trains a proxy student while it samples "
               "and cannot be checkpointed: write a pool with zsq generate and quantize with --pool");
-  TORCH_CHECK(o.checkpoint_every >= 0 && o.stop_after >= 0, "--checkpoint-every and --stop-after must be >= 0");
-  TORCH_CHECK(!o.resume || !o.checkpoint.empty(), "resuming needs a checkpoint path");
   const int64_t local_batch = o.batch_size / world;
   // --clamp-pixels: the normalized images of pixels 0 and 1, per channel.
   const torch::Tensor pixel_lo = o.clamp_pixels ? normalized_pixel(0.0, data.norm) : torch::Tensor();
@@ -346,7 +354,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   }
   // Input steps derived from a known input range neither calibrate nor train.
   for (auto& step : models::fixed_input_steps(student)) step.set_requires_grad(false);
-  TORCH_CHECK(trained > 0, "--train ", o.train, ": the student has nothing to train");
+  ZSQ_CHECK_OPTION(trained > 0, "--train ", o.train, ": the student has nothing to train");
   const NamedTensors params = trained_parameters(student);
   NamedTensors shared;  // what the bit-widths share: latent weights, weight steps, biases
   for (const auto& item : params) {

@@ -99,6 +99,9 @@ struct QuantizeOptions {
   std::function<void(int64_t)> checkpoint_hook;
   bool resume = false;           ///< continue from `checkpoint`
   uint64_t seed = 0;
+  /// Throws zsq::OptionError (naming the flag) on a value out of range or two that conflict; what depends
+  /// on the model or the data (bit-widths, pool size, processes) quantize() checks.
+  void check() const;
 };
 
 /// True for the tensors of one bit-width only (act_step_b<k>, <bn>.b<k>.<leaf>).

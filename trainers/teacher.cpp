@@ -2,6 +2,7 @@
 
 #include "distributed/reducer.h"
 #include "distributed/sync.h"
+#include "framework/errors.h"
 #include "framework/h5.h"
 #include "framework/model_file.h"
 
@@ -52,28 +53,33 @@ MixPlan mix_plan(double alpha, int64_t n, uint64_t seed, int rank, int64_t step)
   return plan;
 }
 
+void TeacherOptions::check() const {
+  const TeacherOptions& o = *this;
+  ZSQ_CHECK_OPTION(o.epochs > 0, "--epochs must be > 0, got ", o.epochs);
+  ZSQ_CHECK_OPTION(o.batch_size > 0, "--batch-size must be > 0, got ", o.batch_size);
+  ZSQ_CHECK_OPTION(o.lr > 0 && std::isfinite(o.lr), "--lr must be > 0, got ", o.lr);
+  ZSQ_CHECK_OPTION(o.momentum >= 0 && o.momentum < 1, "--momentum must be in [0, 1), got ", o.momentum);
+  ZSQ_CHECK_OPTION(!o.nesterov || o.momentum > 0, "--nesterov needs --momentum > 0");
+  ZSQ_CHECK_OPTION(o.weight_decay >= 0, "--weight-decay must be >= 0, got ", o.weight_decay);
+  ZSQ_CHECK_OPTION(o.label_smoothing >= 0 && o.label_smoothing < 1, "--label-smoothing must be in [0, 1), got ",
+                   o.label_smoothing);
+  ZSQ_CHECK_OPTION(o.warmup_epochs >= 0 && o.warmup_epochs < o.epochs, "--warmup-epochs must be in [0, epochs), got ",
+                   o.warmup_epochs);
+  ZSQ_CHECK_OPTION(o.crop_padding >= 0, "--crop-padding must be >= 0, got ", o.crop_padding);
+  ZSQ_CHECK_OPTION(o.train_limit >= 0, "--train-limit must be >= 0, got ", o.train_limit);
+  ZSQ_CHECK_OPTION(o.temperature > 0, "--temperature must be > 0, got ", o.temperature);
+  ZSQ_CHECK_OPTION(o.mixup >= 0 && std::isfinite(o.mixup), "--mixup must be >= 0, got ", o.mixup);
+}
+
 void check_teacher_options(const TeacherOptions& o, const Dataset& train, const Dataset& test) {
-  TORCH_CHECK(o.epochs > 0, "--epochs must be > 0, got ", o.epochs);
-  TORCH_CHECK(o.batch_size > 0, "--batch-size must be > 0, got ", o.batch_size);
-  TORCH_CHECK(o.lr > 0 && std::isfinite(o.lr), "--lr must be > 0, got ", o.lr);
-  TORCH_CHECK(o.momentum >= 0 && o.momentum < 1, "--momentum must be in [0, 1), got ", o.momentum);
-  TORCH_CHECK(!o.nesterov || o.momentum > 0, "--nesterov needs --momentum > 0");
-  TORCH_CHECK(o.weight_decay >= 0, "--weight-decay must be >= 0, got ", o.weight_decay);
-  TORCH_CHECK(o.label_smoothing >= 0 && o.label_smoothing < 1, "--label-smoothing must be in [0, 1), got ",
-              o.label_smoothing);
-  TORCH_CHECK(o.warmup_epochs >= 0 && o.warmup_epochs < o.epochs, "--warmup-epochs must be in [0, epochs), got ",
-              o.warmup_epochs);
-  TORCH_CHECK(o.crop_padding >= 0, "--crop-padding must be >= 0, got ", o.crop_padding);
-  TORCH_CHECK(o.train_limit >= 0, "--train-limit must be >= 0, got ", o.train_limit);
-  TORCH_CHECK(o.temperature > 0, "--temperature must be > 0, got ", o.temperature);
-  TORCH_CHECK(o.mixup >= 0 && std::isfinite(o.mixup), "--mixup must be >= 0, got ", o.mixup);
+  o.check();
   TORCH_CHECK(train.size() > 0, "training set '", train.name, "' is empty");
   TORCH_CHECK(test.size() > 0, "test set '", test.name, "' is empty");
   TORCH_CHECK(train.image_shape() == test.image_shape(), "training images have shape ",
               c10::IntArrayRef(train.image_shape()), ", test images ", c10::IntArrayRef(test.image_shape()));
   const int64_t used = o.train_limit > 0 ? std::min(o.train_limit, train.size()) : train.size();
-  TORCH_CHECK(used >= o.batch_size, "--batch-size ", o.batch_size, " is larger than the ", used,
-              " training images");
+  ZSQ_CHECK_OPTION(used >= o.batch_size, "--batch-size ", o.batch_size, " is larger than the ", used,
+                   " training images");
   TORCH_CHECK(std::max(train.num_classes(), test.num_classes()) <= o.model.num_classes, "the data has ",
               std::max(train.num_classes(), test.num_classes()), " classes, the model ", o.model.num_classes);
   if (!o.out.empty()) h5::check_writable(o.out);
@@ -114,8 +120,8 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
   }
   const std::shared_ptr<distributed::Communicator> comm = o.comm ? o.comm : distributed::Communicator::create();
   const int ranks = comm->size();
-  TORCH_CHECK(o.batch_size % ranks == 0, "--batch-size ", o.batch_size, " must be a multiple of the ", ranks,
-              " processes");
+  ZSQ_CHECK_OPTION(o.batch_size % ranks == 0, "--batch-size ", o.batch_size, " must be a multiple of the ", ranks,
+                   " processes");
   torch::manual_seed(o.seed);
   models::ModelSpec spec = o.model;
   spec.in_channels = train.image_shape()[0];

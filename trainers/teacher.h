@@ -53,6 +53,9 @@ struct TeacherOptions {
   /// teacher labels the mixed images itself ("function matching", Beyer et
   /// al. 2022), which widens a small synthetic pool.
   double mixup = 0.0;
+  /// Throws zsq::OptionError (naming the flag) on a value out of range; what depends on the data
+  /// check_teacher_options adds.
+  void check() const;
 };
 
 /// λ ~ Beta(α, α) and a permutation of n for step `step` of the run: a pure

@@ -62,9 +62,9 @@ expect_fail 2 "usage: zsq COMMAND" "$zsq"
 expect_fail 2 "unknown command 'quantise'" "$zsq" quantise
 expect_fail 2 "unrecognised option '--epoch'" "$zsq" train-teacher --epoch 3
 expect_fail 2 "the argument ('three') for option '--epochs' is invalid" "$zsq" train-teacher --epochs three
-expect_fail 1 "--epochs must be > 0, got 0" "$zsq" train-teacher --epochs 0
-expect_fail 1 "--lr must be > 0" "$zsq" train-teacher --lr -0.1
-expect_fail 1 "--label-smoothing must be in [0, 1)" "$zsq" train-teacher --label-smoothing 1.5
+expect_fail 2 "--epochs must be > 0, got 0" "$zsq" train-teacher --epochs 0
+expect_fail 2 "--lr must be > 0" "$zsq" train-teacher --lr -0.1
+expect_fail 2 "--label-smoothing must be in [0, 1)" "$zsq" train-teacher --label-smoothing 1.5
 expect_fail 1 "unknown architecture 'resnet21'; known: resnet8, resnet20" "$zsq" train-teacher --arch resnet21
 expect_fail 1 "output folder '$work/no/dir' does not exist" "$zsq" train-teacher --out "$work/no/dir/t.h5"
 expect_fail 1 "Fashion-MNIST folder '$work/nowhere' does not exist" "$zsq" train-teacher --data-dir "$work/nowhere"
@@ -144,7 +144,7 @@ expect_ok "$zsq" train-teacher "${tiny[@]}" --batch-size 64 --data "$work/small.
 # --- failures never damage an existing output ----------------------------
 cp "$work/teacher.h5" "$work/keep.h5"
 before="$(md5sum <"$work/keep.h5")"
-expect_fail 1 "is larger than the 100 training images" \
+expect_fail 2 "is larger than the 100 training images" \
   "$zsq" train-teacher "${tiny[@]}" --train-limit 100 --batch-size 128 --out "$work/keep.h5"
 "$zsq" train-teacher --arch resnet8 --width 8 --threads 2 --epochs 3 --out "$work/keep.h5" >/dev/null 2>&1 &
 pid=$!
@@ -262,7 +262,7 @@ grep -q "images: 40 of shape \[1, 28, 28\]" "$work/out" && ok "inspect synthetic
 # A fresh student distilled from the teacher on the pool only, tested on real images.
 expect_ok "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 16 --threads 2 --data "$work/synth.h5" \
   --test-data fashion-mnist --distill-from "$work/teacher.h5" --out "$work/kd.h5"
-expect_fail 1 "--temperature must be > 0" "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 16 \
+expect_fail 2 "--temperature must be > 0" "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 16 \
   --data "$work/synth.h5" --test-data fashion-mnist --distill-from "$work/teacher.h5" --temperature 0
 # --- the main job: zsq quantize, checkpoints, resume ---------------------------
 same_checkpoints() {  # same_checkpoints A B: every dataset bit-identical, same step
@@ -423,7 +423,7 @@ grep -q "adversarial×1 (proxy student, 1 steps per step, a batch every 1 steps)
   [ "$(json_field "$work/out" images)" = 20 ] && ok "adversarial pool: parts listed, one training step per batch" ||
   bad "adversarial: $(head -c 600 "$work/out")"
 expect_fail 2 "--stride must be >= 1" "$zsq" generate --teacher "$work/teacher.h5" --recipe adversarial --stride -1
-expect_fail 1 "--mixup must be >= 0" "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 16 \
+expect_fail 2 "--mixup must be >= 0" "$zsq" train-teacher --arch resnet8 --width 8 --epochs 1 --batch-size 16 \
   --data "$work/synth.h5" --test-data fashion-mnist --distill-from "$work/teacher.h5" --mixup -1
 expect_fail 2 "--adversarial must be >= 0" "$zsq" generate --teacher "$work/teacher.h5" --recipe adversarial --adversarial -2
 expect_fail 2 "--student-steps must be >= 1" "$zsq" generate --teacher "$work/teacher.h5" --recipe adversarial --student-steps -1
@@ -443,7 +443,7 @@ if [ -n "$mpirun_bin" ]; then
     bad "no data-parallel line: $(head -c 300 "$work/err")"
   [ "$(grep -c '^epoch 1/1' "$work/out")" = 1 ] && ok "only rank 0 prints progress" || bad "progress lines: $(cat "$work/out")"
   expect_ok "$zsq" eval --model "$work/mpi.h5" --limit 500
-  expect_fail 1 "--batch-size 63 must be a multiple of the 2 processes" "$mpirun_bin" --oversubscribe -np 2 "$zsq" \
+  expect_fail 2 "--batch-size 63 must be a multiple of the 2 processes" "$mpirun_bin" --oversubscribe -np 2 "$zsq" \
     train-teacher "${tiny[@]}" --train-limit 1024 --batch-size 63 --out "$work/mpi2.h5"
   grep -q "\[rank 0/2\]" "$work/err" && ok "errors under mpirun name the rank" || bad "no rank in: $(head -c 300 "$work/err")"
   expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" generate --teacher "$work/teacher.h5" --recipe gdfq --threads 1 \

@@ -5,6 +5,7 @@
 // bringing every bit-width closer to the teacher than its calibrated start.
 #include "trainers/quantize.h"
 
+#include "framework/errors.h"
 #include "framework/h5.h"
 #include "framework/optim_state.h"
 #include "generators/synthesizer.h"
@@ -95,6 +96,30 @@ TEST_F(QuantizeTest, TrainingLowersTheSummedLoss) {
   EXPECT_NE(error_of([&] { quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr); })
                 .find("unknown --weighting 'average'"),
             std::string::npos);
+}
+
+// Option values are checked by the options struct itself and refused as OptionError (the command line's
+// exit 2), naming the flag; the defaults pass.
+TEST_F(QuantizeTest, OptionsCheckThemselves) {
+  EXPECT_NO_THROW(QuantizeOptions{}.check());
+  EXPECT_NO_THROW(TeacherOptions{}.check());
+  QuantizeOptions q;
+  q.steps = 0;
+  EXPECT_THROW(q.check(), OptionError);
+  EXPECT_THROW_WITH(q.check(), "--steps must be > 0, got 0");
+  q = QuantizeOptions{};
+  q.weighting = "min-norm";
+  q.weights = {1, 2};
+  EXPECT_THROW_WITH(q.check(), "--bit-weights has no meaning with --weighting min-norm");
+  q = QuantizeOptions{};
+  q.bn_reestimate_end = true;
+  EXPECT_THROW(q.check(), OptionError);
+  TeacherOptions t;
+  t.epochs = 0;
+  EXPECT_THROW_WITH(t.check(), "--epochs must be > 0, got 0");
+  t = TeacherOptions{};
+  t.mixup = -1;
+  EXPECT_THROW(t.check(), OptionError);
 }
 
 TEST_F(QuantizeTest, MinNormWeights) {
@@ -445,7 +470,7 @@ TEST_F(QuantizeTest, WeightStepLrScalesOnlyTheWeightSteps) {
   o.weight_step_lr = -1;
   auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
   EXPECT_THROW_WITH(quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr),
-                    "--weight-step-lr must be >= 0");
+                    "--weight-step-lr must be a finite number >= 0");
 }
 
 // --weighting normalized: each bit-width's gradient on the shared tensors rescaled to the mean norm.
