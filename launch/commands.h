@@ -1,5 +1,5 @@
 // The zsq sub-commands. Each takes argv after the command name and returns the
-// process exit code; errors are thrown (UsageError -> 2, others -> 1) and
+// process exit code; errors are thrown (UsageError and zsq::OptionError -> 2, others -> 1) and
 // reported by main().
 #pragma once
 
