@@ -459,13 +459,36 @@ void check_writable(const std::string& path) {
               "' is not writable");
 }
 
+namespace {
+
+// ".NAME.tmp." + pid beside the target: where atomic_write writes before the rename.
+std::string temporary_prefix(const fs::path& target) { return "." + target.filename().string() + ".tmp."; }
+
+fs::path folder_of(const fs::path& target) {
+  const fs::path folder = target.parent_path();
+  return folder.empty() ? fs::path(".") : folder;
+}
+
+} // namespace
+
+int remove_stale_temporaries(const std::string& path) {
+  const fs::path target(path), folder = folder_of(target);
+  if (!fs::is_directory(folder)) return 0;
+  const std::string prefix = temporary_prefix(target);
+  int removed = 0;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    if (entry.path().filename().string().rfind(prefix, 0) != 0) continue;
+    std::error_code ec;
+    removed += fs::remove(entry.path(), ec) ? 1 : 0;
+  }
+  return removed;
+}
+
 void atomic_write(const std::string& path, const std::function<void(File&)>& fill) {
   check_writable(path);
   const fs::path target(path);
-  fs::path folder = target.parent_path();
-  if (folder.empty()) folder = ".";
-  const std::string tmp = (folder / ("." + target.filename().string() + ".tmp." + std::to_string(::getpid())))
-                              .string();
+  const fs::path folder = folder_of(target);
+  const std::string tmp = (folder / (temporary_prefix(target) + std::to_string(::getpid()))).string();
   try {
     File file = File::create(tmp);
     fill(file);

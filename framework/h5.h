@@ -80,6 +80,11 @@ class File {
 /// existing `path` is left untouched.
 void atomic_write(const std::string& path, const std::function<void(File&)>& fill);
 
+/// Removes the temporary files that atomic_write(path, ...) calls of killed
+/// processes left beside `path` (any process's); returns how many. Call it
+/// only while no other process writes `path`.
+int remove_stale_temporaries(const std::string& path);
+
 /// Makes sure `path` can be created: its folder exists and is writable.
 /// Throws a clear message otherwise (checked before long jobs start).
 void check_writable(const std::string& path);

@@ -227,11 +227,7 @@ int quantize(int argc, char** argv) {
   const bool root = comm->rank() == 0;
   if (root) {
     fs::create_directories(run);
-    // Temporary files of a write that a killed run left behind.
-    for (const auto& entry : fs::directory_iterator(run)) {
-      const std::string name = entry.path().filename().string();
-      if (name.rfind(".checkpoint.h5.tmp.", 0) == 0) fs::remove(entry.path());
-    }
+    h5::remove_stale_temporaries(checkpoint.string());  // of a write that a killed run left behind
   }
   const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"));
   if (!calibrated_input) set_input_range(vm, teacher.norm(), &config);

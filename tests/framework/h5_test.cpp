@@ -115,5 +115,21 @@ TEST_F(H5Test, AtomicWriteReplacesOrLeavesTheOldFileUntouched) {
   EXPECT_THROW_WITH(h5::check_writable(dir_.string()), "is a folder");
 }
 
+// What a killed writer leaves (its temporary file, named after the target) is removed; the target and
+// the temporary files of other targets stay.
+TEST_F(H5Test, StaleTemporariesOfOneTargetAreRemoved) {
+  const std::string target = path("model.h5");
+  h5::atomic_write(target, [](h5::File& f) { f.write_tensor("w", torch::full({3}, 1.0)); });
+  std::ofstream(path(".model.h5.tmp.12345")) << "half";
+  std::ofstream(path(".model.h5.tmp.777")) << "half";
+  std::ofstream(path(".other.h5.tmp.12345")) << "half";
+  EXPECT_EQ(h5::remove_stale_temporaries(target), 2);
+  EXPECT_TRUE(std::filesystem::exists(target));
+  EXPECT_TRUE(std::filesystem::exists(path(".other.h5.tmp.12345")));
+  EXPECT_FALSE(std::filesystem::exists(path(".model.h5.tmp.12345")));
+  EXPECT_EQ(h5::remove_stale_temporaries(target), 0);
+  EXPECT_EQ(h5::remove_stale_temporaries(path("no/such/dir/x.h5")), 0);
+}
+
 } // namespace
 } // namespace zsq
