@@ -205,14 +205,16 @@ int quantize(int argc, char** argv) {
   const fs::path checkpoint = run / "checkpoint.h5";
   q.checkpoint = checkpoint.string();
   const std::string recipe_text = resolved_config(desc, vm);
-  int64_t resume_step = 0;
+  int64_t resume_step = 0, resume_world = 0;
   bool calibrated_input = false;
   if (q.resume) {
     if (!fs::exists(checkpoint)) {
       throw UsageError("--resume: there is no '" + checkpoint.string() + "' to continue; start the run without --resume");
     }
     const h5::File file = h5::File::open_read(checkpoint.string());
-    resume_step = trainers::read_checkpoint_info(file).step;  // also: it is a checkpoint at all
+    const trainers::CheckpointInfo info = trainers::read_checkpoint_info(file);  // also: it is a checkpoint at all
+    resume_step = info.step;
+    resume_world = info.world_size;
     const std::string stored = read_meta_attrs(file).recipe;
     check_same_recipe(checkpoint.string(), stored, recipe_text, vm);
     // A checkpoint from before these options trained with a calibrated input step on unclamped images.
@@ -225,6 +227,12 @@ int quantize(int argc, char** argv) {
 
   auto comm = distributed::Communicator::create({timeout});
   const bool root = comm->rank() == 0;
+  if (root && q.resume && resume_world != comm->size()) {
+    std::cout << "resuming a checkpoint of " << resume_world << " process(es) on " << comm->size()
+              << ": the data are re-sharded and the random streams differ, so the run will not end bit for bit "
+                 "where an uninterrupted one would"
+              << std::endl;
+  }
   if (root) {
     fs::create_directories(run);
     h5::remove_stale_temporaries(checkpoint.string());  // of a write that a killed run left behind

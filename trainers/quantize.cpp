@@ -133,12 +133,12 @@ class Checkpointer {
 // Restores a checkpoint into the student, its optimizer and the synthesizer;
 // returns the student step it was written at.
 int64_t restore(const QuantizeOptions& o, models::ClassifierImpl& student, torch::optim::SGD& optimizer,
-                const NamedTensors& params, generators::Synthesizer* synth, NamedTensors* initial_codes, int rank,
-                int world) {
+                const NamedTensors& params, generators::Synthesizer* synth, NamedTensors* initial_codes, int rank) {
   const h5::File file = h5::File::open_read(o.checkpoint);
   const CheckpointInfo info = read_checkpoint_info(file);
-  TORCH_CHECK(info.world_size == world, "'", o.checkpoint, "' was written by ", info.world_size,
-              " process(es); resume it with the same number (mpirun -np ", info.world_size, "), this job has ", world);
+  // Another number of processes than wrote the checkpoint may continue it: the model, optimizer and
+  // generator state are the same on every rank, the pool is re-sharded by the loader, and a rank the
+  // checkpoint has no random state for keeps its fresh stream (so the run is not bit for bit).
   TORCH_CHECK(info.steps == o.steps, "'", o.checkpoint, "' plans ", info.steps, " steps, this run ", o.steps,
               "; a resumed run keeps its schedule");
   TORCH_CHECK(file.attr_int("train_generator_warmup").value_or(0) == o.generator_warmup, "'", o.checkpoint,
@@ -151,10 +151,11 @@ int64_t restore(const QuantizeOptions& o, models::ClassifierImpl& student, torch
   for (const auto& [name, t] : read_group(file, kInitialCodesGroup)) initial_codes->emplace_back(name, t);
   if (synth) {
     synth->load_state(synth_state);
+    TORCH_CHECK(!rng.empty(), "'", o.checkpoint, "' has no random states (it was made from a pool, not with online "
+                "generation)");
     const auto it = rng.find("rank" + std::to_string(rank));
-    TORCH_CHECK(it != rng.end(), "'", o.checkpoint, "' has no random state for rank ", rank,
-                " (it was made from a pool, not with online generation)");
-    synth->set_rng_state(it->second);
+    TORCH_CHECK(it != rng.end() || rank >= info.world_size, "'", o.checkpoint, "' has no random state for rank ", rank);
+    if (it != rng.end()) synth->set_rng_state(it->second);
   } else {
     TORCH_CHECK(synth_state.empty() && rng.empty(), "'", o.checkpoint,
                 "' was made with online generation; resume it with the same --recipe, not a --pool");
@@ -392,7 +393,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   int64_t first = 0;
   NamedTensors initial_codes;  // top-precision weight codes at the start, by layer
   if (o.resume) {
-    first = restore(o, student, *optimizer, params, synth, &initial_codes, rank, world);
+    first = restore(o, student, *optimizer, params, synth, &initial_codes, rank);
     result.resumed_from = first;
   } else {
     torch::manual_seed(o.seed);

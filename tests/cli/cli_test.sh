@@ -461,7 +461,13 @@ if [ -n "$mpirun_bin" ]; then
   expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi[@]}" --resume --out "$work/mrun2"
   same_checkpoints "$work/mrun/checkpoint.h5" "$work/mrun2/checkpoint.h5" && ok "two-process resume = uninterrupted" ||
     bad "two-process resume differs"
-  expect_fail 1 "resume it with the same number (mpirun -np 2)" "$zsq" "${q_mpi[@]}" --resume --out "$work/mrun2"
+  # Another number of processes continues a run (re-sharded, not bit for bit).
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi[@]}" --stop-after 1 --out "$work/mrun6"
+  expect_ok "$zsq" "${q_mpi[@]}" --resume --out "$work/mrun6"
+  grep -q "resuming a checkpoint of 2 process(es) on 1" "$work/out" && grep -q "resumed from step 1" "$work/out" &&
+    "$py" -c "import h5py,sys; f=h5py.File(sys.argv[1]); assert f.attrs['train_step'] == 4 and f.attrs['train_world_size'] == 1" \
+      "$work/mrun6/checkpoint.h5" && ok "a two-process checkpoint resumes on one process" ||
+    bad "resume at another world size: $(cat "$work/out")"
   expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi[@]}" --weighting normalized --out "$work/mrun5"
   q_mpi_online=(quantize --teacher "$work/teacher.h5" --recipe gdfq --generator-warmup 2 --bits 2,8 --steps 4
     --batch-size 16 --calib-count 8 --checkpoint-every 2 --eval-data none --threads 1 --weighting min-norm)
@@ -470,6 +476,10 @@ if [ -n "$mpirun_bin" ]; then
   expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi_online[@]}" --resume --out "$work/mrun4"
   same_checkpoints "$work/mrun3/checkpoint.h5" "$work/mrun4/checkpoint.h5" &&
     ok "two-process online resume = uninterrupted" || bad "two-process online resume differs"
+  expect_ok "$zsq" "${q_mpi_online[@]}" --stop-after 1 --out "$work/mrun7"
+  expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi_online[@]}" --resume --out "$work/mrun7"
+  grep -q "resuming a checkpoint of 1 process(es) on 2" "$work/out" &&
+    ok "a one-process online checkpoint resumes on two processes" || bad "online resume 1 -> 2: $(cat "$work/out")"
   "$py" -c "import h5py,sys; f=h5py.File(sys.argv[1]); assert 'train/rng/rank0' in f and 'train/rng/rank1' in f" \
     "$work/mrun3/checkpoint.h5" && ok "checkpoint holds every rank's random state" || bad "rng states missing"
 fi
