@@ -342,7 +342,7 @@ class PixelSynthesizer : public Base {
     const bool labelled = recipe_.ce_weight > 0 || recipe_.soft_target > 0 || recipe_.margin_low >= 0;
     const torch::Tensor y = labelled ? random_labels(options_.batch_size) : torch::Tensor();
     torch::optim::Adam adam({x}, torch::optim::AdamOptions(recipe_.lr));
-    Plateau plateau(adam, recipe_.lr, recipe_.name == "intraq" ? 50 : 100);  // IntraQ 50, ZeroQ 100
+    Plateau plateau(adam, recipe_.lr, recipe_.patience);
     for (int64_t step = 0; step < recipe_.iterations; ++step) {
       StepReport report = step_report(step, recipe_.iterations);
       adam.zero_grad();
@@ -672,6 +672,7 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
     r.soft_target = 0.95;
     r.margin_low = 0.05;
     r.margin_up = 0.8;
+    r.patience = 50;
   } else if (o.recipe == "genie") {
     r = {o.recipe, "generator+latents", BnsVariant::kGenie, 1.0, 0.0, 1.0, 0.0, 0.1, 4000};
   } else {

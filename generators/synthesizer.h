@@ -102,6 +102,7 @@ struct Recipe {
   BnsVariant bns = BnsVariant::kGdfq;
   double bns_weight = 0, ce_weight = 0, prior_weight = 0, margin = 0, lr = 0;
   int64_t iterations = 0;
+  int64_t patience = 100;     ///< pixel recipes: plateau steps before the learning rate drops (ZeroQ 100, IntraQ 50)
   // IntraQ's parts (off by default):
   bool lor = false;          ///< local object reinforcement: random resized crop + flip half of the steps
   double soft_target = 0;    ///< soft inception loss: target p* ~ U(soft_target, 1) for half the samples (0: off)
