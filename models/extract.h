@@ -24,8 +24,7 @@ inline constexpr const char* kFixedFormat = "zsq-fixed";
 inline constexpr const char* kVerticalFormat = "zsq-vertical";
 inline constexpr const char* kStudentFormat = "zsq-student";
 /// The group of a checkpoint (a zsq-student file) that holds the training
-/// state: optimizer, generator, RNG states, start codes (written by the
-/// Checkpointer of trainers/quantize.cpp, read back by its restore()).
+/// state: optimizer, generator, RNG states, start codes (trainers/checkpoint.h).
 inline constexpr const char* kTrainingStateGroup = "train/";
 inline constexpr int64_t kExtractFormatVersion = 1;
 

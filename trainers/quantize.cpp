@@ -1,5 +1,7 @@
 #include "trainers/quantize.h"
 
+#include "trainers/checkpoint.h"
+
 #include "distributed/reducer.h"
 #include "distributed/sync.h"
 #include "framework/errors.h"
@@ -19,11 +21,6 @@
 
 namespace zsq::trainers {
 namespace {
-
-constexpr const char* kOptimizerGroup = "train/optimizer/";
-constexpr const char* kSynthesizerGroup = "train/synthesizer/";
-constexpr const char* kRngGroup = "train/rng/";
-constexpr const char* kInitialCodesGroup = "train/initial_codes/";
 
 uint64_t splitmix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
@@ -50,20 +47,14 @@ torch::Tensor normalized_pixel(double pixel, const Normalization& norm) {
   return torch::tensor(v).reshape({1, static_cast<int64_t>(v.size()), 1, 1});
 }
 
+// What the checkpoints of a run need from its options.
+CheckpointPlan plan_of(const QuantizeOptions& o) { return {o.checkpoint, o.steps, o.generator_warmup, o.checkpoint_hook}; }
+
 // The parameters that train (all, or the per-bit ones with --train per-bit).
 NamedTensors trained_parameters(torch::nn::Module& module) {
   NamedTensors out;
   for (const auto& item : module.named_parameters()) {
     if (item.value().requires_grad()) out.emplace_back(item.key(), item.value());
-  }
-  return out;
-}
-
-// The datasets of `file` under `group`, by name without the group.
-std::map<std::string, torch::Tensor> read_group(const h5::File& file, const std::string& group) {
-  std::map<std::string, torch::Tensor> out;
-  for (const std::string& name : file.dataset_names()) {
-    if (name.rfind(group, 0) == 0) out.emplace(name.substr(group.size()), file.read_tensor(name));
   }
   return out;
 }
@@ -88,79 +79,6 @@ void set_flat_gradient(const NamedTensors& params, const torch::Tensor& flat) {
     }
     offset += p.numel();
   }
-}
-
-class Checkpointer {
- public:
-  Checkpointer(const QuantizeOptions& o, const CheckpointStudent& write_student,
-               std::shared_ptr<distributed::Communicator> comm)
-      : o_(o), write_student_(write_student), comm_(std::move(comm)) {}
-
-  // Collective when several ranks (the random states are gathered); rank 0 writes.
-  void write(torch::optim::SGD& optimizer, const NamedTensors& params, generators::Synthesizer* synth,
-             const NamedTensors& initial_codes, int64_t step) {
-    const int world = comm_ ? comm_->size() : 1;
-    torch::Tensor rng;
-    if (synth) {
-      rng = synth->rng_state().contiguous();
-      rng = world > 1 ? comm_->all_gather(rng) : rng.unsqueeze(0);
-    }
-    if (comm_ && comm_->rank() != 0) return;
-    const NamedTensors momenta = optimizer_state(optimizer, params);
-    const NamedTensors synth_state = synth ? synth->state() : NamedTensors{};
-    h5::atomic_write(o_.checkpoint, [&](h5::File& file) {
-      write_student_(file);
-      for (const auto& [name, t] : momenta) file.write_tensor(kOptimizerGroup + name, t);
-      if (o_.checkpoint_hook) o_.checkpoint_hook(step);  // a test kills the process here
-      for (const auto& [name, t] : synth_state) file.write_tensor(kSynthesizerGroup + name, t);
-      for (const auto& [name, t] : initial_codes) file.write_tensor(kInitialCodesGroup + name, t);
-      if (rng.defined()) {
-        for (int r = 0; r < world; ++r) file.write_tensor(kRngGroup + ("rank" + std::to_string(r)), rng[r]);
-      }
-      file.set_attr("train_step", step);
-      file.set_attr("train_steps", o_.steps);
-      file.set_attr("train_generator_warmup", o_.generator_warmup);
-      file.set_attr("train_world_size", static_cast<int64_t>(world));
-    });
-  }
-
- private:
-  const QuantizeOptions& o_;
-  const CheckpointStudent& write_student_;
-  std::shared_ptr<distributed::Communicator> comm_;
-};
-
-// Restores a checkpoint into the student, its optimizer and the synthesizer;
-// returns the student step it was written at.
-int64_t restore(const QuantizeOptions& o, models::ClassifierImpl& student, torch::optim::SGD& optimizer,
-                const NamedTensors& params, generators::Synthesizer* synth, NamedTensors* initial_codes, int rank) {
-  const h5::File file = h5::File::open_read(o.checkpoint);
-  const CheckpointInfo info = read_checkpoint_info(file);
-  // Another number of processes than wrote the checkpoint may continue it: the model, optimizer and
-  // generator state are the same on every rank, the pool is re-sharded by the loader, and a rank the
-  // checkpoint has no random state for keeps its fresh stream (so the run is not bit for bit).
-  TORCH_CHECK(info.steps == o.steps, "'", o.checkpoint, "' plans ", info.steps, " steps, this run ", o.steps,
-              "; a resumed run keeps its schedule");
-  TORCH_CHECK(file.attr_int("train_generator_warmup").value_or(0) == o.generator_warmup, "'", o.checkpoint,
-              "' was made with another --generator-warmup");
-  load_state(file, student, {models::kTrainingStateGroup});
-  load_optimizer_state(optimizer, params, read_group(file, kOptimizerGroup));
-  const auto synth_state = read_group(file, kSynthesizerGroup);
-  const auto rng = read_group(file, kRngGroup);
-  initial_codes->clear();
-  for (const auto& [name, t] : read_group(file, kInitialCodesGroup)) initial_codes->emplace_back(name, t);
-  if (synth) {
-    synth->load_state(synth_state);
-    TORCH_CHECK(!rng.empty(), "'", o.checkpoint, "' has no random states (it was made from a pool, not with online "
-                "generation)");
-    const auto it = rng.find("rank" + std::to_string(rank));
-    TORCH_CHECK(it != rng.end() || rank >= info.world_size, "'", o.checkpoint, "' has no random state for rank ", rank);
-    if (it != rng.end()) synth->set_rng_state(it->second);
-  } else {
-    TORCH_CHECK(synth_state.empty() && rng.empty(), "'", o.checkpoint,
-                "' was made with online generation; resume it with the same --recipe, not a --pool");
-  }
-  return info.step;
 }
 
 } // namespace
@@ -219,20 +137,6 @@ std::vector<double> min_norm_weights(const torch::Tensor& gram_in, int iteration
   return alpha;
 }
 
-CheckpointInfo read_checkpoint_info(const std::string& path) { return read_checkpoint_info(h5::File::open_read(path)); }
-
-CheckpointInfo read_checkpoint_info(const h5::File& file) {
-  const std::string& path = file.path();
-  TORCH_CHECK(file.attr_string("format").value_or("") == models::kStudentFormat && file.has_attr("train_step"),
-              "'", path, "' is not a checkpoint of zsq quantize (no training state)");
-  CheckpointInfo info;
-  info.step = file.attr_int("train_step").value_or(0);
-  info.steps = file.attr_int("train_steps").value_or(0);
-  info.world_size = file.attr_int("train_world_size").value_or(1);
-  TORCH_CHECK(info.step >= 0 && info.step <= info.steps && info.world_size >= 1, "'", path,
-              "' has an inconsistent training state (step ", info.step, " of ", info.steps, ")");
-  return info;
-}
 
 void QuantizeOptions::check() const {
   ZSQ_CHECK_OPTION(steps > 0, "--steps must be > 0, got ", steps);
@@ -367,7 +271,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
     for (const auto& [name, p] : params) list.push_back(p);
     reducer = std::make_unique<distributed::Reducer>(comm, list);
   }
-  Checkpointer checkpointer(o, write_student, comm);
+  Checkpointer checkpointer(plan_of(o), write_student, comm);
 
   // Images that calibrate the student: a random pick of the pool, or fresh synthetic batches.
   const auto calibration_images = [&]() {
@@ -393,7 +297,7 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
   int64_t first = 0;
   NamedTensors initial_codes;  // top-precision weight codes at the start, by layer
   if (o.resume) {
-    first = restore(o, student, *optimizer, params, synth, &initial_codes, rank);
+    first = restore(plan_of(o), student, *optimizer, params, synth, &initial_codes, rank);
     result.resumed_from = first;
   } else {
     torch::manual_seed(o.seed);

@@ -58,6 +58,7 @@
 #include "generators/synthesizer.h"
 #include "models/quant_factory.h"
 #include "models/zoo.h"
+#include "trainers/checkpoint.h"  // CheckpointStudent, read_checkpoint_info
 #include "trainers/teacher.h"  // kd_loss, make_sgd
 
 #include <functional>
@@ -145,10 +146,6 @@ struct QuantizeData {
   generators::Synthesizer* synthesizer = nullptr;
 };
 
-/// Writes the student as a zsq-student file (tensors and attributes, e.g.
-/// models::write_student) into a checkpoint, which then adds the training state.
-using CheckpointStudent = std::function<void(h5::File&)>;
-
 /// Trains `student` (built by a QuantFactory; initialised from the teacher and
 /// calibrated here unless resuming). Throws on bad options, on a checkpoint
 /// that does not fit, and on a non-finite loss (naming step and bit-width; the
@@ -165,13 +162,5 @@ torch::Tensor normalized_sum(const torch::Tensor& gradients);
 /// α on the simplex minimizing ||Σ α_i g_i||² for the Gram matrix G (K×K,
 /// G_ij = g_i·g_j), by Frank-Wolfe as MGDA's MinNormSolver (float64).
 std::vector<double> min_norm_weights(const torch::Tensor& gram, int iterations = 250);
-
-/// The step and world size a checkpoint was written at (throws when `path` is
-/// not a checkpoint).
-struct CheckpointInfo {
-  int64_t step = 0, steps = 0, world_size = 1;
-};
-CheckpointInfo read_checkpoint_info(const std::string& path);
-CheckpointInfo read_checkpoint_info(const h5::File& file);
 
 } // namespace zsq::trainers
