@@ -1,6 +1,7 @@
 #include "trainers/quantize.h"
 
 #include "trainers/checkpoint.h"
+#include "trainers/weighting.h"
 
 #include "distributed/reducer.h"
 #include "distributed/sync.h"
@@ -22,23 +23,6 @@
 namespace zsq::trainers {
 namespace {
 
-uint64_t splitmix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
-// The bit-widths trained at student step `step` (ascending). Sandwich draws its
-// middle bit-width from (seed, step) only, so every rank and a resumed run
-// draw the same one.
-std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, const std::string& weighting, uint64_t seed,
-                               int64_t step) {
-  if (weighting != "sandwich" || bits.size() <= 3) return bits;
-  const size_t middle = 1 + splitmix(seed * 0x100000001b3ULL + static_cast<uint64_t>(step)) % (bits.size() - 2);
-  return {bits.front(), bits[middle], bits.back()};
-}
-
 // The normalized value of `pixel` per channel of `norm`, shaped 1×C×1×1 (C = 1 broadcasts).
 torch::Tensor normalized_pixel(double pixel, const Normalization& norm) {
   ZSQ_CHECK_OPTION(!norm.mean.empty() && norm.mean.size() == norm.std.size(), "--clamp-pixels needs the teacher's normalization");
@@ -59,28 +43,6 @@ NamedTensors trained_parameters(torch::nn::Module& module) {
   return out;
 }
 
-torch::Tensor flat_gradient(const NamedTensors& params) {
-  std::vector<torch::Tensor> parts;
-  for (const auto& [name, p] : params) {
-    parts.push_back(p.grad().defined() ? p.grad().reshape(-1).to(torch::kFloat64)
-                                       : torch::zeros({p.numel()}, torch::kFloat64));
-  }
-  return torch::cat(parts);
-}
-
-void set_flat_gradient(const NamedTensors& params, const torch::Tensor& flat) {
-  int64_t offset = 0;
-  for (const auto& [name, p] : params) {
-    const torch::Tensor g = flat.narrow(0, offset, p.numel()).view(p.sizes()).to(p.scalar_type());
-    if (p.grad().defined()) {
-      p.mutable_grad().copy_(g);
-    } else {
-      p.mutable_grad() = g.clone();
-    }
-    offset += p.numel();
-  }
-}
-
 } // namespace
 
 bool is_per_bit_tensor(const std::string& name) {
@@ -92,51 +54,6 @@ bool is_weight_step(const std::string& name) {
   static const std::regex weight_step(R"((^|\.)weight_step$)");
   return std::regex_search(name, weight_step);
 }
-
-const std::vector<std::string>& known_weightings() {
-  static const std::vector<std::string> names = {"sum", "sandwich", "min-norm", "normalized"};
-  return names;
-}
-
-torch::Tensor normalized_sum(const torch::Tensor& gradients) {
-  TORCH_CHECK(gradients.dim() == 2 && gradients.size(0) > 0, "normalized_sum: expected K × P gradients, got ",
-              gradients.sizes());
-  const torch::Tensor norms = gradients.norm(2, 1, /*keepdim=*/true);
-  // A zero gradient stays zero (its scale is irrelevant); the others get the mean norm of all.
-  return (gradients * (norms.mean() / norms.clamp_min(1e-30))).sum(0);
-}
-
-std::vector<double> min_norm_weights(const torch::Tensor& gram_in, int iterations) {
-  const torch::Tensor gram = gram_in.to(torch::kFloat64).contiguous();
-  const int64_t k = gram.size(0);
-  TORCH_CHECK(gram.dim() == 2 && gram.size(1) == k && k > 0, "min_norm_weights: the Gram matrix must be K×K");
-  const auto m = gram.accessor<double, 2>();
-  std::vector<double> alpha(static_cast<size_t>(k), 1.0 / static_cast<double>(k));
-  for (int it = 0; it < iterations; ++it) {
-    // (Mα)_i and αᵀMα
-    std::vector<double> ma(static_cast<size_t>(k), 0.0);
-    double a = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      for (int64_t j = 0; j < k; ++j) ma[i] += m[i][j] * alpha[j];
-      a += alpha[i] * ma[i];
-    }
-    const int64_t t = std::min_element(ma.begin(), ma.end()) - ma.begin();
-    // Line search between v = Σ α g and g_t: minimize ||(1-γ)v + γ g_t||².
-    const double b = ma[t], c = m[t][t];
-    const double denominator = a - 2 * b + c;
-    if (denominator <= 1e-30) break;
-    const double gamma = std::clamp((a - b) / denominator, 0.0, 1.0);
-    double change = 0;
-    for (int64_t i = 0; i < k; ++i) {
-      const double next = (1 - gamma) * alpha[i] + (i == t ? gamma : 0.0);
-      change += std::abs(next - alpha[i]);
-      alpha[i] = next;
-    }
-    if (change < 1e-9) break;
-  }
-  return alpha;
-}
-
 
 void QuantizeOptions::check() const {
   ZSQ_CHECK_OPTION(steps > 0, "--steps must be > 0, got ", steps);

@@ -60,6 +60,7 @@
 #include "models/zoo.h"
 #include "trainers/checkpoint.h"  // CheckpointStudent, read_checkpoint_info
 #include "trainers/teacher.h"  // kd_loss, make_sgd
+#include "trainers/weighting.h"  // known_weightings, min_norm_weights, normalized_sum
 
 #include <functional>
 #include <memory>
@@ -111,8 +112,6 @@ bool is_per_bit_tensor(const std::string& name);
 /// True for the shared top-precision weight steps (<layer>.weight_step).
 bool is_weight_step(const std::string& name);
 
-/// The weighting rules QuantizeOptions::weighting accepts.
-const std::vector<std::string>& known_weightings();
 
 struct QuantizeStep {
   int64_t step = 0, steps = 0;   ///< student steps done / planned (0 during the generator warm-up)
@@ -154,13 +153,5 @@ QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl&
                         const QuantizeOptions& options, const CheckpointStudent& write_student,
                         std::shared_ptr<distributed::Communicator> comm,
                         const std::function<void(const QuantizeStep&)>& on_step);
-
-/// Σ_b g_b · mean_c(||g_c||) / ||g_b|| for the K × P per-bit gradients (rows):
-/// the combination of --weighting normalized.
-torch::Tensor normalized_sum(const torch::Tensor& gradients);
-
-/// α on the simplex minimizing ||Σ α_i g_i||² for the Gram matrix G (K×K,
-/// G_ij = g_i·g_j), by Frank-Wolfe as MGDA's MinNormSolver (float64).
-std::vector<double> min_norm_weights(const torch::Tensor& gram, int iterations = 250);
 
 } // namespace zsq::trainers

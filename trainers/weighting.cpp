@@ -1,0 +1,93 @@
+// How the bit-widths share a step: which bit-widths train (sandwich draws),
+// and how their gradients on the shared tensors combine (min-norm, normalized).
+#include "trainers/weighting.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace zsq::trainers {
+namespace {
+
+uint64_t splitmix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+} // namespace
+
+std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, const std::string& weighting, uint64_t seed,
+                               int64_t step) {
+  if (weighting != "sandwich" || bits.size() <= 3) return bits;
+  const size_t middle = 1 + splitmix(seed * 0x100000001b3ULL + static_cast<uint64_t>(step)) % (bits.size() - 2);
+  return {bits.front(), bits[middle], bits.back()};
+}
+
+torch::Tensor flat_gradient(const NamedTensors& params) {
+  std::vector<torch::Tensor> parts;
+  for (const auto& [name, p] : params) {
+    parts.push_back(p.grad().defined() ? p.grad().reshape(-1).to(torch::kFloat64)
+                                       : torch::zeros({p.numel()}, torch::kFloat64));
+  }
+  return torch::cat(parts);
+}
+
+void set_flat_gradient(const NamedTensors& params, const torch::Tensor& flat) {
+  int64_t offset = 0;
+  for (const auto& [name, p] : params) {
+    const torch::Tensor g = flat.narrow(0, offset, p.numel()).view(p.sizes()).to(p.scalar_type());
+    if (p.grad().defined()) {
+      p.mutable_grad().copy_(g);
+    } else {
+      p.mutable_grad() = g.clone();
+    }
+    offset += p.numel();
+  }
+}
+
+const std::vector<std::string>& known_weightings() {
+  static const std::vector<std::string> names = {"sum", "sandwich", "min-norm", "normalized"};
+  return names;
+}
+
+torch::Tensor normalized_sum(const torch::Tensor& gradients) {
+  TORCH_CHECK(gradients.dim() == 2 && gradients.size(0) > 0, "normalized_sum: expected K × P gradients, got ",
+              gradients.sizes());
+  const torch::Tensor norms = gradients.norm(2, 1, /*keepdim=*/true);
+  // A zero gradient stays zero (its scale is irrelevant); the others get the mean norm of all.
+  return (gradients * (norms.mean() / norms.clamp_min(1e-30))).sum(0);
+}
+
+std::vector<double> min_norm_weights(const torch::Tensor& gram_in, int iterations) {
+  const torch::Tensor gram = gram_in.to(torch::kFloat64).contiguous();
+  const int64_t k = gram.size(0);
+  TORCH_CHECK(gram.dim() == 2 && gram.size(1) == k && k > 0, "min_norm_weights: the Gram matrix must be K×K");
+  const auto m = gram.accessor<double, 2>();
+  std::vector<double> alpha(static_cast<size_t>(k), 1.0 / static_cast<double>(k));
+  for (int it = 0; it < iterations; ++it) {
+    // (Mα)_i and αᵀMα
+    std::vector<double> ma(static_cast<size_t>(k), 0.0);
+    double a = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < k; ++j) ma[i] += m[i][j] * alpha[j];
+      a += alpha[i] * ma[i];
+    }
+    const int64_t t = std::min_element(ma.begin(), ma.end()) - ma.begin();
+    // Line search between v = Σ α g and g_t: minimize ||(1-γ)v + γ g_t||².
+    const double b = ma[t], c = m[t][t];
+    const double denominator = a - 2 * b + c;
+    if (denominator <= 1e-30) break;
+    const double gamma = std::clamp((a - b) / denominator, 0.0, 1.0);
+    double change = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      const double next = (1 - gamma) * alpha[i] + (i == t ? gamma : 0.0);
+      change += std::abs(next - alpha[i]);
+      alpha[i] = next;
+    }
+    if (change < 1e-9) break;
+  }
+  return alpha;
+}
+
+} // namespace zsq::trainers

@@ -1,0 +1,37 @@
+// How the bit-widths of a once-for-all step share it: which of them a step
+// trains, and how their gradients on the shared tensors are combined.
+#pragma once
+
+#include "framework/optim_state.h"  // NamedTensors
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace zsq::trainers {
+
+/// The weighting rules QuantizeOptions::weighting accepts.
+const std::vector<std::string>& known_weightings();
+
+/// The bit-widths (ascending) trained at student step `step`: all of them, or
+/// with `sandwich` the lowest, the highest and one middle one drawn from
+/// (seed, step) only, so every rank and a resumed run draw the same.
+std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, const std::string& weighting, uint64_t seed,
+                               int64_t step);
+
+/// The gradients of `params` as one float64 vector (zeros where undefined),
+/// and back (converted to each parameter's type).
+torch::Tensor flat_gradient(const NamedTensors& params);
+void set_flat_gradient(const NamedTensors& params, const torch::Tensor& flat);
+
+/// Σ_b g_b · mean_c(||g_c||) / ||g_b|| for the K × P per-bit gradients (rows):
+/// the combination of --weighting normalized.
+torch::Tensor normalized_sum(const torch::Tensor& gradients);
+
+/// α on the simplex minimizing ||Σ α_i g_i||² for the Gram matrix G (K×K,
+/// G_ij = g_i·g_j), by Frank-Wolfe as MGDA's MinNormSolver (float64).
+std::vector<double> min_norm_weights(const torch::Tensor& gram, int iterations = 250);
+
+} // namespace zsq::trainers
