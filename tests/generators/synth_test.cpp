@@ -1,6 +1,7 @@
 // BN-statistics losses against direct computations, and the recipes doing
 // what they are for.
 #include "generators/bns_loss.h"
+#include "generators/networks.h"
 #include "generators/synthesizer.h"
 
 #include "tests/support.h"
@@ -168,6 +169,26 @@ TEST_F(SynthTest, IntraqOptimizesTowardsItsLabelsAndUsesCentroids) {
   plain->next_batch([&](const StepReport& r) { b.push_back(r); });
   EXPECT_EQ(a.front().ce, 0.0);  // no centroid yet: nothing but BN statistics
   EXPECT_GT(b.front().ce, 0.0);  // the marginal distance now counts
+}
+
+// The generator networks on their own: output shapes, the class embedding as a factor of the input,
+// Qimera's mapping layer, and the shapes they refuse.
+TEST_F(SynthTest, GeneratorNetworks) {
+  GdfqGenerator gdfq(10, 16, std::vector<int64_t>{1, 28, 28});
+  gdfq->eval();
+  const torch::Tensor z = torch::randn({4, 16});
+  const torch::Tensor y = torch::tensor({0, 3, 3, 9});
+  const torch::Tensor x = gdfq->forward(z, y);
+  EXPECT_EQ(x.sizes(), (std::vector<int64_t>{4, 1, 28, 28}));
+  EXPECT_TRUE(torch::allclose(gdfq->body(z * gdfq->emb->forward(y)), x));
+  EXPECT_FALSE(torch::allclose(gdfq->forward(z, torch::tensor({1, 3, 3, 9})).narrow(0, 0, 1), x.narrow(0, 0, 1)));
+  const size_t plain = gdfq->parameters().size();
+  gdfq->add_mapping(16);
+  EXPECT_EQ(gdfq->parameters().size(), plain + 2);
+  EXPECT_THROW_WITH(GdfqGenerator(10, 16, std::vector<int64_t>{1, 30, 28}), "height and width divisible by 4");
+  GenieGenerator genie(8, std::vector<int64_t>{3, 32, 32});
+  EXPECT_EQ(genie->forward(torch::randn({2, 8})).sizes(), (std::vector<int64_t>{2, 3, 32, 32}));
+  EXPECT_THROW_WITH(GenieGenerator(8, std::vector<int64_t>{3, 30, 32}), "height and width divisible by");
 }
 
 TEST_F(SynthTest, QimeraSuperposesClassesWithSoftTargets) {
