@@ -29,7 +29,6 @@ std::string percent(double fraction) {
   return out.str();
 }
 
-// "key = value" lines of a resolved config.
 std::map<std::string, std::string> config_values(const std::string& text) {
   std::map<std::string, std::string> out;
   std::istringstream in(text);
@@ -49,7 +48,6 @@ void add_data_options(po::options_description& desc, const char* default_data) {
        "folder with the Fashion-MNIST IDX files (.gz or plain)");
 }
 
-// Flags that describe a model file lacking attributes (e.g. a torchvision export).
 void add_model_overrides(po::options_description& desc) {
   desc.add_options()
       ("arch", po::value<std::string>(), "architecture, when the file does not say it")
@@ -118,7 +116,6 @@ models::StudentConfig read_student_config(const po::variables_map& vm) {
   return c;
 }
 
-// How the quantizers start (init-student, quantize).
 void add_quant_init_options(po::options_description& desc) {
   desc.add_options()
       ("input-range", po::value<std::string>()->default_value("pixel"),
@@ -141,12 +138,10 @@ models::QuantizerInit read_quant_init(const po::variables_map& vm) {
   return init;
 }
 
-// --input-range pixel: the student's input range from the teacher's normalization of pixels in [0, 1].
 void set_input_range(const po::variables_map& vm, const Normalization& norm, models::StudentConfig* config) {
   if (get<std::string>(vm, "input-range") == "pixel") config->input_range = models::pixel_input_range(norm.mean, norm.std);
 }
 
-// BatchNorm re-estimation during calibration (init-student: none, shift; quantize: auto, absolute).
 void add_bn_options(po::options_description& desc, const char* reestimate, const char* mode) {
   desc.add_options()
       ("bn-reestimate", po::value<std::string>()->default_value(reestimate),
@@ -157,7 +152,6 @@ void add_bn_options(po::options_description& desc, const char* reestimate, const
        "on the images) or absolute (the images' own statistics)");
 }
 
-// A bit-width option: none, all (the model's), or a list of the model's bit-widths.
 std::vector<int64_t> read_bit_list(const po::variables_map& vm, const std::string& name,
                                    const models::StudentConfig& config) {
   std::vector<int64_t> bits;
@@ -178,9 +172,6 @@ std::vector<int64_t> read_bit_list(const po::variables_map& vm, const std::strin
   return bits;
 }
 
-// `auto` of --bn-reestimate and --ce-weight: the model's bit-widths of 2 or fewer. Their quantized network's
-// BatchNorm inputs are far from the teacher's statistics and its classes drift (measured on ResNet-20: 2-bit
-// re-estimation 84.7 vs 73.4 % calibrated, 2-bit cross-entropy +1.1 points); at 3 bits and above both cost.
 std::vector<int64_t> low_bits(const models::StudentConfig& config) {
   std::vector<int64_t> out;
   for (const int64_t b : config.bits) {
@@ -190,7 +181,6 @@ std::vector<int64_t> low_bits(const models::StudentConfig& config) {
   return out;
 }
 
-// ", cross-entropy ×w at bits ..." for the header line ("" when off everywhere); weights in ascending bit order.
 std::string ce_text(const std::vector<double>& weights, std::vector<int64_t> bits) {
   std::sort(bits.begin(), bits.end());
   std::ostringstream out;
@@ -201,8 +191,6 @@ std::string ce_text(const std::vector<double>& weights, std::vector<int64_t> bit
   return out.tellp() > 0 ? ", cross-entropy to the labels at bits " + out.str() : "";
 }
 
-// A list of one value per bit-width in --bits order (or, with `one_for_all`, a single value for
-// every bit-width), returned as the trainer takes it: in ascending bit order. Empty if not given.
 std::vector<double> read_per_bit_values(const po::variables_map& vm, const std::string& name,
                                         const models::StudentConfig& config, bool one_for_all) {
   if (!vm.count(name)) return {};
