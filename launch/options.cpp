@@ -93,6 +93,9 @@ void add_student_options(po::options_description& desc) {
       ("first-last-bits", po::value<std::string>()->default_value("8"),
        "weight and activation bits of the first and last layer: N, 'same' (the middle layers' bits at every "
        "bit-width: every layer quantized alike) or FIRST,LAST")
+      ("input-bits", po::value<std::string>()->default_value("same"),
+       "bits of the network input (the first layer's input) at every bit-width: N, or 'same' (the first layer's "
+       "activation bits); 8 keeps 8-bit pixels exact, as GDFQ's code, which does not quantize the input")
       ("top-bits", po::value<int64_t>()->default_value(8), "precision of the stored weight codes (>= every weight bit-width)")
       ("nesting", po::value<std::string>()->default_value("shift"),
        "how lower weight codes nest in higher ones: shift (bit-planes) or round");
@@ -109,6 +112,7 @@ models::StudentConfig read_student_config(const po::variables_map& vm) {
   c.nesting = quant::parse_nesting(nesting);
   try {
     std::tie(c.first_bits, c.last_bits) = models::parse_first_last_bits(get<std::string>(vm, "first-last-bits"));
+    c.input_bits = models::parse_input_bits(get<std::string>(vm, "input-bits"));
     c.check();
   } catch (const c10::Error& e) {
     throw UsageError(e.what_without_backtrace());

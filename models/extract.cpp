@@ -118,6 +118,7 @@ void write_config(h5::File& file, const StudentConfig& c) {
   } else {
     file.set_attr("first_last_bits", std::vector<int64_t>{c.first_bits, c.last_bits});
   }
+  if (c.input_bits != StudentConfig::kSameBits) file.set_attr("input_bits", c.input_bits);  // absent: same
   file.set_attr("top_bits", c.top_bits);
   file.set_attr("nesting", quant::nesting_name(c.nesting));
   if (!c.input_range.empty()) file.set_attr("input_range", c.input_range);
@@ -259,6 +260,7 @@ ExtractedFile read_extracted(const h5::File& file, bool allow_student) {
               "': attribute 'first_last_bits' should hold one or two integers, has ", first_last.size());
   x.config.first_bits = first_last.front();
   x.config.last_bits = first_last.back();
+  x.config.input_bits = file.attr_int("input_bits").value_or(StudentConfig::kSameBits);
   x.config.top_bits = need_int("top_bits");
   x.config.nesting = quant::parse_nesting(file.attr_string("nesting").value_or("shift"));
   x.config.input_range = file.attr_doubles("input_range").value_or(std::vector<double>{});  // absent: calibrated

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <optional>
 #include <regex>
 #include <sstream>
 
@@ -26,6 +27,8 @@ void StudentConfig::check() const {
   for (const int64_t b : {first_bits, last_bits}) {
     TORCH_CHECK(b == kSameBits || (b >= 2 && b <= 16), "first/last layer bits must be in [2, 16] or 'same', got ", b);
   }
+  TORCH_CHECK(input_bits == kSameBits || (input_bits >= 2 && input_bits <= 16),
+              "input bits must be in [2, 16] or 'same', got ", input_bits);
   for (const int64_t b : bits) TORCH_CHECK(b >= 2 && b <= top_bits, "bits must be in [2, top bits = ", top_bits, "], got ", b);
   for (const int64_t b : wbits) TORCH_CHECK(b >= 2 && b <= top_bits, "wbits must be in [2, top bits = ", top_bits, "], got ", b);
   for (const int64_t b : abits) TORCH_CHECK(b >= 2 && b <= 16, "abits must be in [2, 16], got ", b);
@@ -42,26 +45,37 @@ std::vector<int64_t> role_bits(const StudentConfig& c, LayerRole role, const std
 } // namespace
 
 std::vector<int64_t> StudentConfig::layer_wbits(LayerRole role) const { return role_bits(*this, role, middle_wbits()); }
-std::vector<int64_t> StudentConfig::layer_abits(LayerRole role) const { return role_bits(*this, role, middle_abits()); }
+std::vector<int64_t> StudentConfig::layer_abits(LayerRole role) const {
+  if (role == LayerRole::kFirst && input_bits != kSameBits) return std::vector<int64_t>(bits.size(), input_bits);
+  return role_bits(*this, role, middle_abits());
+}
 
 std::string StudentConfig::first_last_text() const {
   const auto one = [](int64_t b) { return b == kSameBits ? std::string("same") : std::to_string(b); };
   return first_bits == last_bits ? one(first_bits) : one(first_bits) + "," + one(last_bits);
 }
 
+namespace {
+// "same" -> kSameBits, "N" -> N in [2, 16]; anything else -> nullopt.
+std::optional<int64_t> parse_layer_bits(const std::string& part) {
+  if (part == "same") return StudentConfig::kSameBits;
+  size_t used = 0;
+  int64_t b = -1;
+  try {
+    b = std::stoll(part, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (used != part.size() || b < 2 || b > 16) return std::nullopt;
+  return b;
+}
+} // namespace
+
 std::pair<int64_t, int64_t> parse_first_last_bits(const std::string& text) {
   const auto one = [&](const std::string& part) -> int64_t {
-    if (part == "same") return StudentConfig::kSameBits;
-    size_t used = 0;
-    int64_t b = -1;
-    try {
-      b = std::stoll(part, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    TORCH_CHECK(used == part.size() && used > 0 && b >= 2 && b <= 16, "--first-last-bits takes N, 'same' or "
-                "FIRST,LAST (each N in [2, 16] or 'same'), got '", text, "'");
-    return b;
+    const std::optional<int64_t> b = parse_layer_bits(part);
+    TORCH_CHECK(b, "--first-last-bits takes N, 'same' or FIRST,LAST (each N in [2, 16] or 'same'), got '", text, "'");
+    return *b;
   };
   const size_t comma = text.find(',');
   if (comma == std::string::npos) {
@@ -69,6 +83,12 @@ std::pair<int64_t, int64_t> parse_first_last_bits(const std::string& text) {
     return {b, b};
   }
   return {one(text.substr(0, comma)), one(text.substr(comma + 1))};
+}
+
+int64_t parse_input_bits(const std::string& text) {
+  const std::optional<int64_t> b = parse_layer_bits(text);
+  TORCH_CHECK(b, "--input-bits takes N in [2, 16] or 'same', got '", text, "'");
+  return *b;
 }
 
 QuantFactory::QuantFactory(StudentConfig config) : config_(std::move(config)) { config_.check(); }

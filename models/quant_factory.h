@@ -34,6 +34,11 @@ struct StudentConfig {
   /// Default 8.
   static constexpr int64_t kSameBits = 0;
   int64_t first_bits = 8, last_bits = 8;
+  /// Bits of the network input (the first layer's input quantizer) at every
+  /// model bit-width; kSameBits (default): the first layer's activation bits.
+  /// 8 keeps 8-bit pixels exact: the protocol of GDFQ's code, which does not
+  /// quantize the network input.
+  int64_t input_bits = kSameBits;
   /// Precision of the stored weight codes (the first and last layer use at
   /// least their fixed bits). Default 8.
   int64_t top_bits = 8;
@@ -59,6 +64,8 @@ struct StudentConfig {
 /// Parses --first-last-bits: "N" or "same" for both layers, or "F,L" (each N
 /// or same) for the first and the last layer; throws on anything else.
 std::pair<int64_t, int64_t> parse_first_last_bits(const std::string& text);
+/// Parses --input-bits: "N" (in [2, 16]) or "same"; throws on anything else.
+int64_t parse_input_bits(const std::string& text);
 
 /// Builds QConv2d / QLinear / SwitchableBatchNorm2d with the parameter names
 /// of the FP32 layers (plus the quantizer state).

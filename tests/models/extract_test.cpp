@@ -94,6 +94,7 @@ TEST_F(ExtractTest, AllLayersQuantizedWithAKnownInputRange) {
   LoadedStudent loaded = load_student(path("student.h5"));
   EXPECT_EQ(loaded.config.input_range, config_.input_range);
   EXPECT_EQ(loaded.config.first_last_text(), "same");
+  EXPECT_EQ(loaded.config.input_bits, StudentConfig::kSameBits);
   loaded.model->eval();
   for (const int64_t b : {2, 3, 4, 8}) {
     SCOPED_TRACE("bits " + std::to_string(b));
@@ -114,6 +115,32 @@ TEST_F(ExtractTest, AllLayersQuantizedWithAKnownInputRange) {
     EXPECT_TRUE(torch::equal(rebuilt->forward(x), got));
     set_bits(*loaded.model, b);
     EXPECT_TRUE(torch::equal(loaded.model->forward(x), want));
+  }
+}
+
+// --input-bits 8 with every other layer at 2 or 4 bits: the first layer's input keeps 256 codes in the
+// integer path, and the files carry the setting back.
+TEST_F(ExtractTest, InputBitsReachTheIntegerPathAndTheFiles) {
+  config_.first_bits = config_.last_bits = StudentConfig::kSameBits;
+  config_.input_bits = 8;
+  config_.input_range = pixel_input_range({0.5}, {0.25});
+  make({"resnet8", 1, 10, 8}, {2, 4});
+  const torch::Tensor x = (torch::rand({32, 1, 28, 28}) - 0.5) / 0.25;
+  save_vertical(path("vl.h5"), *student_, spec_, config_, meta_);
+  save_student(path("student.h5"), *student_, config_, meta_);
+  EXPECT_EQ(load_student(path("student.h5")).config.input_bits, 8);
+  for (const int64_t b : {2, 4}) {
+    SCOPED_TRACE("bits " + std::to_string(b));
+    const torch::Tensor want = student_logits(b, x);
+    Classifier rebuilt = load_integer_model(path("vl.h5"), b);
+    auto* first = dynamic_cast<quant::IntLayerImpl*>(rebuilt->named_modules()["conv1"].get());
+    auto* middle = dynamic_cast<quant::IntLayerImpl*>(rebuilt->named_modules()["layer1.0.conv1"].get());
+    ASSERT_TRUE(first && middle);
+    EXPECT_EQ(first->act_range[1].item<int64_t>() - first->act_range[0].item<int64_t>(), 255);
+    EXPECT_EQ(middle->act_range[1].item<int64_t>() - middle->act_range[0].item<int64_t>(), (int64_t(1) << b) - 1);
+    torch::NoGradGuard no_grad;
+    const torch::Tensor got = rebuilt->forward(x);
+    EXPECT_TRUE(torch::equal(got.argmax(1), want.argmax(1)));
   }
 }
 

@@ -287,6 +287,31 @@ TEST_F(StudentTest, FirstLastBitsSameFollowTheMiddleLayers) {
   }
 }
 
+// --input-bits: the first layer's input at its own bits (GDFQ's protocol leaves 8-bit pixels exact), its
+// weights and every other layer at the model's bits.
+TEST_F(StudentTest, InputBitsSetOnlyTheFirstLayersInput) {
+  const auto layer_text = [](const Classifier& model, const std::string& name) {
+    std::ostringstream text;
+    model->named_modules()[name]->pretty_print(text);
+    return text.str();
+  };
+  StudentConfig c = config({2, 4});
+  c.first_bits = c.last_bits = StudentConfig::kSameBits;
+  c.input_bits = parse_input_bits("8");
+  const Classifier model = build({"resnet8", 1, 10, 8}, QuantFactory(c));
+  EXPECT_NE(layer_text(model, "conv1").find("wbits=2,4, abits=8,8"), std::string::npos) << layer_text(model, "conv1");
+  EXPECT_NE(layer_text(model, "layer1.0.conv1").find("wbits=2,4, abits=2,4"), std::string::npos);
+  EXPECT_NE(layer_text(model, "fc").find("wbits=2,4, abits=2,4"), std::string::npos);
+  EXPECT_EQ(parse_input_bits("same"), StudentConfig::kSameBits);
+  for (const char* bad : {"", "1", "17", "8,8", "x"}) {
+    EXPECT_NE(error_of([&] { parse_input_bits(bad); }).find("--input-bits takes N in [2, 16] or 'same'"),
+              std::string::npos)
+        << bad;
+  }
+  c.input_bits = 1;
+  EXPECT_NE(error_of([&] { QuantFactory{c}; }).find("input bits must be in [2, 16] or 'same', got 1"), std::string::npos);
+}
+
 // The network input's range is known (pixels in [0, 1] under the normalization): the first layer's input
 // steps come from it, not from the calibration images, however wide those are, and do not train.
 TEST_F(StudentTest, KnownInputRangeSetsTheFirstLayersStepsAndCalibrationLeavesThem) {
