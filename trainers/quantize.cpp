@@ -1,6 +1,7 @@
 #include "trainers/quantize.h"
 
 #include "trainers/checkpoint.h"
+#include "trainers/engine.h"
 #include "trainers/weighting.h"
 
 #include "distributed/reducer.h"
@@ -14,11 +15,8 @@
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <map>
-#include <regex>
 
 namespace zsq::trainers {
 namespace {
@@ -43,379 +41,380 @@ NamedTensors trained_parameters(torch::nn::Module& module) {
   return out;
 }
 
+// The share of `start`'s codes that differ in `student`'s top-precision codes now.
+double changed_share(const models::ClassifierImpl& student, const NamedTensors& start_codes) {
+  std::map<std::string, torch::Tensor> now;
+  for (const auto& [name, t] : models::top_weight_codes(student)) now.emplace(name, t);
+  int64_t changed = 0, total = 0;
+  for (const auto& [name, start] : start_codes) {
+    const auto it = now.find(name);
+    TORCH_CHECK(it != now.end() && it->second.sizes() == start.sizes(), "the start codes of layer '", name,
+                "' do not fit the student");
+    changed += it->second.ne(start).sum().item<int64_t>();
+    total += start.numel();
+  }
+  return total > 0 ? static_cast<double>(changed) / static_cast<double>(total) : 0.0;
+}
+
+// The student's logits at bit-width `bits` with none of its parameters in the graph (the generator's adversarial
+// term: the gradient reaches the images only).
+torch::Tensor frozen_logits(models::ClassifierImpl& student, int64_t bits, const torch::Tensor& images) {
+  std::vector<std::pair<torch::Tensor, bool>> saved;
+  for (auto& p : student.parameters()) {
+    saved.emplace_back(p, p.requires_grad());
+    p.set_requires_grad(false);
+  }
+  models::set_bits(student, bits);
+  torch::Tensor logits = student.forward(images);
+  for (auto& [p, on] : saved) p.set_requires_grad(on);
+  return logits;
+}
+
+// One quantize() call: the set-up in the constructor, then the student steps.
+class OfaTrainer {
+ public:
+  OfaTrainer(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const QuantizeData& data,
+             const QuantizeOptions& o, const CheckpointStudent& write_student,
+             std::shared_ptr<distributed::Communicator> comm, const std::function<void(const QuantizeStep&)>& on_step);
+  ~OfaTrainer();
+  QuantizeResult run();
+
+ private:
+  void select_trained();
+  void start();
+  void install_adversary();
+  void enable_bn_train();
+  torch::Tensor clamped(const torch::Tensor& images) const;
+  torch::Tensor calibration_images();
+  std::pair<torch::Tensor, torch::Tensor> synthetic_batch(QuantizeStep* report);
+  std::pair<torch::Tensor, torch::Tensor> training_batch(int64_t step, QuantizeStep* report);
+  std::vector<double> backward_bits(const torch::Tensor& images, const torch::Tensor& labels,
+                                    const std::vector<int64_t>& now, std::vector<torch::Tensor>* shared_gradients);
+  void train_step(int64_t step, QuantizeStep* report);
+  void finish_step(int64_t step, int64_t done_here, QuantizeStep* report);
+  double value_at(const std::vector<double>& values, double unset, int64_t b) const;
+
+  models::ClassifierImpl& student_;
+  models::ClassifierImpl& teacher_;
+  const QuantizeData& data_;
+  const QuantizeOptions& o_;
+  std::shared_ptr<distributed::Communicator> comm_;
+  const std::function<void(const QuantizeStep&)>& on_step_;
+  std::vector<int64_t> bits_;  // ascending
+  int rank_ = 0, world_ = 1;
+  int64_t local_batch_ = 0;
+  torch::Tensor pixel_lo_, pixel_hi_;  // --clamp-pixels: the normalized images of pixels 0 and 1, per channel
+  generators::Synthesizer* synth_ = nullptr;
+  bool online_generator_ = false, adversary_ = false;
+  std::unique_ptr<BatchLoader> loader_;
+  int64_t epoch_ = -1;
+  std::unique_ptr<torch::optim::SGD> optimizer_;
+  std::vector<torch::Tensor> weight_steps_;  // scaled by --weight-step-lr
+  NamedTensors params_, shared_;             // trained; what the bit-widths share (latent weights, steps, biases)
+  std::unique_ptr<distributed::Reducer> reducer_;
+  std::unique_ptr<Checkpointer> checkpointer_;
+  std::vector<torch::Tensor> bn_running_;  // --bn-train's running statistics
+  NamedTensors initial_codes_;             // top-precision weight codes at the start, by layer
+  int64_t first_ = 0, last_checkpoint_ = -1;
+  Progress progress_;
+  QuantizeResult result_;
+};
+
+OfaTrainer::OfaTrainer(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const QuantizeData& data,
+                       const QuantizeOptions& o, const CheckpointStudent& write_student,
+                       std::shared_ptr<distributed::Communicator> comm,
+                       const std::function<void(const QuantizeStep&)>& on_step)
+    : student_(student), teacher_(teacher), data_(data), o_(o), comm_(std::move(comm)), on_step_(on_step) {
+  bits_ = models::model_bits(student);
+  std::sort(bits_.begin(), bits_.end());
+  rank_ = comm_ ? comm_->rank() : 0;
+  world_ = comm_ ? comm_->size() : 1;
+  check_quantize_inputs(o, bits_, data, world_);
+  local_batch_ = o.batch_size / world_;
+  if (o.clamp_pixels) {
+    pixel_lo_ = normalized_pixel(0.0, data.norm);
+    pixel_hi_ = normalized_pixel(1.0, data.norm);
+  }
+  teacher.eval();
+  for (const auto& p : teacher.parameters()) p.set_requires_grad(false);
+  student.eval();  // GDFQ: BatchNorm keeps the teacher's statistics, its affine parameters train
+  synth_ = data.synthesizer;
+  online_generator_ = synth_ && synth_->trains_generator();
+  if (data.pool) {
+    loader_ = std::make_unique<BatchLoader>(
+        *data.pool, data.norm, training_loader(local_batch_, o.seed, rank_, world_, o.crop_padding, o.horizontal_flip));
+    TORCH_CHECK(loader_->num_batches() > 0, "the pool is too small for --batch-size ", o.batch_size, " on ", world_,
+                " process(es)");
+  }
+  // Weight decay on the latent weights only (make_sgd spares every 1-D tensor: steps, BatchNorm, biases).
+  optimizer_ = make_sgd(student, o.lr, 0.9, /*nesterov=*/true, o.weight_decay);
+  select_trained();
+  checkpointer_ = std::make_unique<Checkpointer>(plan_of(o), write_student, comm_);
+}
+
+OfaTrainer::~OfaTrainer() {
+  student_.eval();  // no BatchNorm stays in training mode, also when training throws
+  if (adversary_) synth_->set_adversary(nullptr);  // the callable refers to this call's student
+}
+
+void OfaTrainer::select_trained() {
+  int64_t trained = 0;
+  for (const auto& item : student_.named_parameters()) {
+    const bool weight_step = is_weight_step(item.key());
+    const bool trains = (o_.train == "all" || is_per_bit_tensor(item.key())) && !(weight_step && o_.weight_step_lr == 0);
+    item.value().set_requires_grad(trains);
+    trained += trains;
+    if (trains && weight_step) weight_steps_.push_back(item.value());
+  }
+  // Input steps derived from a known input range neither calibrate nor train.
+  for (auto& step : models::fixed_input_steps(student_)) step.set_requires_grad(false);
+  ZSQ_CHECK_OPTION(trained > 0, "--train ", o_.train, ": the student has nothing to train");
+  params_ = trained_parameters(student_);
+  for (const auto& item : params_) {
+    if (!is_per_bit_tensor(item.first)) shared_.push_back(item);
+  }
+  if (world_ > 1) {
+    std::vector<torch::Tensor> list;
+    for (const auto& [name, p] : params_) list.push_back(p);
+    reducer_ = std::make_unique<distributed::Reducer>(comm_, list);
+  }
+}
+
+torch::Tensor OfaTrainer::clamped(const torch::Tensor& images) const {
+  return o_.clamp_pixels ? torch::max(torch::min(images, pixel_hi_), pixel_lo_) : images;
+}
+
+double OfaTrainer::value_at(const std::vector<double>& values, double unset, int64_t b) const {
+  if (values.empty()) return unset;
+  if (values.size() == 1) return values.front();
+  return values[std::find(bits_.begin(), bits_.end(), b) - bits_.begin()];
+}
+
+// Images that calibrate the student: a random pick of the pool, or fresh synthetic batches.
+torch::Tensor OfaTrainer::calibration_images() {
+  torch::Tensor calibration;
+  if (data_.pool) {
+    const torch::Tensor pick =
+        torch::randperm(data_.pool->size()).narrow(0, 0, std::min(o_.calib_count, data_.pool->size()));
+    calibration = normalize(data_.pool->images.index_select(0, pick), data_.norm);
+  } else {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> parts;
+    int64_t have = 0;
+    while (have < o_.calib_count) {
+      parts.push_back(synth_->next_batch(nullptr).first);
+      have += parts.back().size(0);
+    }
+    calibration = torch::cat(parts).narrow(0, 0, o_.calib_count);
+  }
+  return clamped(calibration);
+}
+
+std::pair<torch::Tensor, torch::Tensor> OfaTrainer::synthetic_batch(QuantizeStep* report) {
+  if (!online_generator_) return synth_->next_batch(nullptr);
+  generators::StepReport g;
+  auto batch = synth_->train_step(&g);
+  report->generator_loss = g.total;
+  report->generator_adversarial = g.adversarial;
+  return batch;
+}
+
+// Resumes from the checkpoint, or warms the generator up and initialises the student from the teacher.
+void OfaTrainer::start() {
+  if (o_.resume) {
+    first_ = restore(plan_of(o_), student_, *optimizer_, params_, synth_, &initial_codes_, rank_);
+    result_.resumed_from = first_;
+    last_checkpoint_ = first_;
+    return;
+  }
+  torch::manual_seed(o_.seed);
+  for (int64_t w = 0; w < o_.generator_warmup; ++w) {
+    QuantizeStep report;
+    report.warmup_step = w + 1;
+    report.warmup_steps = o_.generator_warmup;
+    report.steps = o_.steps;
+    synthetic_batch(&report);
+    if (on_step_) on_step_(report);
+  }
+  models::init_student(student_, teacher_, calibration_images(), o_.bn_bits, o_.bn_mode == "shift", o_.quant_init);
+  if (world_ > 1) distributed::broadcast_state(*comm_, student_);  // rank 0's calibration for every rank
+  initial_codes_ = models::top_weight_codes(student_);
+}
+
+// The generator's adversarial term works against this student at its lowest bit-width (the one furthest from the
+// teacher), from the first student step on (the warm-up ran without it: the student was not calibrated yet).
+void OfaTrainer::install_adversary() {
+  if (!synth_ || !synth_->wants_adversary()) return;
+  TORCH_CHECK(std::find(o_.bn_train.begin(), o_.bn_train.end(), bits_.front()) == o_.bn_train.end(),
+              "the generator's adversarial term uses the ", bits_.front(), "-bit student, whose BatchNorm "
+              "statistics --bn-train ", bits_.front(), " would update: drop one of the two");
+  adversary_ = true;
+  synth_->set_adversary([&student = student_, lowest = bits_.front()](const torch::Tensor& images) {
+    return frozen_logits(student, lowest, images);
+  });
+}
+
+// --bn-train: these bit-widths' BatchNorms normalize with batch statistics and update their running ones (momentum
+// 0.1) while training; under mpirun each rank uses its own batch's statistics and the running ones are averaged
+// over the ranks after every step, so the replicas stay identical.
+void OfaTrainer::enable_bn_train() {
+  for (const auto& m : student_.modules()) {
+    auto* n = m->as<quant::SwitchableBatchNorm2dImpl>();
+    if (!n) continue;
+    for (const int64_t b : o_.bn_train) {
+      nn::BatchNorm2d norm = n->norm_at(b);
+      norm->train(true);
+      bn_running_.push_back(norm->running_mean);
+      bn_running_.push_back(norm->running_var);
+    }
+  }
+}
+
+std::pair<torch::Tensor, torch::Tensor> OfaTrainer::training_batch(int64_t step, QuantizeStep* report) {
+  torch::Tensor images, labels;
+  if (loader_) {
+    const int64_t e = step / loader_->num_batches();
+    if (e != epoch_) loader_->set_epoch(epoch_ = e);
+    const Batch batch = loader_->batch(step % loader_->num_batches());
+    images = batch.images;
+    labels = batch.labels;
+  } else {
+    std::tie(images, labels) = synthetic_batch(report);
+    TORCH_CHECK(images.size(0) == local_batch_, "the synthesizer gave ", images.size(0), " images, expected ",
+                local_batch_);
+  }
+  // Teacher and student see the same images, inside the pixel range a fixed input quantizer covers.
+  return {clamped(images), labels};
+}
+
+// Forward and backward of every bit-width of `now` (highest first, so recursive distillation has the next higher
+// bit-width's logits); returns this rank's losses and each bit-width's gradient on the shared tensors.
+std::vector<double> OfaTrainer::backward_bits(const torch::Tensor& images, const torch::Tensor& labels,
+                                              const std::vector<int64_t>& now,
+                                              std::vector<torch::Tensor>* shared_gradients) {
+  torch::Tensor teacher_logits, teacher_features;
+  {
+    torch::NoGradGuard no_grad;
+    teacher_features = teacher_.features(images);
+    teacher_logits = teacher_.head(teacher_features);
+  }
+  std::vector<double> losses(now.size());
+  shared_gradients->assign(now.size(), torch::Tensor());
+  optimizer_->zero_grad();
+  torch::Tensor shared_before = shared_.empty() ? torch::Tensor() : flat_gradient(shared_);
+  torch::Tensor higher;  // logits of the next higher bit-width (recursive distillation)
+  for (size_t i = now.size(); i-- > 0;) {
+    models::set_bits(student_, now[i]);
+    const torch::Tensor features = student_.features(images);
+    const torch::Tensor logits = student_.head(features);
+    torch::Tensor loss = kd_loss(logits, o_.recursive && higher.defined() ? higher : teacher_logits, o_.temperature);
+    const double ce = value_at(o_.ce_weight, 0.0, now[i]);
+    if (ce > 0) loss = loss + ce * torch::cross_entropy_loss(logits, labels);
+    if (o_.feature_weight > 0) loss = loss + o_.feature_weight * torch::mse_loss(features, teacher_features);
+    losses[i] = loss.item<double>();
+    // Backward per bit-width: the graphs do not stay alive together; gradients accumulate.
+    (loss * value_at(o_.weights, 1.0, now[i])).backward();
+    if (!shared_.empty()) {
+      const torch::Tensor shared_now = flat_gradient(shared_);
+      (*shared_gradients)[i] = shared_now - shared_before;
+      shared_before = shared_now;
+    }
+    higher = logits.detach();
+  }
+  return losses;
+}
+
+void OfaTrainer::train_step(int64_t step, QuantizeStep* report) {
+  const auto [images, labels] = training_batch(step, report);
+  report->lr = cosine_lr(o_.lr, step, o_.steps, 0);
+  set_lr(*optimizer_, report->lr);
+  report->bits = step_bits(bits_, o_.weighting, o_.seed, step);
+  std::vector<torch::Tensor> shared_gradients;
+  std::vector<double> losses = backward_bits(images, labels, report->bits, &shared_gradients);
+  // Every rank decides on the same (global mean) losses, so a divergence stops all of them together.
+  torch::Tensor global = torch::tensor(losses, torch::kFloat64);
+  if (world_ > 1) comm_->all_reduce(global, distributed::ReduceOp::kAverage);
+  const std::string kept = last_checkpoint_ >= 0
+                               ? "the checkpoint of step " + std::to_string(last_checkpoint_) + " is kept; "
+                               : std::string("no checkpoint was written; ");
+  for (size_t i = 0; i < losses.size(); ++i) {
+    losses[i] = global[static_cast<int64_t>(i)].item<double>();
+    check_not_diverged(losses[i], "the " + std::to_string(report->bits[i]) + "-bit loss",
+                       "step " + std::to_string(step + 1), kept);
+  }
+  report->losses = losses;
+  if (!shared_.empty()) {
+    torch::Tensor d = torch::stack(shared_gradients);  // K × S, float64
+    report->alphas = combine_shared_gradients(o_.weighting, d, shared_, comm_.get());
+    const torch::Tensor norms = d.norm(2, 1);
+    report->grad_norms.assign(norms.data_ptr<double>(), norms.data_ptr<double>() + norms.numel());
+  }
+  if (reducer_) reducer_->reduce();
+  if (o_.weight_step_lr != 1) {
+    // SGD is linear in the gradient (no weight decay on 1-D tensors): scaling it scales the step's rate.
+    torch::NoGradGuard no_grad;
+    for (auto& s : weight_steps_) {
+      if (s.grad().defined()) s.grad().mul_(o_.weight_step_lr);
+    }
+  }
+  optimizer_->step();
+  if (world_ > 1 && !bn_running_.empty()) {
+    torch::NoGradGuard no_grad;
+    for (auto& t : bn_running_) comm_->all_reduce(t, distributed::ReduceOp::kAverage);
+  }
+}
+
+// After a step: the end's BatchNorm re-estimation, the checkpoint, the progress report.
+void OfaTrainer::finish_step(int64_t step, int64_t done_here, QuantizeStep* report) {
+  const bool stop = o_.stop_after > 0 && done_here >= o_.stop_after;
+  const bool last = step + 1 == o_.steps;
+  if (last && o_.bn_reestimate_end) {
+    // The weights moved since the start: the bn_bits' statistics again, through the trained network.
+    models::calibrate(student_, calibration_images(), o_.bn_bits, o_.bn_mode == "shift" ? &teacher_ : nullptr,
+                      /*activation_steps=*/false);
+    if (world_ > 1) distributed::broadcast_state(*comm_, student_);
+  }
+  if (!o_.checkpoint.empty() && (last || stop || (o_.checkpoint_every > 0 && (step + 1) % o_.checkpoint_every == 0))) {
+    checkpointer_->write(*optimizer_, params_, synth_, initial_codes_, step + 1);
+    last_checkpoint_ = step + 1;
+    report->checkpointed = true;
+  }
+  report->step = step + 1;
+  report->steps = o_.steps;
+  report->warmup_steps = o_.generator_warmup;
+  report->elapsed_seconds = progress_.elapsed();
+  report->images_per_second = static_cast<double>(done_here * o_.batch_size) / report->elapsed_seconds;
+  report->eta_seconds = progress_.eta(done_here, o_.steps - step - 1);
+  if (on_step_) on_step_(*report);
+  result_.steps_done = step + 1;
+}
+
+QuantizeResult OfaTrainer::run() {
+  start();
+  install_adversary();
+  enable_bn_train();
+  result_.steps_done = first_;
+  progress_ = Progress();
+  int64_t done_here = 0;
+  for (int64_t step = first_; step < o_.steps; ++step) {
+    QuantizeStep report;
+    train_step(step, &report);
+    finish_step(step, ++done_here, &report);
+    if (o_.stop_after > 0 && done_here >= o_.stop_after) break;
+  }
+  result_.complete = result_.steps_done == o_.steps;
+  if (!initial_codes_.empty()) result_.changed_codes = changed_share(student_, initial_codes_);
+  models::set_bits(student_, bits_.front());
+  return result_;
+}
+
 } // namespace
-
-bool is_per_bit_tensor(const std::string& name) {
-  static const std::regex per_bit(R"((^|\.)act_step_b\d+$|\.b\d+\.[^.]+$)");
-  return std::regex_search(name, per_bit);
-}
-
-bool is_weight_step(const std::string& name) {
-  static const std::regex weight_step(R"((^|\.)weight_step$)");
-  return std::regex_search(name, weight_step);
-}
-
-void QuantizeOptions::check() const {
-  ZSQ_CHECK_OPTION(steps > 0, "--steps must be > 0, got ", steps);
-  ZSQ_CHECK_OPTION(batch_size > 0, "--batch-size must be > 0, got ", batch_size);
-  ZSQ_CHECK_OPTION(lr > 0 && std::isfinite(lr), "--lr must be > 0, got ", lr);
-  ZSQ_CHECK_OPTION(weight_decay >= 0, "--weight-decay must be >= 0, got ", weight_decay);
-  ZSQ_CHECK_OPTION(weight_step_lr >= 0 && std::isfinite(weight_step_lr), "--weight-step-lr must be a finite number >= 0, got ",
-                   weight_step_lr);
-  ZSQ_CHECK_OPTION(temperature > 0, "--temperature must be > 0, got ", temperature);
-  for (const double w : ce_weight) ZSQ_CHECK_OPTION(w >= 0, "--ce-weight must be >= 0, got ", w);
-  ZSQ_CHECK_OPTION(feature_weight >= 0, "--feature-weight must be >= 0, got ", feature_weight);
-  ZSQ_CHECK_OPTION(std::find(known_weightings().begin(), known_weightings().end(), weighting) != known_weightings().end(),
-                   "unknown --weighting '", weighting, "' (sum, sandwich, min-norm, normalized)");
-  ZSQ_CHECK_OPTION(weights.empty() || (weighting != "min-norm" && weighting != "normalized"),
-                   "--bit-weights has no meaning with --weighting ", weighting);
-  for (const double w : weights) ZSQ_CHECK_OPTION(w >= 0, "--bit-weights must be >= 0, got ", w);
-  ZSQ_CHECK_OPTION(train == "all" || train == "per-bit", "--train must be 'all' or 'per-bit', got '", train, "'");
-  ZSQ_CHECK_OPTION(bn_mode == "shift" || bn_mode == "absolute", "--bn-mode must be 'shift' or 'absolute', got '",
-                   bn_mode, "'");
-  ZSQ_CHECK_OPTION(calib_count >= 1, "--calib-count must be >= 1, got ", calib_count);
-  ZSQ_CHECK_OPTION(!bn_reestimate_end || !bn_bits.empty(),
-                   "--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");
-  ZSQ_CHECK_OPTION(generator_warmup >= 0, "--generator-warmup must be >= 0, got ", generator_warmup);
-  ZSQ_CHECK_OPTION(checkpoint_every >= 0, "--checkpoint-every must be >= 0, got ", checkpoint_every);
-  ZSQ_CHECK_OPTION(stop_after >= 0, "--stop-after must be >= 0, got ", stop_after);
-}
 
 QuantizeResult quantize(models::ClassifierImpl& student, models::ClassifierImpl& teacher, const QuantizeData& data,
                         const QuantizeOptions& o, const CheckpointStudent& write_student,
                         std::shared_ptr<distributed::Communicator> comm,
                         const std::function<void(const QuantizeStep&)>& on_step) {
-  const std::vector<int64_t> bits = [&] {
-    std::vector<int64_t> b = models::model_bits(student);
-    std::sort(b.begin(), b.end());
-    return b;
-  }();
-  const int rank = comm ? comm->rank() : 0;
-  const int world = comm ? comm->size() : 1;
-  TORCH_CHECK(!bits.empty(), "quantize: the student has no quantized layers");
-  TORCH_CHECK((data.pool != nullptr) != (data.synthesizer != nullptr), "quantize: give a pool or a synthesizer");
-  o.check();
-  TORCH_CHECK(!o.resume || !o.checkpoint.empty(), "resuming needs a checkpoint path");
-  ZSQ_CHECK_OPTION(o.batch_size % world == 0, "--batch-size (", o.batch_size,
-                   ") must be a multiple of the number of processes (", world, ")");
-  if (data.pool) {
-    ZSQ_CHECK_OPTION(o.batch_size <= data.pool->size(), "--batch-size must be at most the pool's size (",
-                     data.pool->size(), "), got ", o.batch_size);
-  }
-  ZSQ_CHECK_OPTION(o.ce_weight.size() <= 1 || o.ce_weight.size() == bits.size(),
-                   "--ce-weight needs one value or one per bit-width (", bits.size(), "), got ", o.ce_weight.size());
-  ZSQ_CHECK_OPTION(o.weights.empty() || o.weights.size() == bits.size(),
-                   "--bit-weights needs one value per bit-width (", bits.size(), "), got ", o.weights.size());
-  for (const auto* list : {&o.bn_bits, &o.bn_train}) {
-    for (const int64_t b : *list) {
-      ZSQ_CHECK_OPTION(std::find(bits.begin(), bits.end(), b) != bits.end(),
-                       list == &o.bn_bits ? "--bn-reestimate " : "--bn-train ", b, ": not one of the model's bit-widths (",
-                       models::bits_text(bits), ")");
-    }
-  }
-  ZSQ_CHECK_OPTION(o.generator_warmup == 0 || (data.synthesizer && data.synthesizer->trains_generator()),
-                   "--generator-warmup needs a recipe that trains a generator (gdfq, qimera)");
-  TORCH_CHECK(!data.synthesizer || !data.synthesizer->trains_while_sampling(),
-              "recipe '", data.synthesizer ? data.synthesizer->recipe().name : "", "' trains a proxy student while it samples "
-              "and cannot be checkpointed: write a pool with zsq generate and quantize with --pool");
-  const int64_t local_batch = o.batch_size / world;
-  // --clamp-pixels: the normalized images of pixels 0 and 1, per channel.
-  const torch::Tensor pixel_lo = o.clamp_pixels ? normalized_pixel(0.0, data.norm) : torch::Tensor();
-  const torch::Tensor pixel_hi = o.clamp_pixels ? normalized_pixel(1.0, data.norm) : torch::Tensor();
-  // A per-bit option's value at bit-width b: `unset` for an empty list, its one value, or b's entry.
-  const auto value_at = [&](const std::vector<double>& values, double unset, int64_t b) {
-    if (values.empty()) return unset;
-    if (values.size() == 1) return values.front();
-    return values[std::find(bits.begin(), bits.end(), b) - bits.begin()];
-  };
-  const auto ce_weight_of = [&](int64_t b) { return value_at(o.ce_weight, 0.0, b); };
-  const auto weight_of = [&](int64_t b) { return value_at(o.weights, 1.0, b); };
-
-  teacher.eval();
-  for (const auto& p : teacher.parameters()) p.set_requires_grad(false);
-  student.eval();  // GDFQ: BatchNorm keeps the teacher's statistics, its affine parameters train
-  generators::Synthesizer* synth = data.synthesizer;
-  const bool online_generator = synth && synth->trains_generator();
-
-  std::unique_ptr<BatchLoader> loader;
-  if (data.pool) {
-    LoaderOptions lo;
-    lo.batch_size = local_batch;
-    lo.shuffle = true;
-    lo.seed = o.seed;
-    lo.rank = rank;
-    lo.world_size = world;
-    lo.drop_last = true;
-    lo.crop_padding = o.crop_padding;
-    lo.horizontal_flip = o.horizontal_flip;
-    loader = std::make_unique<BatchLoader>(*data.pool, data.norm, lo);
-    TORCH_CHECK(loader->num_batches() > 0, "the pool is too small for --batch-size ", o.batch_size, " on ", world,
-                " process(es)");
-  }
-  auto next_images = [&](QuantizeStep* report) -> std::pair<torch::Tensor, torch::Tensor> {
-    if (online_generator) {
-      generators::StepReport g;
-      auto batch = synth->train_step(&g);
-      report->generator_loss = g.total;
-      report->generator_adversarial = g.adversarial;
-      return batch;
-    }
-    return synth->next_batch(nullptr);
-  };
-
-  // Weight decay on the latent weights only (make_sgd spares every 1-D tensor: steps, BatchNorm, biases).
-  const std::unique_ptr<torch::optim::SGD> optimizer = make_sgd(student, o.lr, 0.9, /*nesterov=*/true, o.weight_decay);
-  int64_t trained = 0;
-  std::vector<torch::Tensor> weight_steps;  // scaled by --weight-step-lr
-  for (const auto& item : student.named_parameters()) {
-    const bool weight_step = is_weight_step(item.key());
-    const bool trains = (o.train == "all" || is_per_bit_tensor(item.key())) && !(weight_step && o.weight_step_lr == 0);
-    item.value().set_requires_grad(trains);
-    trained += trains;
-    if (trains && weight_step) weight_steps.push_back(item.value());
-  }
-  // Input steps derived from a known input range neither calibrate nor train.
-  for (auto& step : models::fixed_input_steps(student)) step.set_requires_grad(false);
-  ZSQ_CHECK_OPTION(trained > 0, "--train ", o.train, ": the student has nothing to train");
-  const NamedTensors params = trained_parameters(student);
-  NamedTensors shared;  // what the bit-widths share: latent weights, weight steps, biases
-  for (const auto& item : params) {
-    if (!is_per_bit_tensor(item.first)) shared.push_back(item);
-  }
-  std::unique_ptr<distributed::Reducer> reducer;
-  if (world > 1) {
-    std::vector<torch::Tensor> list;
-    for (const auto& [name, p] : params) list.push_back(p);
-    reducer = std::make_unique<distributed::Reducer>(comm, list);
-  }
-  Checkpointer checkpointer(plan_of(o), write_student, comm);
-
-  // Images that calibrate the student: a random pick of the pool, or fresh synthetic batches.
-  const auto calibration_images = [&]() {
-    torch::Tensor calibration;
-    if (data.pool) {
-      const torch::Tensor pick =
-          torch::randperm(data.pool->size()).narrow(0, 0, std::min(o.calib_count, data.pool->size()));
-      calibration = normalize(data.pool->images.index_select(0, pick), data.norm);
-    } else {
-      torch::NoGradGuard no_grad;
-      std::vector<torch::Tensor> parts;
-      int64_t have = 0;
-      while (have < o.calib_count) {
-        parts.push_back(synth->next_batch(nullptr).first);
-        have += parts.back().size(0);
-      }
-      calibration = torch::cat(parts).narrow(0, 0, o.calib_count);
-    }
-    if (o.clamp_pixels) calibration = torch::max(torch::min(calibration, pixel_hi), pixel_lo);
-    return calibration;
-  };
-  QuantizeResult result;
-  int64_t first = 0;
-  NamedTensors initial_codes;  // top-precision weight codes at the start, by layer
-  if (o.resume) {
-    first = restore(plan_of(o), student, *optimizer, params, synth, &initial_codes, rank);
-    result.resumed_from = first;
-  } else {
-    torch::manual_seed(o.seed);
-    for (int64_t w = 0; w < o.generator_warmup; ++w) {
-      QuantizeStep report;
-      report.warmup_step = w + 1;
-      report.warmup_steps = o.generator_warmup;
-      report.steps = o.steps;
-      next_images(&report);
-      if (on_step) on_step(report);
-    }
-    models::init_student(student, teacher, calibration_images(), o.bn_bits, o.bn_mode == "shift", o.quant_init);
-    if (world > 1) distributed::broadcast_state(*comm, student);  // rank 0's calibration for every rank
-    initial_codes = models::top_weight_codes(student);
-  }
-  std::shared_ptr<void> clear_adversary;
-  if (synth && synth->wants_adversary()) {
-    // The generator's adversarial term works against this student at its lowest bit-width (the one furthest
-    // from the teacher), from the first student step on (the warm-up ran without it: the student was not
-    // calibrated yet). Its parameters are kept out of the generator's graph: the gradient reaches the images.
-    TORCH_CHECK(std::find(o.bn_train.begin(), o.bn_train.end(), bits.front()) == o.bn_train.end(),
-                "the generator's adversarial term uses the ", bits.front(), "-bit student, whose BatchNorm "
-                "statistics --bn-train ", bits.front(), " would update: drop one of the two");
-    struct ClearOnExit {  // the callable refers to this call's student
-      generators::Synthesizer* synth;
-      ~ClearOnExit() { synth->set_adversary(nullptr); }
-    };
-    clear_adversary = std::make_shared<ClearOnExit>(ClearOnExit{synth});
-    synth->set_adversary([&student, lowest = bits.front()](const torch::Tensor& images) {
-      std::vector<std::pair<torch::Tensor, bool>> saved;
-      for (auto& p : student.parameters()) {
-        saved.emplace_back(p, p.requires_grad());
-        p.set_requires_grad(false);
-      }
-      models::set_bits(student, lowest);
-      torch::Tensor logits = student.forward(images);
-      for (auto& [p, on] : saved) p.set_requires_grad(on);
-      return logits;
-    });
-  }
-  // --bn-train: these bit-widths' BatchNorms normalize with batch statistics and update their running ones
-  // (momentum 0.1) while training; under mpirun each rank uses its own batch's statistics and the running
-  // ones are averaged over the ranks after every step, so the replicas stay identical.
-  std::vector<torch::Tensor> bn_running;
-  for (const auto& m : student.modules()) {
-    auto* n = m->as<quant::SwitchableBatchNorm2dImpl>();
-    if (!n) continue;
-    for (const int64_t b : o.bn_train) {
-      nn::BatchNorm2d norm = n->norm_at(b);
-      norm->train(true);
-      bn_running.push_back(norm->running_mean);
-      bn_running.push_back(norm->running_var);
-    }
-  }
-  struct EvalOnExit {  // no BatchNorm stays in training mode, also when training throws
-    torch::nn::Module& module;
-    ~EvalOnExit() { module.eval(); }
-  } eval_on_exit{student};
-  int64_t last_checkpoint = o.resume ? first : -1;
-  result.steps_done = first;
-
-  const auto start = std::chrono::steady_clock::now();
-  int64_t epoch = -1;
-  int64_t done_here = 0;
-  for (int64_t step = first; step < o.steps; ++step) {
-    QuantizeStep report;
-    torch::Tensor images, labels;
-    if (loader) {
-      const int64_t e = step / loader->num_batches();
-      if (e != epoch) loader->set_epoch(epoch = e);
-      const Batch batch = loader->batch(step % loader->num_batches());
-      images = batch.images;
-      labels = batch.labels;
-    } else {
-      std::tie(images, labels) = next_images(&report);
-      TORCH_CHECK(images.size(0) == local_batch, "the synthesizer gave ", images.size(0), " images, expected ",
-                  local_batch);
-    }
-    // Teacher and student see the same images, inside the pixel range a fixed input quantizer covers.
-    if (o.clamp_pixels) images = torch::max(torch::min(images, pixel_hi), pixel_lo);
-    const double lr = cosine_lr(o.lr, step, o.steps, 0);
-    set_lr(*optimizer, lr);
-    torch::Tensor teacher_logits, teacher_features;
-    {
-      torch::NoGradGuard no_grad;
-      teacher_features = teacher.features(images);
-      teacher_logits = teacher.head(teacher_features);
-    }
-    const std::vector<int64_t> now = step_bits(bits, o.weighting, o.seed, step);
-    std::vector<double> losses(now.size());
-    std::vector<torch::Tensor> shared_gradients(now.size());  // each bit-width's gradient on the shared tensors
-    optimizer->zero_grad();
-    torch::Tensor shared_before = shared.empty() ? torch::Tensor() : flat_gradient(shared);
-    torch::Tensor higher;  // logits of the next higher bit-width (recursive distillation)
-    for (size_t i = now.size(); i-- > 0;) {
-      models::set_bits(student, now[i]);
-      const torch::Tensor features = student.features(images);
-      const torch::Tensor logits = student.head(features);
-      torch::Tensor loss = kd_loss(logits, o.recursive && higher.defined() ? higher : teacher_logits, o.temperature);
-      if (ce_weight_of(now[i]) > 0) loss = loss + ce_weight_of(now[i]) * torch::cross_entropy_loss(logits, labels);
-      if (o.feature_weight > 0) loss = loss + o.feature_weight * torch::mse_loss(features, teacher_features);
-      losses[i] = loss.item<double>();
-      // Backward per bit-width: the graphs do not stay alive together; gradients accumulate.
-      (loss * weight_of(now[i])).backward();
-      if (!shared.empty()) {
-        const torch::Tensor shared_now = flat_gradient(shared);
-        shared_gradients[i] = shared_now - shared_before;
-        shared_before = shared_now;
-      }
-      higher = logits.detach();
-    }
-    // Every rank decides on the same (global mean) losses, so a divergence stops all of them together.
-    torch::Tensor global = torch::tensor(losses, torch::kFloat64);
-    if (world > 1) comm->all_reduce(global, distributed::ReduceOp::kAverage);
-    for (size_t i = 0; i < now.size(); ++i) {
-      losses[i] = global[static_cast<int64_t>(i)].item<double>();
-      TORCH_CHECK(std::isfinite(losses[i]), "training diverged: the ", now[i], "-bit loss is ", losses[i],
-                  " at step ", step + 1, "; ",
-                  last_checkpoint >= 0 ? "the checkpoint of step " + std::to_string(last_checkpoint) + " is kept"
-                                       : std::string("no checkpoint was written"),
-                  "; lower --lr");
-    }
-    if (!shared.empty()) {
-      torch::Tensor d = torch::stack(shared_gradients);  // K × S, float64
-      if (o.weighting == "normalized" || o.weighting == "min-norm") {
-        // Both combine the global per-bit gradients on the shared tensors (the same on every rank); the
-        // per-bit tensors keep their own gradients, averaged by the reducer below (which leaves the
-        // already global shared ones as they are).
-        if (world > 1) comm->all_reduce(d, distributed::ReduceOp::kAverage);
-        if (o.weighting == "normalized") {
-          // Each rescaled to the mean norm: the lowest bit-width's large loss no longer sets the direction.
-          set_flat_gradient(shared, normalized_sum(d));
-        } else {
-          // MGDA (Sener & Koltun): α from the shared parameters' gradients only, task-specific ones
-          // (here: per-bit activation steps and BatchNorm) step on their own gradients.
-          const std::vector<double> alpha = min_norm_weights(d.matmul(d.t()));
-          const torch::Tensor a = torch::tensor(alpha, torch::kFloat64) * static_cast<double>(now.size());
-          set_flat_gradient(shared, a.matmul(d));
-          report.alphas = alpha;
-        }
-      }
-      const torch::Tensor norms = d.norm(2, 1);
-      report.grad_norms.assign(norms.data_ptr<double>(), norms.data_ptr<double>() + norms.numel());
-    }
-    if (reducer) reducer->reduce();
-    if (o.weight_step_lr != 1) {
-      // SGD is linear in the gradient (no weight decay on 1-D tensors): scaling it scales the step's rate.
-      torch::NoGradGuard no_grad;
-      for (auto& s : weight_steps) {
-        if (s.grad().defined()) s.grad().mul_(o.weight_step_lr);
-      }
-    }
-    optimizer->step();
-    if (world > 1 && !bn_running.empty()) {
-      torch::NoGradGuard no_grad;
-      for (auto& t : bn_running) comm->all_reduce(t, distributed::ReduceOp::kAverage);
-    }
-    ++done_here;
-
-    const bool stop = o.stop_after > 0 && done_here >= o.stop_after;
-    const bool last = step + 1 == o.steps;
-    if (last && o.bn_reestimate_end) {
-      // The weights moved since the start: the bn_bits' statistics again, through the trained network.
-      models::calibrate(student, calibration_images(), o.bn_bits, o.bn_mode == "shift" ? &teacher : nullptr,
-                        /*activation_steps=*/false);
-      if (world > 1) distributed::broadcast_state(*comm, student);
-    }
-    if (!o.checkpoint.empty() && (last || stop || (o.checkpoint_every > 0 && (step + 1) % o.checkpoint_every == 0))) {
-      checkpointer.write(*optimizer, params, synth, initial_codes, step + 1);
-      last_checkpoint = step + 1;
-      report.checkpointed = true;
-    }
-    report.step = step + 1;
-    report.steps = o.steps;
-    report.warmup_steps = o.generator_warmup;
-    report.bits = now;
-    report.losses = losses;
-    report.lr = lr;
-    report.elapsed_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    report.images_per_second = static_cast<double>(done_here * o.batch_size) / report.elapsed_seconds;
-    report.eta_seconds = report.elapsed_seconds / static_cast<double>(done_here) * static_cast<double>(o.steps - step - 1);
-    if (on_step) on_step(report);
-    result.steps_done = step + 1;
-    if (stop) break;
-  }
-  result.complete = result.steps_done == o.steps;
-  if (!initial_codes.empty()) {
-    std::map<std::string, torch::Tensor> now;
-    for (const auto& [name, t] : models::top_weight_codes(student)) now.emplace(name, t);
-    int64_t changed = 0, total = 0;
-    for (const auto& [name, start] : initial_codes) {
-      const auto it = now.find(name);
-      TORCH_CHECK(it != now.end() && it->second.sizes() == start.sizes(), "the start codes of layer '", name,
-                  "' do not fit the student");
-      changed += it->second.ne(start).sum().item<int64_t>();
-      total += start.numel();
-    }
-    result.changed_codes = total > 0 ? static_cast<double>(changed) / static_cast<double>(total) : 0.0;
-  }
-  models::set_bits(student, bits.front());
-  return result;
+  return OfaTrainer(student, teacher, data, o, write_student, std::move(comm), on_step).run();
 }
 
 } // namespace zsq::trainers

@@ -145,6 +145,12 @@ struct QuantizeData {
   generators::Synthesizer* synthesizer = nullptr;
 };
 
+/// QuantizeOptions::check(), then the options against the student's bit-widths
+/// (ascending), the data and the number of processes; throws zsq::OptionError
+/// naming the flag.
+void check_quantize_inputs(const QuantizeOptions& options, const std::vector<int64_t>& bits, const QuantizeData& data,
+                           int world);
+
 /// Trains `student` (built by a QuantFactory; initialised from the teacher and
 /// calibrated here unless resuming). Throws on bad options, on a checkpoint
 /// that does not fit, and on a non-finite loss (naming step and bit-width; the

@@ -1,5 +1,7 @@
 #include "trainers/teacher.h"
 
+#include "trainers/engine.h"
+
 #include "distributed/reducer.h"
 #include "distributed/sync.h"
 #include "framework/errors.h"
@@ -133,16 +135,8 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
     for (const auto& p : o.distill_from->parameters()) p.set_requires_grad(false);
   }
 
-  LoaderOptions lo;
-  lo.batch_size = o.batch_size / ranks;
-  lo.rank = comm->rank();
-  lo.world_size = ranks;
-  lo.shuffle = true;
-  lo.seed = o.seed;
-  lo.drop_last = true;
-  lo.crop_padding = o.crop_padding;
-  lo.horizontal_flip = o.horizontal_flip;
-  BatchLoader loader(train, norm, lo);
+  BatchLoader loader(train, norm,
+                     training_loader(o.batch_size / ranks, o.seed, comm->rank(), ranks, o.crop_padding, o.horizontal_flip));
 
   const std::unique_ptr<torch::optim::SGD> optimizer =
       make_sgd(*model, o.lr, o.momentum, o.nesterov, o.weight_decay);
@@ -152,7 +146,7 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
   const int64_t warmup_steps = static_cast<int64_t>(o.warmup_epochs * steps_per_epoch);
   const auto ce_options = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing);
 
-  const auto start = std::chrono::steady_clock::now();
+  const Progress progress;
   double train_seconds = 0;
   int64_t images_seen = 0;
   TeacherResult result;
@@ -190,8 +184,7 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
         loss = torch::nn::functional::cross_entropy(logits, batch.labels, ce_options);
       }
       const double loss_value = loss.item<double>();
-      TORCH_CHECK(std::isfinite(loss_value), "training diverged: loss is ", loss_value, " at epoch ", epoch + 1,
-                  ", step ", b + 1, "; lower --lr");
+      check_not_diverged(loss_value, "loss", "epoch " + std::to_string(epoch + 1) + ", step " + std::to_string(b + 1));
       loss.backward();
       reducer.reduce();
       optimizer->step();
@@ -227,11 +220,11 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
       result.test_acc = eval.top1;
       result.test_loss = eval.loss;
     }
-    report.elapsed_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    report.eta_seconds = report.elapsed_seconds / (epoch + 1) * (o.epochs - epoch - 1);
+    report.elapsed_seconds = progress.elapsed();
+    report.eta_seconds = progress.eta(epoch + 1, o.epochs - epoch - 1);
     if (on_epoch) on_epoch(report);
   }
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.seconds = progress.elapsed();
   result.images_per_second = images_seen / std::max(train_seconds, 1e-9);
   result.parameters = models::parameter_count(*model);
   result.model = model;

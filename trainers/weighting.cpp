@@ -90,4 +90,24 @@ std::vector<double> min_norm_weights(const torch::Tensor& gram_in, int iteration
   return alpha;
 }
 
+std::vector<double> combine_shared_gradients(const std::string& weighting, torch::Tensor& d, const NamedTensors& shared,
+                                             distributed::Communicator* comm) {
+  if (weighting != "normalized" && weighting != "min-norm") return {};
+  // Both combine the global per-bit gradients on the shared tensors (the same on every rank); the per-bit
+  // tensors keep their own gradients, averaged by the reducer afterwards (which leaves the already global
+  // shared ones as they are).
+  if (comm && comm->size() > 1) comm->all_reduce(d, distributed::ReduceOp::kAverage);
+  if (weighting == "normalized") {
+    // Each rescaled to the mean norm: the lowest bit-width's large loss no longer sets the direction.
+    set_flat_gradient(shared, normalized_sum(d));
+    return {};
+  }
+  // MGDA (Sener & Koltun): α from the shared parameters' gradients only, task-specific ones (here: per-bit
+  // activation steps and BatchNorm) step on their own gradients.
+  const std::vector<double> alpha = min_norm_weights(d.matmul(d.t()));
+  const torch::Tensor a = torch::tensor(alpha, torch::kFloat64) * static_cast<double>(d.size(0));
+  set_flat_gradient(shared, a.matmul(d));
+  return alpha;
+}
+
 } // namespace zsq::trainers

@@ -2,6 +2,7 @@
 // trains, and how their gradients on the shared tensors are combined.
 #pragma once
 
+#include "distributed/communicator.h"
 #include "framework/optim_state.h"  // NamedTensors
 
 #include <torch/torch.h>
@@ -33,5 +34,14 @@ torch::Tensor normalized_sum(const torch::Tensor& gradients);
 /// α on the simplex minimizing ||Σ α_i g_i||² for the Gram matrix G (K×K,
 /// G_ij = g_i·g_j), by Frank-Wolfe as MGDA's MinNormSolver (float64).
 std::vector<double> min_norm_weights(const torch::Tensor& gram, int iterations = 250);
+
+/// Combines the per-bit gradients on the shared tensors, `gradients` (K × S,
+/// float64, rows in the order of the step's bit-widths), as `weighting` says:
+/// min-norm and normalized average them over the ranks first (comm may be null)
+/// and write the combination into the shared tensors' gradients; sum and
+/// sandwich leave the accumulated gradients as they are. Returns min-norm's α
+/// (empty otherwise).
+std::vector<double> combine_shared_gradients(const std::string& weighting, torch::Tensor& gradients,
+                                             const NamedTensors& shared, distributed::Communicator* comm);
 
 } // namespace zsq::trainers

@@ -1,0 +1,80 @@
+// QuantizeOptions' checks: on their own (check()), and against the student's
+// bit-widths, the data and the number of processes (check_quantize_inputs).
+#include "trainers/quantize.h"
+
+#include "framework/errors.h"
+#include "models/extract.h"  // bits_text
+
+#include <algorithm>
+#include <cmath>
+#include <regex>
+
+namespace zsq::trainers {
+
+bool is_per_bit_tensor(const std::string& name) {
+  static const std::regex per_bit(R"((^|\.)act_step_b\d+$|\.b\d+\.[^.]+$)");
+  return std::regex_search(name, per_bit);
+}
+
+bool is_weight_step(const std::string& name) {
+  static const std::regex weight_step(R"((^|\.)weight_step$)");
+  return std::regex_search(name, weight_step);
+}
+
+void QuantizeOptions::check() const {
+  ZSQ_CHECK_OPTION(steps > 0, "--steps must be > 0, got ", steps);
+  ZSQ_CHECK_OPTION(batch_size > 0, "--batch-size must be > 0, got ", batch_size);
+  ZSQ_CHECK_OPTION(lr > 0 && std::isfinite(lr), "--lr must be > 0, got ", lr);
+  ZSQ_CHECK_OPTION(weight_decay >= 0, "--weight-decay must be >= 0, got ", weight_decay);
+  ZSQ_CHECK_OPTION(weight_step_lr >= 0 && std::isfinite(weight_step_lr), "--weight-step-lr must be a finite number >= 0, got ",
+                   weight_step_lr);
+  ZSQ_CHECK_OPTION(temperature > 0, "--temperature must be > 0, got ", temperature);
+  for (const double w : ce_weight) ZSQ_CHECK_OPTION(w >= 0, "--ce-weight must be >= 0, got ", w);
+  ZSQ_CHECK_OPTION(feature_weight >= 0, "--feature-weight must be >= 0, got ", feature_weight);
+  ZSQ_CHECK_OPTION(std::find(known_weightings().begin(), known_weightings().end(), weighting) != known_weightings().end(),
+                   "unknown --weighting '", weighting, "' (sum, sandwich, min-norm, normalized)");
+  ZSQ_CHECK_OPTION(weights.empty() || (weighting != "min-norm" && weighting != "normalized"),
+                   "--bit-weights has no meaning with --weighting ", weighting);
+  for (const double w : weights) ZSQ_CHECK_OPTION(w >= 0, "--bit-weights must be >= 0, got ", w);
+  ZSQ_CHECK_OPTION(train == "all" || train == "per-bit", "--train must be 'all' or 'per-bit', got '", train, "'");
+  ZSQ_CHECK_OPTION(bn_mode == "shift" || bn_mode == "absolute", "--bn-mode must be 'shift' or 'absolute', got '",
+                   bn_mode, "'");
+  ZSQ_CHECK_OPTION(calib_count >= 1, "--calib-count must be >= 1, got ", calib_count);
+  ZSQ_CHECK_OPTION(!bn_reestimate_end || !bn_bits.empty(),
+                   "--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");
+  ZSQ_CHECK_OPTION(generator_warmup >= 0, "--generator-warmup must be >= 0, got ", generator_warmup);
+  ZSQ_CHECK_OPTION(checkpoint_every >= 0, "--checkpoint-every must be >= 0, got ", checkpoint_every);
+  ZSQ_CHECK_OPTION(stop_after >= 0, "--stop-after must be >= 0, got ", stop_after);
+}
+
+void check_quantize_inputs(const QuantizeOptions& o, const std::vector<int64_t>& bits, const QuantizeData& data,
+                           int world) {
+  TORCH_CHECK(!bits.empty(), "quantize: the student has no quantized layers");
+  TORCH_CHECK((data.pool != nullptr) != (data.synthesizer != nullptr), "quantize: give a pool or a synthesizer");
+  o.check();
+  TORCH_CHECK(!o.resume || !o.checkpoint.empty(), "resuming needs a checkpoint path");
+  ZSQ_CHECK_OPTION(o.batch_size % world == 0, "--batch-size (", o.batch_size,
+                   ") must be a multiple of the number of processes (", world, ")");
+  if (data.pool) {
+    ZSQ_CHECK_OPTION(o.batch_size <= data.pool->size(), "--batch-size must be at most the pool's size (",
+                     data.pool->size(), "), got ", o.batch_size);
+  }
+  ZSQ_CHECK_OPTION(o.ce_weight.size() <= 1 || o.ce_weight.size() == bits.size(),
+                   "--ce-weight needs one value or one per bit-width (", bits.size(), "), got ", o.ce_weight.size());
+  ZSQ_CHECK_OPTION(o.weights.empty() || o.weights.size() == bits.size(),
+                   "--bit-weights needs one value per bit-width (", bits.size(), "), got ", o.weights.size());
+  for (const auto* list : {&o.bn_bits, &o.bn_train}) {
+    for (const int64_t b : *list) {
+      ZSQ_CHECK_OPTION(std::find(bits.begin(), bits.end(), b) != bits.end(),
+                       list == &o.bn_bits ? "--bn-reestimate " : "--bn-train ", b, ": not one of the model's bit-widths (",
+                       models::bits_text(bits), ")");
+    }
+  }
+  ZSQ_CHECK_OPTION(o.generator_warmup == 0 || (data.synthesizer && data.synthesizer->trains_generator()),
+                   "--generator-warmup needs a recipe that trains a generator (gdfq, qimera)");
+  TORCH_CHECK(!data.synthesizer || !data.synthesizer->trains_while_sampling(),
+              "recipe '", data.synthesizer ? data.synthesizer->recipe().name : "", "' trains a proxy student while it samples "
+              "and cannot be checkpointed: write a pool with zsq generate and quantize with --pool");
+}
+
+} // namespace zsq::trainers
