@@ -188,6 +188,21 @@ torch::Tensor normalize(const torch::Tensor& images, const Normalization& norm) 
   return apply_norm(to_unit_float(images), norm);
 }
 
+PixelClamp::PixelClamp(const Normalization& norm) {
+  TORCH_CHECK(!norm.mean.empty() && norm.mean.size() == norm.std.size(), "clamping to the pixel range needs a normalization");
+  const auto at = [&](double pixel) {
+    std::vector<float> v(norm.mean.size());
+    for (size_t c = 0; c < v.size(); ++c) v[c] = static_cast<float>((pixel - norm.mean[c]) / norm.std[c]);
+    return torch::tensor(v).reshape({1, static_cast<int64_t>(v.size()), 1, 1});
+  };
+  lo_ = at(0.0);
+  hi_ = at(1.0);
+}
+
+torch::Tensor PixelClamp::operator()(const torch::Tensor& images) const {
+  return lo_.defined() ? torch::max(torch::min(images, hi_), lo_) : images;
+}
+
 std::vector<int64_t> shard_indices(int64_t n, int rank, int world_size, int64_t epoch, uint64_t seed,
                                    bool shuffle) {
   TORCH_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "rank ", rank, " is outside world size ",

@@ -62,6 +62,18 @@ Normalization fashion_mnist_normalization();
 /// Pixels as float in [0,1] (uint8 / 255), then (x - mean) / std per channel.
 torch::Tensor normalize(const torch::Tensor& images, const Normalization& norm);
 
+/// Clamps normalized images to the range of pixels in [0, 1] under a
+/// normalization, per channel (default-constructed: off, images pass as given).
+class PixelClamp {
+ public:
+  PixelClamp() = default;
+  explicit PixelClamp(const Normalization& norm);
+  torch::Tensor operator()(const torch::Tensor& images) const;
+
+ private:
+  torch::Tensor lo_, hi_;  // 1×C×1×1: the normalized values of pixels 0 and 1
+};
+
 /// The indices rank `rank` of `world_size` visits in `epoch`: a permutation of
 /// 0..n-1 seeded by (seed, epoch) when `shuffle`, cut into `world_size`
 /// disjoint, equal slices of floor(n / world_size) (the remainder is dropped

@@ -151,6 +151,21 @@ std::vector<std::pair<std::string, torch::Tensor>> top_weight_codes(const torch:
   return out;
 }
 
+double changed_code_share(const torch::nn::Module& model,
+                          const std::vector<std::pair<std::string, torch::Tensor>>& start_codes) {
+  std::map<std::string, torch::Tensor> now;
+  for (const auto& [name, t] : top_weight_codes(model)) now.emplace(name, t);
+  int64_t changed = 0, total = 0;
+  for (const auto& [name, start] : start_codes) {
+    const auto it = now.find(name);
+    TORCH_CHECK(it != now.end() && it->second.sizes() == start.sizes(), "the start codes of layer '", name,
+                "' do not fit the student");
+    changed += it->second.ne(start).sum().item<int64_t>();
+    total += start.numel();
+  }
+  return total > 0 ? static_cast<double>(changed) / static_cast<double>(total) : 0.0;
+}
+
 void set_bits(const torch::nn::Module& model, int64_t b) {
   const auto all = switchables(model);
   TORCH_CHECK(!all.empty(), "set_bits: the model has no quantized layers (is it an FP32 model?)");

@@ -105,6 +105,12 @@ std::vector<torch::Tensor> fixed_input_steps(const torch::nn::Module& model);
 /// named by the layer's module path.
 std::vector<std::pair<std::string, torch::Tensor>> top_weight_codes(const torch::nn::Module& model);
 
+/// The share of the codes in `start` (top_weight_codes of the same model
+/// earlier) that differ from the model's codes now; throws when a layer does
+/// not fit.
+double changed_code_share(const torch::nn::Module& model,
+                          const std::vector<std::pair<std::string, torch::Tensor>>& start);
+
 /// Initialises `student` from `teacher` (same architecture, FP32): latent
 /// weights and biases are the teacher's, every per-bit BatchNorm is the
 /// teacher's BatchNorm, weight steps follow LSQ's per-channel init at the top

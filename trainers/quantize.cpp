@@ -16,18 +16,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <map>
 
 namespace zsq::trainers {
 namespace {
-
-// The normalized value of `pixel` per channel of `norm`, shaped 1×C×1×1 (C = 1 broadcasts).
-torch::Tensor normalized_pixel(double pixel, const Normalization& norm) {
-  ZSQ_CHECK_OPTION(!norm.mean.empty() && norm.mean.size() == norm.std.size(), "--clamp-pixels needs the teacher's normalization");
-  std::vector<float> v(norm.mean.size());
-  for (size_t c = 0; c < v.size(); ++c) v[c] = static_cast<float>((pixel - norm.mean[c]) / norm.std[c]);
-  return torch::tensor(v).reshape({1, static_cast<int64_t>(v.size()), 1, 1});
-}
 
 // What the checkpoints of a run need from its options.
 CheckpointPlan plan_of(const QuantizeOptions& o) { return {o.checkpoint, o.steps, o.generator_warmup, o.checkpoint_hook}; }
@@ -39,21 +30,6 @@ NamedTensors trained_parameters(torch::nn::Module& module) {
     if (item.value().requires_grad()) out.emplace_back(item.key(), item.value());
   }
   return out;
-}
-
-// The share of `start`'s codes that differ in `student`'s top-precision codes now.
-double changed_share(const models::ClassifierImpl& student, const NamedTensors& start_codes) {
-  std::map<std::string, torch::Tensor> now;
-  for (const auto& [name, t] : models::top_weight_codes(student)) now.emplace(name, t);
-  int64_t changed = 0, total = 0;
-  for (const auto& [name, start] : start_codes) {
-    const auto it = now.find(name);
-    TORCH_CHECK(it != now.end() && it->second.sizes() == start.sizes(), "the start codes of layer '", name,
-                "' do not fit the student");
-    changed += it->second.ne(start).sum().item<int64_t>();
-    total += start.numel();
-  }
-  return total > 0 ? static_cast<double>(changed) / static_cast<double>(total) : 0.0;
 }
 
 // The student's logits at bit-width `bits` with none of its parameters in the graph (the generator's adversarial
@@ -84,7 +60,6 @@ class OfaTrainer {
   void start();
   void install_adversary();
   void enable_bn_train();
-  torch::Tensor clamped(const torch::Tensor& images) const;
   torch::Tensor calibration_images();
   std::pair<torch::Tensor, torch::Tensor> synthetic_batch(QuantizeStep* report);
   std::pair<torch::Tensor, torch::Tensor> training_batch(int64_t step, QuantizeStep* report);
@@ -103,7 +78,7 @@ class OfaTrainer {
   std::vector<int64_t> bits_;  // ascending
   int rank_ = 0, world_ = 1;
   int64_t local_batch_ = 0;
-  torch::Tensor pixel_lo_, pixel_hi_;  // --clamp-pixels: the normalized images of pixels 0 and 1, per channel
+  PixelClamp clamped_;  // --clamp-pixels (off: images as given)
   generators::Synthesizer* synth_ = nullptr;
   bool online_generator_ = false, adversary_ = false;
   std::unique_ptr<BatchLoader> loader_;
@@ -132,8 +107,9 @@ OfaTrainer::OfaTrainer(models::ClassifierImpl& student, models::ClassifierImpl& 
   check_quantize_inputs(o, bits_, data, world_);
   local_batch_ = o.batch_size / world_;
   if (o.clamp_pixels) {
-    pixel_lo_ = normalized_pixel(0.0, data.norm);
-    pixel_hi_ = normalized_pixel(1.0, data.norm);
+    ZSQ_CHECK_OPTION(!data.norm.mean.empty() && data.norm.mean.size() == data.norm.std.size(),
+                     "--clamp-pixels needs the teacher's normalization");
+    clamped_ = PixelClamp(data.norm);
   }
   teacher.eval();
   for (const auto& p : teacher.parameters()) p.set_requires_grad(false);
@@ -180,10 +156,6 @@ void OfaTrainer::select_trained() {
   }
 }
 
-torch::Tensor OfaTrainer::clamped(const torch::Tensor& images) const {
-  return o_.clamp_pixels ? torch::max(torch::min(images, pixel_hi_), pixel_lo_) : images;
-}
-
 double OfaTrainer::value_at(const std::vector<double>& values, double unset, int64_t b) const {
   if (values.empty()) return unset;
   if (values.size() == 1) return values.front();
@@ -207,7 +179,7 @@ torch::Tensor OfaTrainer::calibration_images() {
     }
     calibration = torch::cat(parts).narrow(0, 0, o_.calib_count);
   }
-  return clamped(calibration);
+  return clamped_(calibration);
 }
 
 std::pair<torch::Tensor, torch::Tensor> OfaTrainer::synthetic_batch(QuantizeStep* report) {
@@ -284,7 +256,7 @@ std::pair<torch::Tensor, torch::Tensor> OfaTrainer::training_batch(int64_t step,
                 local_batch_);
   }
   // Teacher and student see the same images, inside the pixel range a fixed input quantizer covers.
-  return {clamped(images), labels};
+  return {clamped_(images), labels};
 }
 
 // Forward and backward of every bit-width of `now` (highest first, so recursive distillation has the next higher
@@ -403,7 +375,7 @@ QuantizeResult OfaTrainer::run() {
     if (o_.stop_after > 0 && done_here >= o_.stop_after) break;
   }
   result_.complete = result_.steps_done == o_.steps;
-  if (!initial_codes_.empty()) result_.changed_codes = changed_share(student_, initial_codes_);
+  if (!initial_codes_.empty()) result_.changed_codes = models::changed_code_share(student_, initial_codes_);
   models::set_bits(student_, bits_.front());
   return result_;
 }

@@ -10,7 +10,6 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
-#include <chrono>
 #include <cmath>
 #include <random>
 
@@ -112,6 +111,96 @@ EvalResult evaluate_sharded(distributed::Communicator& comm, models::ClassifierI
 
 } // namespace
 
+namespace {
+
+// One epoch's training totals over every rank.
+struct EpochTotals {
+  double loss_sum = 0;
+  int64_t correct = 0, seen = 0;
+  double lr = 0;  // the last step's
+};
+
+// The loss of one batch: distillation from o.distill_from, mixup's mixed cross-entropy, or cross-entropy.
+torch::Tensor batch_loss(const TeacherOptions& o, const torch::Tensor& logits, const Batch& batch, const MixPlan& mix) {
+  const auto ce_options = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing);
+  if (o.distill_from) {
+    torch::Tensor teacher_logits;
+    {
+      torch::NoGradGuard no_grad;
+      teacher_logits = o.distill_from->forward(batch.images);
+    }
+    return kd_loss(logits, teacher_logits, o.temperature);
+  }
+  if (o.mixup > 0) {
+    return mix.lambda * torch::nn::functional::cross_entropy(logits, batch.labels, ce_options) +
+           (1 - mix.lambda) *
+               torch::nn::functional::cross_entropy(logits, batch.labels.index_select(0, mix.permutation), ce_options);
+  }
+  return torch::nn::functional::cross_entropy(logits, batch.labels, ce_options);
+}
+
+EpochTotals train_epoch(const TeacherOptions& o, models::ClassifierImpl& model, BatchLoader& loader,
+                        torch::optim::SGD& optimizer, distributed::Reducer& reducer, distributed::Communicator& comm,
+                        int64_t epoch) {
+  const int64_t steps_per_epoch = loader.num_batches();
+  const int64_t total_steps = steps_per_epoch * o.epochs;
+  const int64_t warmup_steps = static_cast<int64_t>(o.warmup_epochs * steps_per_epoch);
+  model.train();
+  loader.set_epoch(epoch);
+  EpochTotals t;
+  t.lr = o.lr;
+  for (int64_t b = 0; b < steps_per_epoch; ++b) {
+    t.lr = cosine_lr(o.lr, epoch * steps_per_epoch + b, total_steps, warmup_steps);
+    set_lr(optimizer, t.lr);
+    Batch batch = loader.batch(b);
+    MixPlan mix;
+    if (o.mixup > 0) {
+      mix = mix_plan(o.mixup, batch.images.size(0), o.seed, comm.rank(), epoch * steps_per_epoch + b);
+      batch.images = batch.images * mix.lambda + batch.images.index_select(0, mix.permutation) * (1 - mix.lambda);
+    }
+    optimizer.zero_grad();
+    const torch::Tensor logits = model.forward(batch.images);
+    const torch::Tensor loss = batch_loss(o, logits, batch, mix);
+    const double loss_value = loss.item<double>();
+    check_not_diverged(loss_value, "loss", "epoch " + std::to_string(epoch + 1) + ", step " + std::to_string(b + 1));
+    loss.backward();
+    reducer.reduce();
+    optimizer.step();
+    t.loss_sum += loss_value * batch.labels.size(0);
+    t.correct += logits.detach().argmax(1).eq(batch.labels).sum().item<int64_t>();
+    t.seen += batch.labels.size(0);
+  }
+  torch::Tensor totals = torch::tensor({t.loss_sum, static_cast<double>(t.correct), static_cast<double>(t.seen)},
+                                       torch::kFloat64);
+  comm.all_reduce(totals, distributed::ReduceOp::kSum);
+  t.loss_sum = totals[0].item<double>();
+  t.correct = static_cast<int64_t>(totals[1].item<double>());
+  t.seen = static_cast<int64_t>(totals[2].item<double>());
+  return t;
+}
+
+// Rank 0 writes the model file; every rank returns once it exists.
+void save_teacher(const TeacherOptions& o, models::ClassifierImpl& model, const models::ModelSpec& spec,
+                  const Dataset& train, const Normalization& norm, distributed::Communicator& comm) {
+  ModelMeta meta;
+  meta.arch = spec.arch;
+  meta.num_classes = spec.num_classes;
+  meta.input_shape = train.image_shape();
+  meta.input_mean = norm.mean;
+  meta.input_std = norm.std;
+  if (meta.input_mean.size() == 1 && meta.input_shape[0] > 1) {
+    meta.input_mean.assign(meta.input_shape[0], norm.mean[0]);
+    meta.input_std.assign(meta.input_shape[0], norm.std[0]);
+  }
+  meta.width = spec.width;
+  meta.precision = "fp32";
+  meta.recipe = o.recipe;
+  if (comm.rank() == 0) save_model(o.out, model, meta);
+  comm.barrier();
+}
+
+} // namespace
+
 TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, const Dataset& test,
                             const Normalization& norm, const std::function<void(const EpochReport&)>& on_epoch) {
   check_teacher_options(o, full_train, test);
@@ -134,85 +223,28 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
     o.distill_from->eval();
     for (const auto& p : o.distill_from->parameters()) p.set_requires_grad(false);
   }
-
   BatchLoader loader(train, norm,
                      training_loader(o.batch_size / ranks, o.seed, comm->rank(), ranks, o.crop_padding, o.horizontal_flip));
-
-  const std::unique_ptr<torch::optim::SGD> optimizer =
-      make_sgd(*model, o.lr, o.momentum, o.nesterov, o.weight_decay);
-
-  const int64_t steps_per_epoch = loader.num_batches();
-  const int64_t total_steps = steps_per_epoch * o.epochs;
-  const int64_t warmup_steps = static_cast<int64_t>(o.warmup_epochs * steps_per_epoch);
-  const auto ce_options = torch::nn::functional::CrossEntropyFuncOptions().label_smoothing(o.label_smoothing);
+  const std::unique_ptr<torch::optim::SGD> optimizer = make_sgd(*model, o.lr, o.momentum, o.nesterov, o.weight_decay);
 
   const Progress progress;
   double train_seconds = 0;
   int64_t images_seen = 0;
   TeacherResult result;
   for (int64_t epoch = 0; epoch < o.epochs; ++epoch) {
-    const auto epoch_start = std::chrono::steady_clock::now();
-    model->train();
-    loader.set_epoch(epoch);
-    double loss_sum = 0;
-    int64_t correct = 0, seen = 0;
-    double lr = o.lr;
-    for (int64_t b = 0; b < steps_per_epoch; ++b) {
-      lr = cosine_lr(o.lr, epoch * steps_per_epoch + b, total_steps, warmup_steps);
-      set_lr(*optimizer, lr);
-      Batch batch = loader.batch(b);
-      MixPlan mix;
-      if (o.mixup > 0) {
-        mix = mix_plan(o.mixup, batch.images.size(0), o.seed, comm->rank(), epoch * steps_per_epoch + b);
-        batch.images = batch.images * mix.lambda + batch.images.index_select(0, mix.permutation) * (1 - mix.lambda);
-      }
-      optimizer->zero_grad();
-      const torch::Tensor logits = model->forward(batch.images);
-      torch::Tensor loss;
-      if (o.distill_from) {
-        torch::Tensor teacher_logits;
-        {
-          torch::NoGradGuard no_grad;
-          teacher_logits = o.distill_from->forward(batch.images);
-        }
-        loss = kd_loss(logits, teacher_logits, o.temperature);
-      } else if (o.mixup > 0) {
-        loss = mix.lambda * torch::nn::functional::cross_entropy(logits, batch.labels, ce_options) +
-               (1 - mix.lambda) *
-                   torch::nn::functional::cross_entropy(logits, batch.labels.index_select(0, mix.permutation), ce_options);
-      } else {
-        loss = torch::nn::functional::cross_entropy(logits, batch.labels, ce_options);
-      }
-      const double loss_value = loss.item<double>();
-      check_not_diverged(loss_value, "loss", "epoch " + std::to_string(epoch + 1) + ", step " + std::to_string(b + 1));
-      loss.backward();
-      reducer.reduce();
-      optimizer->step();
-      loss_sum += loss_value * batch.labels.size(0);
-      correct += logits.detach().argmax(1).eq(batch.labels).sum().item<int64_t>();
-      seen += batch.labels.size(0);
-    }
-    {  // totals over the ranks
-      torch::Tensor totals = torch::tensor({loss_sum, static_cast<double>(correct), static_cast<double>(seen)},
-                                           torch::kFloat64);
-      comm->all_reduce(totals, distributed::ReduceOp::kSum);
-      loss_sum = totals[0].item<double>();
-      correct = static_cast<int64_t>(totals[1].item<double>());
-      seen = static_cast<int64_t>(totals[2].item<double>());
-    }
+    const Progress epoch_clock;
+    const EpochTotals t = train_epoch(o, *model, loader, *optimizer, reducer, *comm, epoch);
     // BatchNorm statistics differ per rank (each saw its own shard): use rank 0's.
     distributed::broadcast_state(*comm, *model, 0, /*buffers_only=*/true);
     if (o.check_replicas) distributed::check_replicas(*comm, *model);
-    const double epoch_seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
-    train_seconds += epoch_seconds;
-    images_seen += seen;
+    train_seconds += epoch_clock.elapsed();
+    images_seen += t.seen;
     EpochReport report;
     report.epoch = epoch + 1;
     report.epochs = o.epochs;
-    report.train_loss = loss_sum / seen;
-    report.train_acc = static_cast<double>(correct) / seen;
-    report.lr = lr;
+    report.train_loss = t.loss_sum / t.seen;
+    report.train_acc = static_cast<double>(t.correct) / t.seen;
+    report.lr = t.lr;
     report.images_per_second = images_seen / train_seconds;
     if (o.eval_each_epoch || epoch + 1 == o.epochs) {
       const EvalResult eval = evaluate_sharded(*comm, *model, test, norm);
@@ -229,23 +261,7 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
   result.parameters = models::parameter_count(*model);
   result.model = model;
   model->eval();
-  if (!o.out.empty()) {
-    ModelMeta meta;
-    meta.arch = spec.arch;
-    meta.num_classes = spec.num_classes;
-    meta.input_shape = train.image_shape();
-    meta.input_mean = norm.mean;
-    meta.input_std = norm.std;
-    if (meta.input_mean.size() == 1 && meta.input_shape[0] > 1) {
-      meta.input_mean.assign(meta.input_shape[0], norm.mean[0]);
-      meta.input_std.assign(meta.input_shape[0], norm.std[0]);
-    }
-    meta.width = spec.width;
-    meta.precision = "fp32";
-    meta.recipe = o.recipe;
-    if (comm->rank() == 0) save_model(o.out, *model, meta);
-    comm->barrier();  // the file exists for every rank when this returns
-  }
+  if (!o.out.empty()) save_teacher(o, *model, spec, train, norm, *comm);
   return result;
 }
 
