@@ -12,10 +12,10 @@
 #include "models/zoo.h"
 #include "trainers/evaluate.h"
 #include "trainers/quantize.h"
+#include "trainers/run.h"
 
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <optional>
@@ -53,33 +53,7 @@ void check_same_recipe(const std::string& checkpoint, const std::string& stored,
   throw UsageError(msg);
 }
 
-// Keeps the metrics lines of steps <= `step` (a killed run may have logged further).
-void truncate_metrics(const fs::path& path, int64_t step) {
-  if (!fs::exists(path)) return;
-  std::ifstream in(path);
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    const size_t at = line.find("\"step\":");
-    if (at == std::string::npos) continue;
-    if (std::stoll(line.substr(at + 7)) <= step) kept += line + "\n";
-  }
-  in.close();
-  std::ofstream(path, std::ios::trunc) << kept;
-}
-
-} // namespace
-
-int quantize(int argc, char** argv) {
-  po::options_description desc("zsq quantize options");
-  desc.add_options()
-      ("teacher", po::value<std::string>(), "FP32 teacher model file")
-      ("pool", po::value<std::string>(),
-       "train on this fixed set of images instead of generating online: an HDF5 data set (e.g. from zsq generate), "
-       "or 'fashion-mnist' for the real-data baseline")
-      ("recipe", po::value<std::string>()->default_value("gdfq"),
-       "online generation (without --pool): gdfq or qimera alternate a generator with the student; "
-       "noise, zeroq, dsg, genie, intraq make fresh batches");
-  add_student_options(desc);
+void add_training_options(po::options_description& desc) {
   desc.add_options()
       ("steps", po::value<int64_t>()->default_value(400), "student optimizer steps")
       ("batch-size", po::value<int64_t>()->default_value(64), "images per step, over all processes")
@@ -115,6 +89,19 @@ int quantize(int argc, char** argv) {
       ("bn-train", po::value<std::string>()->default_value("none"),
        "bit-widths whose BatchNorms use batch statistics while training and update their running statistics: "
        "none, all, or a comma-separated list");
+}
+
+void add_quantize_options(po::options_description& desc) {
+  desc.add_options()
+      ("teacher", po::value<std::string>(), "FP32 teacher model file")
+      ("pool", po::value<std::string>(),
+       "train on this fixed set of images instead of generating online: an HDF5 data set (e.g. from zsq generate), "
+       "or 'fashion-mnist' for the real-data baseline")
+      ("recipe", po::value<std::string>()->default_value("gdfq"),
+       "online generation (without --pool): gdfq or qimera alternate a generator with the student; "
+       "noise, zeroq, dsg, genie, intraq make fresh batches");
+  add_student_options(desc);
+  add_training_options(desc);
   add_bn_options(desc, "auto", "absolute");
   add_quant_init_options(desc);
   add_synth_options(desc, "gen-");
@@ -131,13 +118,15 @@ int quantize(int argc, char** argv) {
       ("seed", po::value<uint64_t>()->default_value(0), "random seed")
       ("out", po::value<std::string>()->default_value("run"), "run folder (created): checkpoint.h5, metrics.jsonl");
   add_common_options(desc);
-  Common common;
-  auto parsed = parse("quantize", "zsq quantize --teacher teacher.h5 [--pool synth.h5 | --recipe gdfq] [--bits 2,3,4,8] [--out run/]",
-                      desc, argc, argv, &common);
-  if (!parsed) return 0;
-  const po::variables_map& vm = *parsed;
-  if (!vm.count("teacher")) throw UsageError("--teacher is required");
-  models::StudentConfig config = read_student_config(vm);
+}
+
+bool read_switch(const po::variables_map& vm, const char* name) {
+  const std::string v = get<std::string>(vm, name);
+  if (v != "on" && v != "off") throw UsageError(std::string("--") + name + " must be 'on' or 'off', got '" + v + "'");
+  return v == "on";
+}
+
+trainers::QuantizeOptions read_quantize_options(const po::variables_map& vm, const models::StudentConfig& config) {
   trainers::QuantizeOptions q;
   q.quant_init = read_quant_init(vm);
   q.steps = get<int64_t>(vm, "steps");
@@ -161,204 +150,234 @@ int quantize(int argc, char** argv) {
   q.stop_after = get<int64_t>(vm, "stop-after");
   q.resume = vm["resume"].as<bool>();
   q.seed = get<uint64_t>(vm, "seed");
-  const std::string recursive = get<std::string>(vm, "recursive");
-  if (recursive != "on" && recursive != "off") throw UsageError("--recursive must be 'on' or 'off', got '" + recursive + "'");
-  q.recursive = recursive == "on";
-  const std::string clamp = get<std::string>(vm, "clamp-pixels");
-  if (clamp != "on" && clamp != "off") throw UsageError("--clamp-pixels must be 'on' or 'off', got '" + clamp + "'");
-  q.clamp_pixels = clamp == "on";
-  const std::string bn_end = get<std::string>(vm, "bn-reestimate-end");
-  if (bn_end != "on" && bn_end != "off") throw UsageError("--bn-reestimate-end must be 'on' or 'off', got '" + bn_end + "'");
-  q.bn_reestimate_end = bn_end == "on";
+  q.recursive = read_switch(vm, "recursive");
+  q.clamp_pixels = read_switch(vm, "clamp-pixels");
+  q.bn_reestimate_end = read_switch(vm, "bn-reestimate-end");
   q.train = get<std::string>(vm, "train");
   q.weights = read_per_bit_values(vm, "bit-weights", config, /*one_for_all=*/false);
   std::tie(q.bn_bits, q.bn_mode) = read_bn_options(vm, config);
   q.bn_train = read_bit_list(vm, "bn-train", config);
+  q.generator_warmup = get<int64_t>(vm, "generator-warmup");
+  return q;
+}
+
+// Online generation's options; the recipe decides whether a generator warms up and weighs its BN loss.
+generators::SynthesizerOptions read_online_options(const po::variables_map& vm, trainers::QuantizeOptions* q) {
+  generators::SynthesizerOptions so;
+  so.recipe = get<std::string>(vm, "recipe");
+  read_synth_options(vm, "gen-", &so);
+  so.seed = q->seed;
+  so.external_adversary = true;  // online, --gen-adversarial works against the student being quantized
+  try {
+    const generators::Recipe recipe = generators::resolve_recipe(so);
+    if (recipe.variables != "generator") q->generator_warmup = 0;  // only a trained generator warms up
+    // A generator trained beside the student weighs the BN-statistics loss 1 unless told (GDFQ: 0.1;
+    // measured on ResNet-20, 2-bit: 79.8 vs 74.7 %, and on the demo teacher with the rest of the recipe).
+    if (recipe.variables == "generator" && so.bns_weight < 0) so.bns_weight = 1;
+  } catch (const c10::Error& e) {
+    throw UsageError(e.what_without_backtrace());
+  }
+  return so;
+}
+
+// What a resumed run takes from its checkpoint.
+struct Resumed {
+  int64_t step = 0, world = 0;
+  bool calibrated_input = false;  // from before --input-range: the input step was calibrated
+};
+
+Resumed check_resume(const std::string& checkpoint, const std::string& recipe_text, const po::variables_map& vm,
+                     trainers::QuantizeOptions* q) {
+  const h5::File file = h5::File::open_read(checkpoint);
+  const trainers::CheckpointInfo info = trainers::read_checkpoint_info(file);  // also: it is a checkpoint at all
+  const std::string stored = read_meta_attrs(file).recipe;
+  check_same_recipe(checkpoint, stored, recipe_text, vm);
+  // A checkpoint from before these options trained with a calibrated input step on unclamped images.
+  const auto values = config_values(stored);
+  if (!values.count("clamp-pixels")) q->clamp_pixels = false;
+  return {info.step, info.world_size, !values.count("input-range")};
+}
+
+// The images the student trains on: a pool, or a synthesizer with its own copy of the teacher.
+struct Source {
+  std::optional<Dataset> pool;
+  std::unique_ptr<generators::Synthesizer> synth;
+};
+
+Source load_source(const po::variables_map& vm, generators::SynthesizerOptions so, const trainers::QuantizeOptions& q,
+                   const trainers::LoadedModel& teacher, const models::ModelSpec& spec,
+                   const std::shared_ptr<distributed::Communicator>& comm) {
+  Source s;
+  if (vm.count("pool")) {
+    const std::string spec_text = get<std::string>(vm, "pool");
+    s.pool = load_dataset(spec_text, spec_text == "fashion-mnist" ? get<std::string>(vm, "data-dir") : "", Split::kTrain);
+    trainers::check_data_fits(teacher.meta, *s.pool);
+    return s;
+  }
+  if (q.batch_size % comm->size() != 0) {
+    throw UsageError("--batch-size " + std::to_string(q.batch_size) + " must be a multiple of the number of processes (" +
+                     std::to_string(comm->size()) + ")");
+  }
+  so.batch_size = q.batch_size / comm->size();
+  so.teacher_spec = spec;
+  // The synthesizer gets its own copy of the teacher: its BN taps must not disturb the distillation.
+  models::Classifier copy = models::build(spec, models::Fp32Factory());
+  load_state(h5::File::open_read(get<std::string>(vm, "teacher")), *copy);
+  s.synth = generators::make_synthesizer(copy, teacher.meta.input_shape, teacher.meta.num_classes, so, comm);
+  return s;
+}
+
+void print_plan(const models::ModelSpec& spec, const models::StudentConfig& config, const Source& source,
+                const trainers::QuantizeOptions& q, int processes) {
+  std::cout << "quantize: " << spec.arch << " at bits " << models::bits_text(config.bits) << " on "
+            << (source.synth ? "images generated online (" + source.synth->recipe().describe() + ")"
+                             : source.pool->name + " (" + std::to_string(source.pool->size()) + " images)")
+            << ", " << q.steps << " steps, batch " << q.batch_size << ", lr " << q.lr << ", T " << q.temperature
+            << ", weighting " << q.weighting << (q.recursive ? " (recursive)" : "")
+            << (q.train == "per-bit" ? ", shared weights frozen (per-bit training)" : "")
+            << (q.bn_bits.empty() ? ""
+                                  : ", BatchNorm re-estimated (" + q.bn_mode + ") at bits " + models::bits_text(q.bn_bits) +
+                                        (q.bn_reestimate_end ? " at the start and the end" : ""))
+            << (q.bn_train.empty() ? "" : ", BatchNorm on batch statistics at bits " + models::bits_text(q.bn_train))
+            << ce_text(q.ce_weight, config.bits)
+            << (processes > 1 ? ", " + std::to_string(processes) + " processes" : std::string()) << std::endl;
+}
+
+// One step's metrics line, and a progress line every `every` steps (and at the end, and at a --stop-after checkpoint).
+void report_step(const trainers::QuantizeStep& r, trainers::RunFolder& run, int64_t every, bool stopping) {
+  if (r.step == 0) {  // generator warm-up
+    if (r.warmup_step % every == 0 || r.warmup_step == r.warmup_steps) {
+      std::cout << "generator warm-up " << r.warmup_step << "/" << r.warmup_steps << "  loss " << std::fixed
+                << std::setprecision(4) << r.generator_loss << std::endl;
+    }
+    return;
+  }
+  Json line;
+  line.add("step", r.step).add("lr", r.lr).add("bits", r.bits).add("loss", r.losses);
+  if (!r.alphas.empty()) line.add("alpha", r.alphas);
+  if (!r.grad_norms.empty()) line.add("grad_norm", r.grad_norms);
+  if (r.generator_loss >= 0) line.add("generator_loss", r.generator_loss);
+  if (r.generator_adversarial != 0) line.add("generator_adversarial", r.generator_adversarial);
+  line.add("images_per_second", r.images_per_second);
+  run.log(line.str(), r.checkpointed);
+  if (r.step % every != 0 && r.step != r.steps && !(r.checkpointed && stopping)) return;
+  std::cout << "step " << r.step << "/" << r.steps << "  loss";
+  for (size_t i = 0; i < r.losses.size(); ++i) {
+    std::cout << " b" << r.bits[i] << " " << std::fixed << std::setprecision(4) << r.losses[i];
+  }
+  if (r.generator_loss >= 0) std::cout << "  generator " << std::setprecision(4) << r.generator_loss;
+  if (r.generator_adversarial != 0) std::cout << " (adversarial " << std::setprecision(4) << r.generator_adversarial << ")";
+  std::cout << "  lr " << std::defaultfloat << std::setprecision(3) << r.lr << "  " << std::fixed << std::setprecision(0)
+            << r.images_per_second << " img/s  elapsed " << format_duration(r.elapsed_seconds) << "  ETA "
+            << format_duration(r.eta_seconds) << std::endl;
+}
+
+// The teacher's and every bit-width's top-1 on --eval-data, printed and added to `json`.
+void evaluate_bit_widths(const po::variables_map& vm, const trainers::LoadedModel& teacher,
+                         models::ClassifierImpl& student, const std::vector<int64_t>& bits, Json* json) {
+  const Dataset test = load_dataset(get<std::string>(vm, "eval-data"), get<std::string>(vm, "data-dir"), Split::kTest);
+  trainers::check_data_fits(teacher.meta, test);
+  const trainers::EvalResult t = trainers::evaluate(*teacher.model, test, teacher.norm());
+  std::cout << "top-1 on " << test.name << ": teacher (fp32) " << percent(t.top1);
+  json->add("teacher_top1", t.top1);
+  for (const int64_t b : bits) {
+    models::set_bits(student, b);
+    const trainers::EvalResult r = trainers::evaluate(student, test, teacher.norm());
+    std::cout << ", " << b << "-bit " << percent(r.top1);
+    json->add("top1_b" + std::to_string(b), r.top1);
+  }
+  std::cout << std::endl;
+}
+
+void print_result(const trainers::QuantizeResult& result, const trainers::RunFolder& run,
+                  const models::StudentConfig& config, int64_t steps, double seconds) {
+  if (result.resumed_from >= 0) std::cout << "resumed from step " << result.resumed_from << std::endl;
+  if (result.changed_codes >= 0) {
+    std::cout << "top-precision (" << config.top_bits << "-bit) weight codes changed by training: " << std::fixed
+              << std::setprecision(2) << 100 * result.changed_codes << " %" << std::defaultfloat << std::endl;
+  }
+  std::cout << "wrote " << run.checkpoint() << " (step " << result.steps_done << "/" << steps << ") and "
+            << run.metrics() << " in " << format_duration(seconds) << std::endl;
+  if (!result.complete) {
+    std::cout << "stopped after " << result.steps_done << " of " << steps
+              << " steps; continue with the same command and --resume" << std::endl;
+  }
+}
+
+} // namespace
+
+int quantize(int argc, char** argv) {
+  po::options_description desc("zsq quantize options");
+  add_quantize_options(desc);
+  Common common;
+  auto parsed = parse("quantize", "zsq quantize --teacher teacher.h5 [--pool synth.h5 | --recipe gdfq] [--bits 2,3,4,8] [--out run/]",
+                      desc, argc, argv, &common);
+  if (!parsed) return 0;
+  const po::variables_map& vm = *parsed;
+  if (!vm.count("teacher")) throw UsageError("--teacher is required");
+  models::StudentConfig config = read_student_config(vm);
+  trainers::QuantizeOptions q = read_quantize_options(vm, config);
   const int64_t every = get<int64_t>(vm, "log-every");
   if (every < 1) throw UsageError("--log-every must be >= 1");
   const double timeout = get<double>(vm, "collective-timeout");
   if (timeout < 0) throw UsageError("--collective-timeout must be >= 0 seconds");
-  const bool online = !vm.count("pool");
-  generators::SynthesizerOptions so;
-  so.recipe = get<std::string>(vm, "recipe");
-  read_synth_options(vm, "gen-", &so);
-  so.seed = q.seed;
-  so.external_adversary = true;  // online, --gen-adversarial works against the student being quantized
-  q.generator_warmup = get<int64_t>(vm, "generator-warmup");
   q.check();  // the values alone, before anything is loaded (OptionError: exit 2)
-  if (online) {
-    try {
-      const generators::Recipe recipe = generators::resolve_recipe(so);
-      if (recipe.variables != "generator") q.generator_warmup = 0;  // only a trained generator warms up
-      // A generator trained beside the student weighs the BN-statistics loss 1 unless told (GDFQ: 0.1;
-      // measured on ResNet-20, 2-bit: 79.8 vs 74.7 %, and on the demo teacher with the rest of the recipe).
-      if (recipe.variables == "generator" && so.bns_weight < 0) so.bns_weight = 1;
-    } catch (const c10::Error& e) {
-      throw UsageError(e.what_without_backtrace());
-    }
-  } else {
-    q.generator_warmup = 0;
-  }
+  const bool online = !vm.count("pool");
+  const generators::SynthesizerOptions so = online ? read_online_options(vm, &q) : generators::SynthesizerOptions{};
+  if (!online) q.generator_warmup = 0;
 
-  const fs::path run = get<std::string>(vm, "out");
-  check_output_folder(run.string());  // its parent must exist; the run folder itself is created
-  const fs::path checkpoint = run / "checkpoint.h5";
-  q.checkpoint = checkpoint.string();
+  trainers::RunFolder run(get<std::string>(vm, "out"), q.resume);
+  q.checkpoint = run.checkpoint();
   const std::string recipe_text = resolved_config(desc, vm);
-  int64_t resume_step = 0, resume_world = 0;
-  bool calibrated_input = false;
-  if (q.resume) {
-    if (!fs::exists(checkpoint)) {
-      throw UsageError("--resume: there is no '" + checkpoint.string() + "' to continue; start the run without --resume");
-    }
-    const h5::File file = h5::File::open_read(checkpoint.string());
-    const trainers::CheckpointInfo info = trainers::read_checkpoint_info(file);  // also: it is a checkpoint at all
-    resume_step = info.step;
-    resume_world = info.world_size;
-    const std::string stored = read_meta_attrs(file).recipe;
-    check_same_recipe(checkpoint.string(), stored, recipe_text, vm);
-    // A checkpoint from before these options trained with a calibrated input step on unclamped images.
-    const auto values = config_values(stored);
-    if (!values.count("input-range")) calibrated_input = true;
-    if (!values.count("clamp-pixels")) q.clamp_pixels = false;
-  } else if (fs::exists(checkpoint)) {
-    throw UsageError("'" + checkpoint.string() + "' exists; add --resume to continue that run, or choose another --out");
-  }
-
+  const Resumed resumed = q.resume ? check_resume(q.checkpoint, recipe_text, vm, &q) : Resumed{};
   auto comm = distributed::Communicator::create({timeout});
   const bool root = comm->rank() == 0;
-  if (root && q.resume && resume_world != comm->size()) {
-    std::cout << "resuming a checkpoint of " << resume_world << " process(es) on " << comm->size()
+  if (root && q.resume && resumed.world != comm->size()) {
+    std::cout << "resuming a checkpoint of " << resumed.world << " process(es) on " << comm->size()
               << ": the data are re-sharded and the random streams differ, so the run will not end bit for bit "
                  "where an uninterrupted one would"
               << std::endl;
   }
-  if (root) {
-    fs::create_directories(run);
-    h5::remove_stale_temporaries(checkpoint.string());  // of a write that a killed run left behind
-  }
   const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"));
-  if (!calibrated_input) set_input_range(vm, teacher.norm(), &config);
+  if (!resumed.calibrated_input) set_input_range(vm, teacher.norm(), &config);
   const auto& shape = teacher.meta.input_shape;
-  models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
-                         teacher.meta.width > 0 ? teacher.meta.width : 16};
-  std::optional<Dataset> pool;
-  std::unique_ptr<generators::Synthesizer> synth;
-  if (online) {
-    if (q.batch_size % comm->size() != 0) {
-      throw UsageError("--batch-size " + std::to_string(q.batch_size) + " must be a multiple of the number of processes (" +
-                       std::to_string(comm->size()) + ")");
-    }
-    so.batch_size = q.batch_size / comm->size();
-    so.teacher_spec = spec;
-    // The synthesizer gets its own copy of the teacher: its BN taps must not disturb the distillation.
-    models::Classifier copy = models::build(spec, models::Fp32Factory());
-    load_state(h5::File::open_read(get<std::string>(vm, "teacher")), *copy);
-    synth = generators::make_synthesizer(copy, shape, teacher.meta.num_classes, so, comm);
-  } else {
-    const std::string spec_text = get<std::string>(vm, "pool");
-    pool = load_dataset(spec_text, spec_text == "fashion-mnist" ? get<std::string>(vm, "data-dir") : "", Split::kTrain);
-    trainers::check_data_fits(teacher.meta, *pool);
-  }
-  const std::string eval_spec = get<std::string>(vm, "eval-data");
+  const models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
+                               teacher.meta.width > 0 ? teacher.meta.width : 16};
+  Source source = load_source(vm, so, q, teacher, spec, comm);
   models::Classifier student = models::build(spec, models::QuantFactory(config));
-
   ModelMeta meta = teacher.meta;
   meta.recipe = recipe_text;
   const trainers::CheckpointStudent write_student = [&](h5::File& file) {
     models::write_student(file, *student, config, meta);
   };
-
   if (root) {
-    std::cout << "quantize: " << spec.arch << " at bits " << models::bits_text(config.bits) << " on "
-              << (online ? "images generated online (" + synth->recipe().describe() + ")"
-                         : pool->name + " (" + std::to_string(pool->size()) + " images)")
-              << ", " << q.steps << " steps, batch " << q.batch_size << ", lr " << q.lr << ", T " << q.temperature
-              << ", weighting " << q.weighting << (q.recursive ? " (recursive)" : "")
-              << (q.train == "per-bit" ? ", shared weights frozen (per-bit training)" : "")
-              << (q.bn_bits.empty() ? ""
-                                    : ", BatchNorm re-estimated (" + q.bn_mode + ") at bits " + models::bits_text(q.bn_bits) +
-                                          (q.bn_reestimate_end ? " at the start and the end" : ""))
-              << (q.bn_train.empty() ? "" : ", BatchNorm on batch statistics at bits " + models::bits_text(q.bn_train))
-              << ce_text(q.ce_weight, config.bits)
-              << (comm->size() > 1 ? ", " + std::to_string(comm->size()) + " processes" : std::string()) << std::endl;
+    run.open(resumed.step);
+    print_plan(spec, config, source, q, comm->size());
   }
-  const fs::path metrics_path = run / "metrics.jsonl";
-  if (root && q.resume) truncate_metrics(metrics_path, resume_step);
-  std::ofstream metrics;
-  if (root) metrics.open(metrics_path, q.resume ? std::ios::app : std::ios::trunc);
   trainers::QuantizeData data;
-  data.pool = pool ? &*pool : nullptr;
+  data.pool = source.pool ? &*source.pool : nullptr;
   data.norm = teacher.norm();
-  data.synthesizer = synth.get();
+  data.synthesizer = source.synth.get();
   const auto on_step = [&](const trainers::QuantizeStep& r) {
-    if (!root) return;
-    if (r.step == 0) {  // generator warm-up
-      if (r.warmup_step % every == 0 || r.warmup_step == r.warmup_steps) {
-        std::cout << "generator warm-up " << r.warmup_step << "/" << r.warmup_steps << "  loss " << std::fixed
-                  << std::setprecision(4) << r.generator_loss << std::endl;
-      }
-      return;
-    }
-    Json line;
-    line.add("step", r.step).add("lr", r.lr).add("bits", r.bits).add("loss", r.losses);
-    if (!r.alphas.empty()) line.add("alpha", r.alphas);
-    if (!r.grad_norms.empty()) line.add("grad_norm", r.grad_norms);
-    if (r.generator_loss >= 0) line.add("generator_loss", r.generator_loss);
-    if (r.generator_adversarial != 0) line.add("generator_adversarial", r.generator_adversarial);
-    line.add("images_per_second", r.images_per_second);
-    metrics << line.str() << "\n";
-    if (r.checkpointed) metrics.flush();
-    if (r.step % every != 0 && r.step != r.steps && !(r.checkpointed && q.stop_after > 0)) return;
-    std::cout << "step " << r.step << "/" << r.steps << "  loss";
-    for (size_t i = 0; i < r.losses.size(); ++i) {
-      std::cout << " b" << r.bits[i] << " " << std::fixed << std::setprecision(4) << r.losses[i];
-    }
-    if (r.generator_loss >= 0) std::cout << "  generator " << std::setprecision(4) << r.generator_loss;
-    if (r.generator_adversarial != 0) std::cout << " (adversarial " << std::setprecision(4) << r.generator_adversarial << ")";
-    std::cout << "  lr " << std::defaultfloat << std::setprecision(3) << r.lr << "  " << std::fixed << std::setprecision(0) << r.images_per_second
-              << " img/s  elapsed " << format_duration(r.elapsed_seconds) << "  ETA " << format_duration(r.eta_seconds)
-              << std::endl;
+    if (root) report_step(r, run, every, q.stop_after > 0);
   };
   const auto start = std::chrono::steady_clock::now();
   trainers::QuantizeResult result;
   try {
     result = trainers::quantize(*student, *teacher.model, data, q, write_student, comm, on_step);
   } catch (...) {
-    if (metrics.is_open()) metrics.flush();
+    run.flush();
     throw;
   }
-  metrics.close();
+  run.close();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!root) return 0;
-  if (result.resumed_from >= 0) std::cout << "resumed from step " << result.resumed_from << std::endl;
-  if (result.changed_codes >= 0) {
-    std::cout << "top-precision (" << config.top_bits << "-bit) weight codes changed by training: " << std::fixed
-              << std::setprecision(2) << 100 * result.changed_codes << " %" << std::defaultfloat << std::endl;
-  }
-  std::cout << "wrote " << checkpoint.string() << " (step " << result.steps_done << "/" << q.steps << ") and "
-            << metrics_path.string() << " in " << format_duration(seconds) << std::endl;
+  print_result(result, run, config, q.steps, seconds);
   Json json;
-  json.add("command", "quantize").add("checkpoint", checkpoint.string()).add("bits", config.bits)
+  json.add("command", "quantize").add("checkpoint", run.checkpoint()).add("bits", config.bits)
       .add("steps_done", result.steps_done).add("complete", result.complete).add("seconds", seconds);
   if (result.changed_codes >= 0) json.add("changed_codes", result.changed_codes);
-  if (!result.complete) {
-    std::cout << "stopped after " << result.steps_done << " of " << q.steps << " steps; continue with the same command and --resume"
-              << std::endl;
-  } else if (eval_spec != "none") {
-    const Dataset test = load_dataset(eval_spec, get<std::string>(vm, "data-dir"), Split::kTest);
-    trainers::check_data_fits(teacher.meta, test);
-    const trainers::EvalResult t = trainers::evaluate(*teacher.model, test, teacher.norm());
-    std::cout << "top-1 on " << test.name << ": teacher (fp32) " << percent(t.top1);
-    json.add("teacher_top1", t.top1);
-    for (const int64_t b : config.bits) {
-      models::set_bits(*student, b);
-      const trainers::EvalResult r = trainers::evaluate(*student, test, teacher.norm());
-      std::cout << ", " << b << "-bit " << percent(r.top1);
-      json.add("top1_b" + std::to_string(b), r.top1);
-    }
-    std::cout << std::endl;
-  }
+  if (result.complete && get<std::string>(vm, "eval-data") != "none") evaluate_bit_widths(vm, teacher, *student, config.bits, &json);
   if (common.json) std::cout << json.str() << std::endl;
   return 0;
 }
