@@ -20,8 +20,9 @@
 namespace zsq::cli {
 namespace fs = std::filesystem;
 
-int train_teacher(int argc, char** argv) {
-  po::options_description desc("zsq train-teacher options");
+namespace {
+
+void add_train_teacher_options(po::options_description& desc) {
   add_data_options(desc, "fashion-mnist");
   desc.add_options()
       ("test-data", po::value<std::string>(), "test set: HDF5 file or 'fashion-mnist' (needed when --data is an HDF5 file)")
@@ -53,23 +54,9 @@ int train_teacher(int argc, char** argv) {
        "under mpirun: seconds a collective may take before the job is ended (0: no limit)")
       ("check-replicas", po::bool_switch(), "under mpirun: check after every epoch that all ranks hold the same model");
   add_common_options(desc);
-  Common common;
-  auto parsed = parse("train-teacher", "zsq train-teacher [--arch resnet20] [--data fashion-mnist] [--out teacher.h5]",
-                      desc, argc, argv, &common);
-  if (!parsed) return 0;
-  const po::variables_map& vm = *parsed;
-  const double timeout = get<double>(vm, "collective-timeout");
-  if (timeout < 0) throw UsageError("--collective-timeout must be >= 0 seconds");
+}
 
-  const std::string data_spec = get<std::string>(vm, "data");
-  const std::string data_dir = get<std::string>(vm, "data-dir");
-  const Dataset train = load_dataset(data_spec, data_dir, Split::kTrain);  // rejects unknown names first
-  if (data_spec != "fashion-mnist" && !vm.count("test-data")) {
-    throw UsageError("--data is an HDF5 file; pass --test-data with the test set too");
-  }
-  const Dataset test = vm.count("test-data") ? load_dataset(get<std::string>(vm, "test-data"), data_dir, Split::kTest)
-                                             : load_dataset(data_spec, data_dir, Split::kTest);
-
+trainers::TeacherOptions read_teacher_options(const po::variables_map& vm, const Dataset& train, const Dataset& test) {
   trainers::TeacherOptions o;
   o.model.arch = get<std::string>(vm, "arch");
   o.model.width = get<int64_t>(vm, "width");
@@ -90,32 +77,37 @@ int train_teacher(int argc, char** argv) {
   o.train_limit = get<int64_t>(vm, "train-limit");
   o.seed = get<uint64_t>(vm, "seed");
   o.out = get<std::string>(vm, "out");
-  o.recipe = resolved_config(desc, vm);
-  o.comm = distributed::Communicator::create({timeout});
   o.check_replicas = vm["check-replicas"].as<bool>();
   // Validate the architecture before any work.
   if (std::find(models::known_archs().begin(), models::known_archs().end(), o.model.arch) ==
       models::known_archs().end()) {
     models::build(o.model, models::Fp32Factory());  // throws the list of known names
   }
+  return o;
+}
 
+// The input normalization: the --distill-from model's (which also sets the classes), Fashion-MNIST's, or the data's
+// own; --input-mean / --input-std override it.
+Normalization read_normalization(const po::variables_map& vm, const Dataset& train, trainers::TeacherOptions* options,
+                                 trainers::LoadedModel* distill) {
+  trainers::TeacherOptions& o = *options;
+  const int64_t classes = get<int64_t>(vm, "num-classes");
   Normalization norm;
-  trainers::LoadedModel distill;
   if (vm.count("distill-from")) {
-    distill = trainers::load_model(get<std::string>(vm, "distill-from"));
-    o.distill_from = distill.model;
+    *distill = trainers::load_model(get<std::string>(vm, "distill-from"));
+    o.distill_from = distill->model;
     o.temperature = get<double>(vm, "temperature");
-    if (distill.meta.arch.empty() || distill.meta.input_shape != train.image_shape()) {
-      throw UsageError("--distill-from model expects inputs " + c10::str(c10::IntArrayRef(distill.meta.input_shape)) +
+    if (distill->meta.arch.empty() || distill->meta.input_shape != train.image_shape()) {
+      throw UsageError("--distill-from model expects inputs " + c10::str(c10::IntArrayRef(distill->meta.input_shape)) +
                        ", the data has " + c10::str(c10::IntArrayRef(train.image_shape())));
     }
-    norm = distill.norm();
-    if (classes == 0) o.model.num_classes = distill.meta.num_classes;  // a pool may miss some classes
-    if (o.model.num_classes != distill.meta.num_classes) {
+    norm = distill->norm();
+    if (classes == 0) o.model.num_classes = distill->meta.num_classes;  // a pool may miss some classes
+    if (o.model.num_classes != distill->meta.num_classes) {
       throw UsageError("--num-classes " + std::to_string(o.model.num_classes) + " differs from the --distill-from model's " +
-                       std::to_string(distill.meta.num_classes));
+                       std::to_string(distill->meta.num_classes));
     }
-  } else if (data_spec == "fashion-mnist") {
+  } else if (get<std::string>(vm, "data") == "fashion-mnist") {
     norm = fashion_mnist_normalization();
   } else {
     const torch::Tensor x = normalize(train.images, {{0.0}, {1.0}});
@@ -126,6 +118,56 @@ int train_teacher(int argc, char** argv) {
   if (vm.count("input-mean")) norm.mean = parse_double_list(get<std::string>(vm, "input-mean"), "--input-mean");
   if (vm.count("input-std")) norm.std = parse_double_list(get<std::string>(vm, "input-std"), "--input-std");
   norm.check(train.image_shape()[0]);
+  return norm;
+}
+
+void print_result(const trainers::TeacherResult& result, const trainers::TeacherOptions& o, bool json) {
+  std::cout << "test top-1 " << percent(result.test_acc) << " after " << o.epochs << " epochs in "
+            << format_duration(result.seconds) << " (" << std::fixed << std::setprecision(0)
+            << result.images_per_second << " img/s); wrote " << o.out << std::endl;
+  if (json) {
+    std::cout << Json()
+                     .add("command", "train-teacher")
+                     .add("arch", o.model.arch)
+                     .add("top1", result.test_acc)
+                     .add("test_loss", result.test_loss)
+                     .add("epochs", o.epochs)
+                     .add("seconds", result.seconds)
+                     .add("images_per_second", result.images_per_second)
+                     .add("parameters", result.parameters)
+                     .add("out", o.out)
+                     .str()
+              << std::endl;
+  }
+}
+
+} // namespace
+
+int train_teacher(int argc, char** argv) {
+  po::options_description desc("zsq train-teacher options");
+  add_train_teacher_options(desc);
+  Common common;
+  auto parsed = parse("train-teacher", "zsq train-teacher [--arch resnet20] [--data fashion-mnist] [--out teacher.h5]",
+                      desc, argc, argv, &common);
+  if (!parsed) return 0;
+  const po::variables_map& vm = *parsed;
+  const double timeout = get<double>(vm, "collective-timeout");
+  if (timeout < 0) throw UsageError("--collective-timeout must be >= 0 seconds");
+
+  const std::string data_spec = get<std::string>(vm, "data");
+  const std::string data_dir = get<std::string>(vm, "data-dir");
+  const Dataset train = load_dataset(data_spec, data_dir, Split::kTrain);  // rejects unknown names first
+  if (data_spec != "fashion-mnist" && !vm.count("test-data")) {
+    throw UsageError("--data is an HDF5 file; pass --test-data with the test set too");
+  }
+  const Dataset test = vm.count("test-data") ? load_dataset(get<std::string>(vm, "test-data"), data_dir, Split::kTest)
+                                             : load_dataset(data_spec, data_dir, Split::kTest);
+
+  trainers::TeacherOptions o = read_teacher_options(vm, train, test);
+  o.recipe = resolved_config(desc, vm);
+  o.comm = distributed::Communicator::create({timeout});
+  trainers::LoadedModel distill;
+  const Normalization norm = read_normalization(vm, train, &o, &distill);
   trainers::check_teacher_options(o, train, test);
 
   const int64_t used = o.train_limit > 0 ? std::min(o.train_limit, train.size()) : train.size();
@@ -147,23 +189,7 @@ int train_teacher(int argc, char** argv) {
   };
   const trainers::TeacherResult result = trainers::train_teacher(o, train, test, norm, on_epoch);
   if (o.comm->rank() != 0) return 0;
-  std::cout << "test top-1 " << percent(result.test_acc) << " after " << o.epochs << " epochs in "
-            << format_duration(result.seconds) << " (" << std::fixed << std::setprecision(0)
-            << result.images_per_second << " img/s); wrote " << o.out << std::endl;
-  if (common.json) {
-    std::cout << Json()
-                     .add("command", "train-teacher")
-                     .add("arch", o.model.arch)
-                     .add("top1", result.test_acc)
-                     .add("test_loss", result.test_loss)
-                     .add("epochs", o.epochs)
-                     .add("seconds", result.seconds)
-                     .add("images_per_second", result.images_per_second)
-                     .add("parameters", result.parameters)
-                     .add("out", o.out)
-                     .str()
-              << std::endl;
-  }
+  print_result(result, o, common.json);
   return 0;
 }
 
