@@ -5,7 +5,8 @@
 // FP32 student forward, distillation loss, backward, SGD). ResNet-20, bits
 // 2,3,4,8, batch 64, 1x28x28. The three are interleaved; each repeat takes the
 // median step time of its run, and the table is the median over the repeats.
-//   build/bench/zsq_bench_ofa_step [repeats (5)] [steps per run (8)] [threads (1)] [arch (resnet20)]
+//   build/bench/zsq_bench_ofa_step [repeats (5)] [steps per run (8)] [threads (1)] [arch (resnet20)] [batch (64)]
+// bench/py_compare.sh runs it beside ../shared/bench/py_ofa_step.py (PyTorch-Python), interleaved.
 #include "models/quant_factory.h"
 #include "models/zoo.h"
 #include "trainers/quantize.h"
@@ -24,7 +25,7 @@ using namespace zsq;
 
 namespace {
 
-constexpr int64_t kBatch = 64;
+int64_t kBatch = 64;  // images per step (argument 5)
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -75,8 +76,8 @@ double quantize_step_ms(models::Classifier& teacher, const models::ModelSpec& sp
   o.steps = steps;
   o.batch_size = kBatch;
   o.calib_count = kBatch;
-  o.train = train;
-  o.weighting = weighting;
+  o.train = trainers::parse_train_scope(train);
+  o.weighting = trainers::parse_weighting(weighting);
   std::vector<double> elapsed;
   trainers::quantize(*student, *teacher, {&pool, norm, nullptr}, o, nullptr, nullptr,
                      [&](const trainers::QuantizeStep& r) { elapsed.push_back(r.elapsed_seconds); });
@@ -92,6 +93,7 @@ int main(int argc, char** argv) {
   const int steps = argc > 2 ? std::max(4, std::atoi(argv[2])) : 8;
   const int threads = argc > 3 ? std::max(1, std::atoi(argv[3])) : 1;
   const std::string arch = argc > 4 ? argv[4] : "resnet20";
+  kBatch = argc > 5 ? std::max(2, std::atoi(argv[5])) : 64;
   at::set_num_threads(threads);
   torch::manual_seed(0);
   const models::ModelSpec spec{arch, 1, 10, 16};

@@ -144,7 +144,7 @@ trainers::QuantizeOptions read_quantize_options(const po::variables_map& vm, con
     q.ce_weight = read_per_bit_values(vm, "ce-weight", config, /*one_for_all=*/true);
   }
   q.feature_weight = get<double>(vm, "feature-weight");
-  q.weighting = get<std::string>(vm, "weighting");
+  q.weighting = trainers::parse_weighting(get<std::string>(vm, "weighting"));
   q.calib_count = get<int64_t>(vm, "calib-count");
   q.checkpoint_every = get<int64_t>(vm, "checkpoint-every");
   q.stop_after = get<int64_t>(vm, "stop-after");
@@ -153,9 +153,11 @@ trainers::QuantizeOptions read_quantize_options(const po::variables_map& vm, con
   q.recursive = read_switch(vm, "recursive");
   q.clamp_pixels = read_switch(vm, "clamp-pixels");
   q.bn_reestimate_end = read_switch(vm, "bn-reestimate-end");
-  q.train = get<std::string>(vm, "train");
+  q.train = trainers::parse_train_scope(get<std::string>(vm, "train"));
   q.weights = read_per_bit_values(vm, "bit-weights", config, /*one_for_all=*/false);
-  std::tie(q.bn_bits, q.bn_mode) = read_bn_options(vm, config);
+  std::string bn_mode;
+  std::tie(q.bn_bits, bn_mode) = read_bn_options(vm, config);
+  q.bn_mode = trainers::parse_bn_mode(bn_mode);
   q.bn_train = read_bit_list(vm, "bn-train", config);
   q.generator_warmup = get<int64_t>(vm, "generator-warmup");
   return q;
@@ -233,10 +235,10 @@ void print_plan(const models::ModelSpec& spec, const models::StudentConfig& conf
             << (source.synth ? "images generated online (" + source.synth->recipe().describe() + ")"
                              : source.pool->name + " (" + std::to_string(source.pool->size()) + " images)")
             << ", " << q.steps << " steps, batch " << q.batch_size << ", lr " << q.lr << ", T " << q.temperature
-            << ", weighting " << q.weighting << (q.recursive ? " (recursive)" : "")
-            << (q.train == "per-bit" ? ", shared weights frozen (per-bit training)" : "")
+            << ", weighting " << trainers::weighting_name(q.weighting) << (q.recursive ? " (recursive)" : "")
+            << (q.train == trainers::TrainScope::kPerBit ? ", shared weights frozen (per-bit training)" : "")
             << (q.bn_bits.empty() ? ""
-                                  : ", BatchNorm re-estimated (" + q.bn_mode + ") at bits " + models::bits_text(q.bn_bits) +
+                                  : ", BatchNorm re-estimated (" + std::string(trainers::bn_mode_name(q.bn_mode)) + ") at bits " + models::bits_text(q.bn_bits) +
                                         (q.bn_reestimate_end ? " at the start and the end" : ""))
             << (q.bn_train.empty() ? "" : ", BatchNorm on batch statistics at bits " + models::bits_text(q.bn_train))
             << ce_text(q.ce_weight, config.bits)

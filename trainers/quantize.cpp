@@ -137,14 +137,14 @@ void OfaTrainer::select_trained() {
   int64_t trained = 0;
   for (const auto& item : student_.named_parameters()) {
     const bool weight_step = is_weight_step(item.key());
-    const bool trains = (o_.train == "all" || is_per_bit_tensor(item.key())) && !(weight_step && o_.weight_step_lr == 0);
+    const bool trains = (o_.train == TrainScope::kAll || is_per_bit_tensor(item.key())) && !(weight_step && o_.weight_step_lr == 0);
     item.value().set_requires_grad(trains);
     trained += trains;
     if (trains && weight_step) weight_steps_.push_back(item.value());
   }
   // Input steps derived from a known input range neither calibrate nor train.
   for (auto& step : models::fixed_input_steps(student_)) step.set_requires_grad(false);
-  ZSQ_CHECK_OPTION(trained > 0, "--train ", o_.train, ": the student has nothing to train");
+  ZSQ_CHECK_OPTION(trained > 0, "--train ", train_scope_name(o_.train), ": the student has nothing to train");
   params_ = trained_parameters(student_);
   for (const auto& item : params_) {
     if (!is_per_bit_tensor(item.first)) shared_.push_back(item);
@@ -208,7 +208,7 @@ void OfaTrainer::start() {
     synthetic_batch(&report);
     if (on_step_) on_step_(report);
   }
-  models::init_student(student_, teacher_, calibration_images(), o_.bn_bits, o_.bn_mode == "shift", o_.quant_init);
+  models::init_student(student_, teacher_, calibration_images(), o_.bn_bits, o_.bn_mode == BnMode::kShift, o_.quant_init);
   if (world_ > 1) distributed::broadcast_state(*comm_, student_);  // rank 0's calibration for every rank
   initial_codes_ = models::top_weight_codes(student_);
 }
@@ -342,7 +342,7 @@ void OfaTrainer::finish_step(int64_t step, int64_t done_here, QuantizeStep* repo
   const bool last = step + 1 == o_.steps;
   if (last && o_.bn_reestimate_end) {
     // The weights moved since the start: the bn_bits' statistics again, through the trained network.
-    models::calibrate(student_, calibration_images(), o_.bn_bits, o_.bn_mode == "shift" ? &teacher_ : nullptr,
+    models::calibrate(student_, calibration_images(), o_.bn_bits, o_.bn_mode == BnMode::kShift ? &teacher_ : nullptr,
                       /*activation_steps=*/false);
     if (world_ > 1) distributed::broadcast_state(*comm_, student_);
   }

@@ -30,7 +30,7 @@
 // teacher, every other one from the student at the next higher bit-width in
 // this step's set (its logits detached).
 //
-// train = "per-bit" freezes what the bit-widths share (latent weights, weight
+// train = TrainScope::kPerBit (--train per-bit) freezes what the bit-widths share (latent weights, weight
 // steps) and trains only each bit-width's own activation steps and BatchNorm:
 // a bit-width's accuracy then depends on its own loss only.
 //
@@ -60,7 +60,7 @@
 #include "models/zoo.h"
 #include "trainers/checkpoint.h"  // CheckpointStudent, read_checkpoint_info
 #include "trainers/teacher.h"  // kd_loss, make_sgd
-#include "trainers/weighting.h"  // known_weightings, min_norm_weights, normalized_sum
+#include "trainers/weighting.h"  // Weighting, min_norm_weights, normalized_sum
 
 #include <functional>
 #include <memory>
@@ -68,6 +68,18 @@
 #include <vector>
 
 namespace zsq::trainers {
+
+/// What trains (--train): everything, or only each bit-width's own tensors.
+enum class TrainScope { kAll, kPerBit };
+/// BatchNorm re-estimation (--bn-mode): the teacher's statistics shifted by the
+/// student-teacher difference on the images, or the images' own statistics.
+enum class BnMode { kShift, kAbsolute };
+/// "all" / "per-bit" and "shift" / "absolute", and back; the parsers throw
+/// zsq::OptionError naming the flag.
+const char* train_scope_name(TrainScope scope);
+TrainScope parse_train_scope(const std::string& name);
+const char* bn_mode_name(BnMode mode);
+BnMode parse_bn_mode(const std::string& name);
 
 struct QuantizeOptions {
   int64_t steps = 1000;          ///< student optimizer steps
@@ -79,14 +91,14 @@ struct QuantizeOptions {
   std::vector<double> ce_weight; ///< cross-entropy to the labels: one weight for every bit-width, or one per bit-width in ascending bit order (empty: 0)
   double feature_weight = 0;     ///< MSE of the penultimate features to the teacher's, per bit-width
   std::vector<double> weights;   ///< λ_b per bit-width in ascending bit order (empty: all 1)
-  std::string weighting = "sum"; ///< sum, sandwich, min-norm, normalized
+  Weighting weighting = Weighting::kSum;
   bool recursive = false;        ///< each bit-width distilled from the next higher one
-  std::string train = "all";     ///< all; per-bit: only per-bit tensors (activation steps, switchable BN) train
+  TrainScope train = TrainScope::kAll; ///< per-bit: only per-bit tensors (activation steps, switchable BN) train
   int64_t crop_padding = 2;      ///< augmentation of the pool's images
   bool horizontal_flip = true;
   int64_t calib_count = 256;     ///< images that calibrate the activation steps at the start
   std::vector<int64_t> bn_bits;  ///< bit-widths whose BatchNorm statistics calibration re-estimates
-  std::string bn_mode = "shift"; ///< shift: by the student-teacher difference on the images; absolute: the images' own
+  BnMode bn_mode = BnMode::kShift;
   bool bn_reestimate_end = false; ///< re-estimate bn_bits' BatchNorm statistics again after the last step (fresh calibration images)
   std::vector<int64_t> bn_train; ///< bit-widths whose BatchNorms use batch statistics while training (running ones updated)
   models::QuantizerInit quant_init; ///< how the weight steps start

@@ -21,6 +21,20 @@ bool is_weight_step(const std::string& name) {
   return std::regex_search(name, weight_step);
 }
 
+const char* train_scope_name(TrainScope scope) { return scope == TrainScope::kAll ? "all" : "per-bit"; }
+
+TrainScope parse_train_scope(const std::string& name) {
+  ZSQ_CHECK_OPTION(name == "all" || name == "per-bit", "--train must be 'all' or 'per-bit', got '", name, "'");
+  return name == "all" ? TrainScope::kAll : TrainScope::kPerBit;
+}
+
+const char* bn_mode_name(BnMode mode) { return mode == BnMode::kShift ? "shift" : "absolute"; }
+
+BnMode parse_bn_mode(const std::string& name) {
+  ZSQ_CHECK_OPTION(name == "shift" || name == "absolute", "--bn-mode must be 'shift' or 'absolute', got '", name, "'");
+  return name == "shift" ? BnMode::kShift : BnMode::kAbsolute;
+}
+
 void QuantizeOptions::check() const {
   ZSQ_CHECK_OPTION(steps > 0, "--steps must be > 0, got ", steps);
   ZSQ_CHECK_OPTION(batch_size > 0, "--batch-size must be > 0, got ", batch_size);
@@ -31,14 +45,9 @@ void QuantizeOptions::check() const {
   ZSQ_CHECK_OPTION(temperature > 0, "--temperature must be > 0, got ", temperature);
   for (const double w : ce_weight) ZSQ_CHECK_OPTION(w >= 0, "--ce-weight must be >= 0, got ", w);
   ZSQ_CHECK_OPTION(feature_weight >= 0, "--feature-weight must be >= 0, got ", feature_weight);
-  ZSQ_CHECK_OPTION(std::find(known_weightings().begin(), known_weightings().end(), weighting) != known_weightings().end(),
-                   "unknown --weighting '", weighting, "' (sum, sandwich, min-norm, normalized)");
-  ZSQ_CHECK_OPTION(weights.empty() || (weighting != "min-norm" && weighting != "normalized"),
-                   "--bit-weights has no meaning with --weighting ", weighting);
+  ZSQ_CHECK_OPTION(weights.empty() || (weighting != Weighting::kMinNorm && weighting != Weighting::kNormalized),
+                   "--bit-weights has no meaning with --weighting ", weighting_name(weighting));
   for (const double w : weights) ZSQ_CHECK_OPTION(w >= 0, "--bit-weights must be >= 0, got ", w);
-  ZSQ_CHECK_OPTION(train == "all" || train == "per-bit", "--train must be 'all' or 'per-bit', got '", train, "'");
-  ZSQ_CHECK_OPTION(bn_mode == "shift" || bn_mode == "absolute", "--bn-mode must be 'shift' or 'absolute', got '",
-                   bn_mode, "'");
   ZSQ_CHECK_OPTION(calib_count >= 1, "--calib-count must be >= 1, got ", calib_count);
   ZSQ_CHECK_OPTION(!bn_reestimate_end || !bn_bits.empty(),
                    "--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");

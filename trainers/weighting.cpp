@@ -2,6 +2,8 @@
 // and how their gradients on the shared tensors combine (min-norm, normalized).
 #include "trainers/weighting.h"
 
+#include "framework/errors.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -17,9 +19,8 @@ uint64_t splitmix(uint64_t x) {
 
 } // namespace
 
-std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, const std::string& weighting, uint64_t seed,
-                               int64_t step) {
-  if (weighting != "sandwich" || bits.size() <= 3) return bits;
+std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, Weighting weighting, uint64_t seed, int64_t step) {
+  if (weighting != Weighting::kSandwich || bits.size() <= 3) return bits;
   const size_t middle = 1 + splitmix(seed * 0x100000001b3ULL + static_cast<uint64_t>(step)) % (bits.size() - 2);
   return {bits.front(), bits[middle], bits.back()};
 }
@@ -46,9 +47,22 @@ void set_flat_gradient(const NamedTensors& params, const torch::Tensor& flat) {
   }
 }
 
-const std::vector<std::string>& known_weightings() {
-  static const std::vector<std::string> names = {"sum", "sandwich", "min-norm", "normalized"};
-  return names;
+const char* weighting_name(Weighting weighting) {
+  switch (weighting) {
+    case Weighting::kSum: return "sum";
+    case Weighting::kSandwich: return "sandwich";
+    case Weighting::kMinNorm: return "min-norm";
+    case Weighting::kNormalized: return "normalized";
+  }
+  return "?";
+}
+
+Weighting parse_weighting(const std::string& name) {
+  for (const Weighting w : {Weighting::kSum, Weighting::kSandwich, Weighting::kMinNorm, Weighting::kNormalized}) {
+    if (name == weighting_name(w)) return w;
+  }
+  ZSQ_CHECK_OPTION(false, "unknown --weighting '", name, "' (sum, sandwich, min-norm, normalized)");
+  return Weighting::kSum;
 }
 
 torch::Tensor normalized_sum(const torch::Tensor& gradients) {
@@ -90,14 +104,14 @@ std::vector<double> min_norm_weights(const torch::Tensor& gram_in, int iteration
   return alpha;
 }
 
-std::vector<double> combine_shared_gradients(const std::string& weighting, torch::Tensor& d, const NamedTensors& shared,
+std::vector<double> combine_shared_gradients(Weighting weighting, torch::Tensor& d, const NamedTensors& shared,
                                              distributed::Communicator* comm) {
-  if (weighting != "normalized" && weighting != "min-norm") return {};
+  if (weighting != Weighting::kNormalized && weighting != Weighting::kMinNorm) return {};
   // Both combine the global per-bit gradients on the shared tensors (the same on every rank); the per-bit
   // tensors keep their own gradients, averaged by the reducer afterwards (which leaves the already global
   // shared ones as they are).
   if (comm && comm->size() > 1) comm->all_reduce(d, distributed::ReduceOp::kAverage);
-  if (weighting == "normalized") {
+  if (weighting == Weighting::kNormalized) {
     // Each rescaled to the mean norm: the lowest bit-width's large loss no longer sets the direction.
     set_flat_gradient(shared, normalized_sum(d));
     return {};

@@ -13,13 +13,19 @@
 
 namespace zsq::trainers {
 
-/// The weighting rules QuantizeOptions::weighting accepts.
-const std::vector<std::string>& known_weightings();
+/// How the bit-widths of a step share it (QuantizeOptions::weighting; see
+/// trainers/quantize.h for each rule).
+enum class Weighting { kSum, kSandwich, kMinNorm, kNormalized };
+
+/// "sum", "sandwich", "min-norm", "normalized" (--weighting's names), and back;
+/// parse_weighting throws zsq::OptionError listing the names.
+const char* weighting_name(Weighting weighting);
+Weighting parse_weighting(const std::string& name);
 
 /// The bit-widths (ascending) trained at student step `step`: all of them, or
 /// with `sandwich` the lowest, the highest and one middle one drawn from
 /// (seed, step) only, so every rank and a resumed run draw the same.
-std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, const std::string& weighting, uint64_t seed,
+std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, Weighting weighting, uint64_t seed,
                                int64_t step);
 
 /// The gradients of `params` as one float64 vector (zeros where undefined),
@@ -41,7 +47,7 @@ std::vector<double> min_norm_weights(const torch::Tensor& gram, int iterations =
 /// and write the combination into the shared tensors' gradients; sum and
 /// sandwich leave the accumulated gradients as they are. Returns min-norm's α
 /// (empty otherwise).
-std::vector<double> combine_shared_gradients(const std::string& weighting, torch::Tensor& gradients,
+std::vector<double> combine_shared_gradients(Weighting weighting, torch::Tensor& gradients,
                                              const NamedTensors& shared, distributed::Communicator* comm);
 
 } // namespace zsq::trainers

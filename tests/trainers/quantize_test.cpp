@@ -92,10 +92,10 @@ TEST_F(QuantizeTest, TrainingLowersTheSummedLoss) {
                 .find("one value per bit-width (2)"),
             std::string::npos);
   o.weights = {};
-  o.weighting = "average";
-  EXPECT_NE(error_of([&] { quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr); })
-                .find("unknown --weighting 'average'"),
-            std::string::npos);
+  EXPECT_NE(error_of([&] { parse_weighting("average"); }).find("unknown --weighting 'average'"), std::string::npos);
+  for (const Weighting w : {Weighting::kSum, Weighting::kSandwich, Weighting::kMinNorm, Weighting::kNormalized}) {
+    EXPECT_EQ(parse_weighting(weighting_name(w)), w);
+  }
 }
 
 // Option values are checked by the options struct itself and refused as OptionError (the command line's
@@ -108,7 +108,7 @@ TEST_F(QuantizeTest, OptionsCheckThemselves) {
   EXPECT_THROW(q.check(), OptionError);
   EXPECT_THROW_WITH(q.check(), "--steps must be > 0, got 0");
   q = QuantizeOptions{};
-  q.weighting = "min-norm";
+  q.weighting = parse_weighting("min-norm");
   q.weights = {1, 2};
   EXPECT_THROW_WITH(q.check(), "--bit-weights has no meaning with --weighting min-norm");
   q = QuantizeOptions{};
@@ -187,7 +187,7 @@ TEST_F(QuantizeTest, SandwichTrainsHighestLowestAndOneMiddle) {
   auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
   QuantizeOptions o = small_options();
   o.steps = 12;
-  o.weighting = "sandwich";
+  o.weighting = parse_weighting("sandwich");
   std::set<int64_t> middles;
   quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
     ASSERT_EQ(r.bits.size(), 3u);
@@ -198,7 +198,7 @@ TEST_F(QuantizeTest, SandwichTrainsHighestLowestAndOneMiddle) {
   EXPECT_GE(middles.size(), 2u);  // the middle one varies over 12 steps
   for (int64_t b : middles) EXPECT_TRUE(b == 3 || b == 4 || b == 6);
   // min-norm: the weights form a convex combination of the per-bit gradients.
-  o.weighting = "min-norm";
+  o.weighting = parse_weighting("min-norm");
   o.steps = 3;
   quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
     ASSERT_EQ(r.alphas.size(), 5u);
@@ -220,7 +220,7 @@ TEST_F(QuantizeTest, MinNormAndNormalizedLeaveThePerBitGradientsAlone) {
     auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
     QuantizeOptions o = small_options();
     o.steps = 1;
-    o.weighting = weighting;
+    o.weighting = parse_weighting(weighting);
     std::vector<double> alphas;
     quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr,
              [&](const QuantizeStep& r) { alphas = r.alphas; });
@@ -256,7 +256,7 @@ TEST_F(QuantizeTest, BatchNormReestimatedAtTheEndOnlyAtItsBitWidths) {
     QuantizeOptions o = small_options();
     o.steps = 4;
     o.bn_bits = {2};
-    o.bn_mode = "absolute";
+    o.bn_mode = BnMode::kAbsolute;
     o.bn_reestimate_end = at_end;
     quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr);
     std::map<std::string, torch::Tensor> out;
@@ -372,7 +372,7 @@ TEST_F(QuantizeTest, JointTrainingRaisesEveryBitWidthsAgreementWithTheTeacher) {
     torch::manual_seed(11);
     auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
     QuantizeOptions o = small_options();
-    o.weighting = "min-norm";
+    o.weighting = parse_weighting("min-norm");
     o.lr = 0.01;
     o.feature_weight = feature_weight;
     const QuantizeResult result = quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr);
@@ -399,7 +399,7 @@ TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
   auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
   QuantizeOptions o = small_options();
   o.steps = 4;
-  o.train = "per-bit";
+  o.train = TrainScope::kPerBit;
   std::map<std::string, torch::Tensor> first;
   int64_t shared = 0, own = 0;
   const QuantizeResult result = quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, [&](const QuantizeStep& r) {
@@ -419,9 +419,10 @@ TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
   EXPECT_EQ(shared, 0);  // latent weights, weight steps: frozen
   EXPECT_EQ(result.changed_codes, 0.0);
   EXPECT_GT(own, 0);     // activation steps and per-bit BatchNorm train
-  o.train = "some";
-  EXPECT_THROW_WITH(quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr),
-                    "--train must be 'all' or 'per-bit'");
+  EXPECT_THROW_WITH(parse_train_scope("some"), "--train must be 'all' or 'per-bit'");
+  EXPECT_THROW_WITH(parse_bn_mode("both"), "--bn-mode must be 'shift' or 'absolute'");
+  EXPECT_EQ(parse_train_scope(train_scope_name(TrainScope::kPerBit)), TrainScope::kPerBit);
+  EXPECT_EQ(parse_bn_mode(bn_mode_name(BnMode::kAbsolute)), BnMode::kAbsolute);
 }
 
 // --weight-step-lr scales the shared weight steps' update and nothing else; 0 freezes them while the latent
@@ -483,7 +484,7 @@ TEST_F(QuantizeTest, NormalizedWeightingGivesEveryBitWidthTheMeanNorm) {
   Toy s = make_setup({2, 8});
   auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
   QuantizeOptions o = small_options();
-  o.weighting = "normalized";
+  o.weighting = parse_weighting("normalized");
   std::vector<QuantizeStep> steps;
   quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr,
            [&](const QuantizeStep& r) { steps.push_back(r); });
