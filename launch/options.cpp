@@ -285,4 +285,24 @@ void read_synth_options(const po::variables_map& vm, const std::string& prefix, 
   so.margin_up = get<double>(vm, flag("margin-up").c_str());
 }
 
+void check_same_recipe(const std::string& checkpoint, const std::string& stored, const std::string& now,
+                       const po::variables_map& vm, const std::set<std::string>& free) {
+  const auto a = config_values(stored), b = config_values(now);
+  std::vector<std::string> diffs;
+  for (const auto& [key, value] : b) {
+    if (free.count(key)) continue;
+    const auto it = a.find(key);
+    if (it == a.end() && vm.count(key) && vm[key].defaulted()) continue;
+    const std::string was = it == a.end() ? "(unset)" : it->second;
+    if (was != value) diffs.push_back("--" + key + " " + value + " (the checkpoint has " + was + ")");
+  }
+  for (const auto& [key, value] : a) {
+    if (!free.count(key) && !b.count(key)) diffs.push_back("--" + key + " unset (the checkpoint has " + value + ")");
+  }
+  if (diffs.empty()) return;
+  std::string msg = "'" + checkpoint + "' was trained with another recipe; resume with the same options:";
+  for (const auto& d : diffs) msg += "\n  " + d;
+  throw UsageError(msg);
+}
+
 } // namespace zsq::cli

@@ -10,6 +10,7 @@
 #include "trainers/evaluate.h"
 
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,14 @@ std::string percent(double fraction);
 
 // "key = value" lines of a resolved config.
 std::map<std::string, std::string> config_values(const std::string& text);
+
+/// A resumed run must train with the recipe it started with (`stored`, the
+/// INI text in its checkpoint): throws UsageError listing every option of
+/// `now` that differs, except the `free` ones, which do not change the numbers.
+/// An option the checkpoint does not know (added to zsq after it was written)
+/// matches when it is left at its default.
+void check_same_recipe(const std::string& checkpoint, const std::string& stored, const std::string& now,
+                       const po::variables_map& vm, const std::set<std::string>& free);
 
 void add_data_options(po::options_description& desc, const char* default_data);
 

@@ -26,33 +26,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A resumed run must train with the recipe it started with; only options that
-// do not change the numbers may differ.
-// An option the checkpoint does not know (added to zsq after it was written) matches when it is
-// left at its default.
-void check_same_recipe(const std::string& checkpoint, const std::string& stored, const std::string& now,
-                       const po::variables_map& vm) {
-  static const std::set<std::string> free = {"out", "resume", "log-every", "eval-data", "data-dir", "threads",
-                                             "log-level", "json", "config", "collective-timeout",
-                                             "checkpoint-every", "stop-after"};
-  const auto a = config_values(stored), b = config_values(now);
-  std::vector<std::string> diffs;
-  for (const auto& [key, value] : b) {
-    if (free.count(key)) continue;
-    const auto it = a.find(key);
-    if (it == a.end() && vm.count(key) && vm[key].defaulted()) continue;
-    const std::string was = it == a.end() ? "(unset)" : it->second;
-    if (was != value) diffs.push_back("--" + key + " " + value + " (the checkpoint has " + was + ")");
-  }
-  for (const auto& [key, value] : a) {
-    if (!free.count(key) && !b.count(key)) diffs.push_back("--" + key + " unset (the checkpoint has " + value + ")");
-  }
-  if (diffs.empty()) return;
-  std::string msg = "'" + checkpoint + "' was trained with another recipe; resume with the same options:";
-  for (const auto& d : diffs) msg += "\n  " + d;
-  throw UsageError(msg);
-}
-
 void add_training_options(po::options_description& desc) {
   desc.add_options()
       ("steps", po::value<int64_t>()->default_value(400), "student optimizer steps")
@@ -193,7 +166,10 @@ Resumed check_resume(const std::string& checkpoint, const std::string& recipe_te
   const h5::File file = h5::File::open_read(checkpoint);
   const trainers::CheckpointInfo info = trainers::read_checkpoint_info(file);  // also: it is a checkpoint at all
   const std::string stored = read_meta_attrs(file).recipe;
-  check_same_recipe(checkpoint, stored, recipe_text, vm);
+  static const std::set<std::string> free = {"out", "resume", "log-every", "eval-data", "data-dir", "threads",
+                                             "log-level", "json", "config", "collective-timeout",
+                                             "checkpoint-every", "stop-after"};
+  check_same_recipe(checkpoint, stored, recipe_text, vm, free);
   // A checkpoint from before these options trained with a calibrated input step on unclamped images.
   const auto values = config_values(stored);
   if (!values.count("clamp-pixels")) q->clamp_pixels = false;

@@ -4,6 +4,8 @@
 
 #include "distributed/communicator.h"
 #include "framework/data.h"
+#include "framework/h5.h"
+#include "framework/model_file.h"
 #include "framework/logging.h"
 #include "models/extract.h"
 #include "models/zoo.h"
@@ -52,7 +54,10 @@ void add_train_teacher_options(po::options_description& desc) {
       ("out", po::value<std::string>()->default_value("teacher.h5"), "model file to write")
       ("collective-timeout", po::value<double>()->default_value(600),
        "under mpirun: seconds a collective may take before the job is ended (0: no limit)")
-      ("check-replicas", po::bool_switch(), "under mpirun: check after every epoch that all ranks hold the same model");
+      ("check-replicas", po::bool_switch(), "under mpirun: check after every epoch that all ranks hold the same model")
+      ("checkpoint-every", po::value<int64_t>()->default_value(1),
+       "epochs between checkpoints (OUT with the extension .checkpoint.h5, removed once OUT is written; 0: none)")
+      ("resume", po::bool_switch(), "continue an interrupted run from its checkpoint (same options)");
   add_common_options(desc);
 }
 
@@ -78,6 +83,9 @@ trainers::TeacherOptions read_teacher_options(const po::variables_map& vm, const
   o.seed = get<uint64_t>(vm, "seed");
   o.out = get<std::string>(vm, "out");
   o.check_replicas = vm["check-replicas"].as<bool>();
+  o.checkpoint_every = get<int64_t>(vm, "checkpoint-every");
+  o.resume = vm["resume"].as<bool>();
+  if (o.checkpoint_every > 0 || o.resume) o.checkpoint = fs::path(o.out).replace_extension(".checkpoint.h5").string();
   // Validate the architecture before any work.
   if (std::find(models::known_archs().begin(), models::known_archs().end(), o.model.arch) ==
       models::known_archs().end()) {
@@ -121,7 +129,31 @@ Normalization read_normalization(const po::variables_map& vm, const Dataset& tra
   return norm;
 }
 
+// An interrupted run's checkpoint: continued with --resume (same recipe), never overwritten by a fresh run.
+void check_checkpoint(const trainers::TeacherOptions& o, const po::variables_map& vm) {
+  if (o.checkpoint.empty()) return;
+  if (!o.resume) {
+    if (fs::exists(o.checkpoint)) {
+      throw UsageError("'" + o.checkpoint + "' exists (an interrupted run); add --resume to continue it, or remove it");
+    }
+    return;
+  }
+  if (!fs::exists(o.checkpoint)) {
+    throw UsageError("--resume: there is no '" + o.checkpoint + "' to continue; start the run without --resume");
+  }
+  const trainers::TeacherCheckpointInfo info = trainers::read_teacher_checkpoint_info(o.checkpoint);
+  static const std::set<std::string> free = {"resume", "data-dir", "threads", "log-level", "json", "config",
+                                             "collective-timeout", "checkpoint-every", "check-replicas"};
+  check_same_recipe(o.checkpoint, read_meta_attrs(h5::File::open_read(o.checkpoint)).recipe, o.recipe, vm, free);
+  if (info.world_size != o.comm->size() && o.comm->rank() == 0) {
+    std::cout << "resuming a checkpoint of " << info.world_size << " process(es) on " << o.comm->size()
+              << ": the data are re-sharded, so the run will not end bit for bit where an uninterrupted one would"
+              << std::endl;
+  }
+}
+
 void print_result(const trainers::TeacherResult& result, const trainers::TeacherOptions& o, bool json) {
+  if (result.resumed_from >= 0) std::cout << "resumed after epoch " << result.resumed_from << std::endl;
   std::cout << "test top-1 " << percent(result.test_acc) << " after " << o.epochs << " epochs in "
             << format_duration(result.seconds) << " (" << std::fixed << std::setprecision(0)
             << result.images_per_second << " img/s); wrote " << o.out << std::endl;
@@ -169,6 +201,7 @@ int train_teacher(int argc, char** argv) {
   trainers::LoadedModel distill;
   const Normalization norm = read_normalization(vm, train, &o, &distill);
   trainers::check_teacher_options(o, train, test);
+  check_checkpoint(o, vm);
 
   const int64_t used = o.train_limit > 0 ? std::min(o.train_limit, train.size()) : train.size();
   ZSQ_LOG_RANK0(kInfo) << "train-teacher: " << o.model.arch << " on " << train.name << " (" << used

@@ -7,10 +7,14 @@
 #include "framework/errors.h"
 #include "framework/h5.h"
 #include "framework/model_file.h"
+#include "framework/optim_state.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
 #include <random>
 
 #include <torch/torch.h>
@@ -70,6 +74,8 @@ void TeacherOptions::check() const {
   ZSQ_CHECK_OPTION(o.train_limit >= 0, "--train-limit must be >= 0, got ", o.train_limit);
   ZSQ_CHECK_OPTION(o.temperature > 0, "--temperature must be > 0, got ", o.temperature);
   ZSQ_CHECK_OPTION(o.mixup >= 0 && std::isfinite(o.mixup), "--mixup must be >= 0, got ", o.mixup);
+  ZSQ_CHECK_OPTION(o.checkpoint_every >= 0, "--checkpoint-every must be >= 0, got ", o.checkpoint_every);
+  ZSQ_CHECK_OPTION(!o.resume || !o.checkpoint.empty(), "--resume needs a checkpoint file");
 }
 
 void check_teacher_options(const TeacherOptions& o, const Dataset& train, const Dataset& test) {
@@ -199,6 +205,48 @@ void save_teacher(const TeacherOptions& o, models::ClassifierImpl& model, const 
   comm.barrier();
 }
 
+constexpr const char* kOptimizerGroup = "train/optimizer/";
+
+// Where a run stands after its last finished epoch.
+struct TeacherProgress {
+  int64_t epoch = 0, images = 0;
+  double seconds = 0;  // training time (evaluation excluded)
+};
+
+void write_teacher_checkpoint(const TeacherOptions& o, const models::ClassifierImpl& model, torch::optim::SGD& optimizer,
+                              const NamedTensors& params, const TeacherProgress& at, int world) {
+  const NamedTensors momenta = optimizer_state(optimizer, params);
+  h5::atomic_write(o.checkpoint, [&](h5::File& file) {
+    for (const auto& [name, t] : named_state(model)) file.write_tensor(name, t);
+    for (const auto& [name, t] : momenta) file.write_tensor(kOptimizerGroup + name, t);
+    if (o.checkpoint_hook) o.checkpoint_hook(at.epoch);  // a test interrupts the write here
+    file.set_attr("format", std::string(kTeacherCheckpointFormat));
+    file.set_attr("version", int64_t(1));
+    file.set_attr("arch", o.model.arch);
+    file.set_attr("recipe", o.recipe);
+    file.set_attr("train_epoch", at.epoch);
+    file.set_attr("train_epochs", o.epochs);
+    file.set_attr("train_world_size", static_cast<int64_t>(world));
+    file.set_attr("train_seconds", at.seconds);
+    file.set_attr("train_images", at.images);
+  });
+}
+
+TeacherProgress restore_teacher(const TeacherOptions& o, models::ClassifierImpl& model, torch::optim::SGD& optimizer,
+                                const NamedTensors& params) {
+  const TeacherCheckpointInfo info = read_teacher_checkpoint_info(o.checkpoint);
+  TORCH_CHECK(info.epochs == o.epochs, "'", o.checkpoint, "' plans ", info.epochs, " epochs, this run ", o.epochs,
+              "; a resumed run keeps its schedule");
+  const h5::File file = h5::File::open_read(o.checkpoint);
+  load_state(file, model, {"train/"});
+  std::map<std::string, torch::Tensor> momenta;
+  for (const std::string& name : file.dataset_names()) {
+    if (name.rfind(kOptimizerGroup, 0) == 0) momenta.emplace(name.substr(std::strlen(kOptimizerGroup)), file.read_tensor(name));
+  }
+  load_optimizer_state(optimizer, params, momenta);
+  return {info.epoch, file.attr_int("train_images").value_or(0), file.attr_doubles("train_seconds").value_or(std::vector<double>{0}).at(0)};
+}
+
 } // namespace
 
 TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, const Dataset& test,
@@ -227,25 +275,36 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
                      training_loader(o.batch_size / ranks, o.seed, comm->rank(), ranks, o.crop_padding, o.horizontal_flip));
   const std::unique_ptr<torch::optim::SGD> optimizer = make_sgd(*model, o.lr, o.momentum, o.nesterov, o.weight_decay);
 
-  const Progress progress;
-  double train_seconds = 0;
-  int64_t images_seen = 0;
+  NamedTensors params;
+  for (const auto& item : model->named_parameters()) params.emplace_back(item.key(), item.value());
   TeacherResult result;
-  for (int64_t epoch = 0; epoch < o.epochs; ++epoch) {
+  TeacherProgress done;
+  if (o.resume) {
+    done = restore_teacher(o, *model, *optimizer, params);
+    result.resumed_from = done.epoch;
+  }
+  const int64_t first_epoch = done.epoch;
+  const Progress progress;
+  for (int64_t epoch = first_epoch; epoch < o.epochs; ++epoch) {
     const Progress epoch_clock;
     const EpochTotals t = train_epoch(o, *model, loader, *optimizer, reducer, *comm, epoch);
     // BatchNorm statistics differ per rank (each saw its own shard): use rank 0's.
     distributed::broadcast_state(*comm, *model, 0, /*buffers_only=*/true);
     if (o.check_replicas) distributed::check_replicas(*comm, *model);
-    train_seconds += epoch_clock.elapsed();
-    images_seen += t.seen;
+    done.seconds += epoch_clock.elapsed();
+    done.images += t.seen;
+    done.epoch = epoch + 1;
+    if (!o.checkpoint.empty() && o.checkpoint_every > 0 && done.epoch % o.checkpoint_every == 0 && done.epoch < o.epochs) {
+      if (comm->rank() == 0) write_teacher_checkpoint(o, *model, *optimizer, params, done, ranks);
+      comm->barrier();
+    }
     EpochReport report;
     report.epoch = epoch + 1;
     report.epochs = o.epochs;
     report.train_loss = t.loss_sum / t.seen;
     report.train_acc = static_cast<double>(t.correct) / t.seen;
     report.lr = t.lr;
-    report.images_per_second = images_seen / train_seconds;
+    report.images_per_second = done.images / done.seconds;
     if (o.eval_each_epoch || epoch + 1 == o.epochs) {
       const EvalResult eval = evaluate_sharded(*comm, *model, test, norm);
       report.test_acc = eval.top1;
@@ -253,16 +312,33 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
       result.test_loss = eval.loss;
     }
     report.elapsed_seconds = progress.elapsed();
-    report.eta_seconds = progress.eta(epoch + 1, o.epochs - epoch - 1);
+    report.eta_seconds = progress.eta(epoch + 1 - first_epoch, o.epochs - epoch - 1);
     if (on_epoch) on_epoch(report);
   }
   result.seconds = progress.elapsed();
-  result.images_per_second = images_seen / std::max(train_seconds, 1e-9);
+  result.images_per_second = done.images / std::max(done.seconds, 1e-9);
   result.parameters = models::parameter_count(*model);
   result.model = model;
   model->eval();
   if (!o.out.empty()) save_teacher(o, *model, spec, train, norm, *comm);
+  if (!o.checkpoint.empty() && comm->rank() == 0) {
+    std::error_code ec;
+    std::filesystem::remove(o.checkpoint, ec);  // the model file is complete: nothing left to resume
+  }
   return result;
+}
+
+TeacherCheckpointInfo read_teacher_checkpoint_info(const std::string& path) {
+  const h5::File file = h5::File::open_read(path);
+  TORCH_CHECK(file.attr_string("format").value_or("") == kTeacherCheckpointFormat, "'", path,
+              "' is not a checkpoint of zsq train-teacher");
+  TeacherCheckpointInfo info;
+  info.epoch = file.attr_int("train_epoch").value_or(-1);
+  info.epochs = file.attr_int("train_epochs").value_or(0);
+  info.world_size = file.attr_int("train_world_size").value_or(1);
+  TORCH_CHECK(info.epoch >= 1 && info.epoch <= info.epochs && info.world_size >= 1, "'", path,
+              "' has an inconsistent training state (epoch ", info.epoch, " of ", info.epochs, ")");
+  return info;
 }
 
 } // namespace zsq::trainers

@@ -53,6 +53,19 @@ struct TeacherOptions {
   /// teacher labels the mixed images itself ("function matching", Beyer et
   /// al. 2022), which widens a small synthetic pool.
   double mixup = 0.0;
+  /// Checkpoint file ("" : none), written atomically by rank 0 after every
+  /// `checkpoint_every` epochs (0: never) and removed once `out` is written:
+  /// the model's tensors by module path, the SGD momenta under
+  /// train/optimizer/, attributes format "zsq-teacher-checkpoint",
+  /// train_epoch, train_epochs, train_world_size, train_seconds, train_images.
+  std::string checkpoint;
+  int64_t checkpoint_every = 1;
+  /// Continue from `checkpoint`: bit for bit where an uninterrupted run ends
+  /// at the same number of processes (the loader's order and augmentation
+  /// depend only on seed, epoch and batch); re-sharded at another.
+  bool resume = false;
+  /// Test hook, called in the middle of every checkpoint write with the epoch.
+  std::function<void(int64_t)> checkpoint_hook;
   /// Throws zsq::OptionError (naming the flag) on a value out of range; what depends on the data
   /// check_teacher_options adds.
   void check() const;
@@ -81,8 +94,18 @@ struct TeacherResult {
   double seconds = 0;
   double images_per_second = 0;  ///< training throughput
   int64_t parameters = 0;
+  int64_t resumed_from = -1;     ///< epochs done in the checkpoint resumed from (-1: fresh)
   models::Classifier model;
 };
+
+inline constexpr const char* kTeacherCheckpointFormat = "zsq-teacher-checkpoint";
+
+/// The epoch a train-teacher checkpoint was written after, and its plan
+/// (throws when `path` is not one).
+struct TeacherCheckpointInfo {
+  int64_t epoch = 0, epochs = 0, world_size = 1;
+};
+TeacherCheckpointInfo read_teacher_checkpoint_info(const std::string& path);
 
 /// Validates the options against the data (throws a clear message).
 void check_teacher_options(const TeacherOptions& options, const Dataset& train, const Dataset& test);

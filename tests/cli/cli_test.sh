@@ -75,6 +75,11 @@ expect_fail 2 "--split must be 'train' or 'test'" "$zsq" eval --model x.h5 --spl
 expect_fail 2 "--input-shape expects comma-separated integers" "$zsq" eval --model x.h5 --input-shape 1,a,3
 expect_fail 2 "give the file to inspect" "$zsq" inspect
 expect_fail 2 "cannot read config file" "$zsq" train-teacher --config "$work/missing.ini"
+expect_fail 2 "--checkpoint-every must be >= 0" "$zsq" train-teacher --checkpoint-every -1
+expect_fail 2 "there is no '$work/t-resume.checkpoint.h5' to continue" "$zsq" train-teacher "${tiny[@]}" --resume --out "$work/t-resume.h5"
+: > "$work/t-resume.checkpoint.h5"
+expect_fail 2 "'$work/t-resume.checkpoint.h5' exists (an interrupted run); add --resume" "$zsq" train-teacher "${tiny[@]}" --out "$work/t-resume.h5"
+rm -f "$work/t-resume.checkpoint.h5"
 expect_ok "$zsq" train-teacher --help
 grep -q -- "--label-smoothing" "$work/out" && ok "help lists options" || bad "help lists options"
 

@@ -2,6 +2,10 @@
 
 #include "tests/support.h"
 
+#include "framework/model_file.h"
+
+#include <filesystem>
+
 namespace zsq::trainers {
 namespace {
 
@@ -74,6 +78,46 @@ TEST_F(TeacherTest, SameSeedSameModel) {
   }
   EXPECT_TRUE(all_equal);
   EXPECT_TRUE(any_differs);
+}
+
+// A run interrupted while it writes epoch 2's checkpoint keeps epoch 1's, and resumed from it ends bit for bit where
+// an uninterrupted run ends; the checkpoint is gone once the model file is written.
+TEST_F(TeacherTest, InterruptedRunResumesBitForBit) {
+  const Dataset train = head(load_fashion_mnist(kFashionMnistDir, Split::kTrain), 256);
+  const Dataset test = head(load_fashion_mnist(kFashionMnistDir, Split::kTest), 64);
+  TeacherOptions o = tiny_options();
+  o.epochs = 3;
+  o.mixup = 0.2;  // its draws depend on the step: they must continue, not restart
+  o.eval_each_epoch = false;
+  o.out = path("teacher.h5");
+  o.checkpoint = path("teacher.checkpoint.h5");
+  TeacherOptions crashing = o;
+  crashing.checkpoint_hook = [](int64_t epoch) {
+    if (epoch == 2) throw std::runtime_error("interrupted");
+  };
+  EXPECT_THROW_WITH(train_teacher(crashing, train, test, fashion_mnist_normalization(), nullptr), "interrupted");
+  EXPECT_EQ(read_teacher_checkpoint_info(o.checkpoint).epoch, 1);
+  EXPECT_FALSE(std::filesystem::exists(o.out));
+  TeacherOptions resume = o;
+  resume.resume = true;
+  std::vector<int64_t> epochs;
+  const TeacherResult resumed = train_teacher(resume, train, test, fashion_mnist_normalization(),
+                                              [&](const EpochReport& r) { epochs.push_back(r.epoch); });
+  EXPECT_EQ(resumed.resumed_from, 1);
+  EXPECT_EQ(epochs, (std::vector<int64_t>{2, 3}));
+  EXPECT_FALSE(std::filesystem::exists(o.checkpoint));
+  TeacherOptions straight = o;
+  straight.checkpoint = "";
+  straight.out = path("straight.h5");
+  const TeacherResult uninterrupted = train_teacher(straight, train, test, fashion_mnist_normalization(), nullptr);
+  const auto a = named_state(*resumed.model), b = named_state(*uninterrupted.model);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(torch::equal(a[i].second, b[i].second)) << a[i].first;
+  EXPECT_THROW_WITH(train_teacher(resume, train, test, fashion_mnist_normalization(), nullptr), "file not found");
+  EXPECT_THROW(train_teacher(crashing, train, test, fashion_mnist_normalization(), nullptr), std::runtime_error);
+  resume.epochs = 4;
+  EXPECT_THROW_WITH(train_teacher(resume, train, test, fashion_mnist_normalization(), nullptr),
+                    "plans 3 epochs, this run 4");
 }
 
 TEST(MixPlan, BetaLambdaAndPermutationFromSeedRankAndStep) {
