@@ -10,6 +10,7 @@
 #include "framework/errors.h"
 #include "framework/model_file.h"
 #include "framework/nn/losses.h"
+#include "generators/loss_terms.h"
 #include "generators/networks.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -64,8 +65,7 @@ class Base : public Synthesizer {
     torch::Tensor total = recipe_.bns_weight * b.total;
     report->bns = b.total.item<double>();
     if (recipe_.ce_weight > 0 && (labels.defined() || soft.defined())) {
-      const torch::Tensor ce = soft.defined() ? -(soft * torch::log_softmax(logits, 1)).sum(1).mean()
-                                              : torch::cross_entropy_loss(logits, labels);
+      const torch::Tensor ce = label_ce(logits, labels, soft);
       total = total + recipe_.ce_weight * ce;
       report->ce = ce.item<double>();
     }
@@ -75,41 +75,22 @@ class Base : public Synthesizer {
       report->prior = prior.item<double>();
     }
     if (recipe_.soft_target > 0 && labels.defined()) {
-      // IntraQ's soft inception loss: (p_y - p*)², p* ~ U(soft_target, 1) for half the samples, else 1.
-      const int64_t n = labels.size(0);
-      const torch::Tensor soft = torch::rand({n}, gen_) * (1 - recipe_.soft_target) + recipe_.soft_target;
-      const torch::Tensor target = torch::where(torch::rand({n}, gen_) < 0.5, soft, torch::ones({n}));
-      const torch::Tensor p = torch::softmax(logits, 1).gather(1, labels.unsqueeze(1)).squeeze(1);
-      const torch::Tensor term = (p - target).pow(2).mean();
+      const torch::Tensor term = soft_inception(logits, labels, recipe_.soft_target, gen_);
       total = total + term;
       report->ce += term.item<double>();
     }
     if (recipe_.margin_low >= 0 && labels.defined() && centroid_count_.defined()) {
-      // IntraQ's marginal distance: 1 - cos(feature, centroid of its class) kept in [low, up].
-      const torch::Tensor known = centroid_count_.index_select(0, labels) > 0;
-      if (known.any().item<bool>()) {
-        const torch::Tensor centre = (centroid_sum_ / centroid_count_.clamp_min(1).unsqueeze(1)).index_select(0, labels);
-        const torch::Tensor d = 1 - torch::cosine_similarity(features, centre, 1);
-        const torch::Tensor mask = known.to(torch::kFloat32);
-        const torch::Tensor count = mask.sum();
-        const torch::Tensor term = (torch::relu(recipe_.margin_low - d) * mask).sum() / count +
-                                   (torch::relu(d - recipe_.margin_up) * mask).sum() / count;
+      const torch::Tensor term =
+          marginal_distance(features, labels, centroid_sum_, centroid_count_, recipe_.margin_low, recipe_.margin_up);
+      if (term.defined()) {
         total = total + term;
         report->ce += term.item<double>();
       }
     }
     if (recipe_.adversarial > 0 && (student_ || adversary_)) {
-      // Fast-DFKD's adversarial term (fast_meta.py): −KL(p_t || p_s) at T = 1,
-      // summed over classes, on the samples where the student's top-1 agrees
-      // with the teacher's, averaged over the whole batch. The student is the
-      // proxy trained here, or the caller's (online: the student being quantized;
-      // before set_adversary, i.e. during zsq quantize's generator warm-up, the
-      // term is off).
-      const torch::Tensor s_logits = student_ ? student_->forward(input) : adversary_(input);
-      const torch::Tensor t_log = torch::log_softmax(logits, 1);
-      const torch::Tensor kl = (t_log.exp() * (t_log - torch::log_softmax(s_logits, 1))).sum(1);
-      const torch::Tensor mask = s_logits.argmax(1).eq(logits.argmax(1)).to(kl.scalar_type()).detach();
-      const torch::Tensor term = -(kl * mask).mean();
+      // The student is the proxy trained here, or the caller's (online: the student being quantized; before
+      // set_adversary, i.e. during zsq quantize's generator warm-up, the term is off).
+      const torch::Tensor term = adversarial_term(logits, student_ ? student_->forward(input) : adversary_(input));
       // Our addition: the weight ramps up linearly over the warm-up (`iterations`
       // steps). The proxy student starts untrained, and at full weight from step 1
       // its first disagreements can throw the generator far off the teacher's

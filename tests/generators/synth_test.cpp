@@ -1,6 +1,7 @@
 // BN-statistics losses against direct computations, and the recipes doing
 // what they are for.
 #include "generators/bns_loss.h"
+#include "generators/loss_terms.h"
 #include "generators/networks.h"
 #include "generators/synthesizer.h"
 
@@ -347,6 +348,62 @@ TEST_F(SynthTest, ClearErrors) {
             std::string::npos);
   o.batch_size = 1;
   EXPECT_NE(error_of([&] { resolve_recipe(o); }).find("--batch-size must be >= 2"), std::string::npos);
+}
+
+
+// Each loss term of the synthesizers against its formula on small inputs.
+TEST(LossTerms, LabelCrossEntropyHardAndSoft) {
+  const torch::Tensor logits = torch::tensor({{2.0f, 0.0f, -1.0f}, {0.5f, 1.5f, 0.0f}});
+  const torch::Tensor labels = torch::tensor({0, 1}, torch::kInt64);
+  const torch::Tensor log_p = torch::log_softmax(logits, 1);
+  const double hard = -(log_p[0][0].item<double>() + log_p[1][1].item<double>()) / 2;
+  EXPECT_NEAR(label_ce(logits, labels).item<double>(), hard, 1e-6);
+  EXPECT_NEAR(label_ce(logits, labels, torch::one_hot(labels, 3).to(torch::kFloat32)).item<double>(), hard, 1e-6);
+  // Soft targets are used instead of the labels (Qimera): a half-half target between classes 0 and 2.
+  const torch::Tensor soft = torch::tensor({{0.5f, 0.0f, 0.5f}, {0.5f, 0.0f, 0.5f}});
+  const double want = -(0.5 * (log_p[0][0] + log_p[0][2] + log_p[1][0] + log_p[1][2])).item<double>() / 2;
+  EXPECT_NEAR(label_ce(logits, labels, soft).item<double>(), want, 1e-6);
+  EXPECT_GT(std::abs(want - hard), 0.1);
+}
+
+TEST(LossTerms, SoftInceptionTargetsBetweenTheFloorAndOne) {
+  const torch::Tensor logits = torch::tensor({{2.0f, 0.0f}, {0.0f, 1.0f}, {1.0f, 1.0f}});
+  const torch::Tensor labels = torch::tensor({0, 1, 0}, torch::kInt64);
+  const torch::Tensor p = torch::softmax(logits, 1).gather(1, labels.unsqueeze(1)).squeeze(1);
+  at::Generator gen = at::detail::createCPUGenerator(3);
+  // Floor 1: every target is 1.
+  EXPECT_NEAR(soft_inception(logits, labels, 1.0, gen).item<double>(), (p - 1).pow(2).mean().item<double>(), 1e-7);
+  // Floor 0: targets in [0, 1], so the loss is at most the floor-1 loss's worst case and differs from it.
+  double lowest = 1e9, highest = -1e9;
+  for (int i = 0; i < 20; ++i) {
+    const double v = soft_inception(logits, labels, 0.0, gen).item<double>();
+    lowest = std::min(lowest, v);
+    highest = std::max(highest, v);
+  }
+  EXPECT_LT(lowest, highest);  // the targets are drawn
+  EXPECT_LE(highest, 1.0);
+}
+
+TEST(LossTerms, MarginalDistanceKeepsTheCosineDistanceInItsBand) {
+  const torch::Tensor centroid_sum = torch::tensor({{2.0f, 0.0f}, {0.0f, 0.0f}});
+  const torch::Tensor count = torch::tensor({2.0f, 0.0f});  // class 0 has a centroid (1, 0), class 1 none
+  const torch::Tensor labels = torch::tensor({0, 0, 1}, torch::kInt64);
+  // d = 0 (on the centroid) and d = 1 (orthogonal); the class-1 sample does not count.
+  const torch::Tensor features = torch::tensor({{3.0f, 0.0f}, {0.0f, 1.0f}, {5.0f, 5.0f}});
+  const double got = marginal_distance(features, labels, centroid_sum, count, 0.05, 0.8).item<double>();
+  EXPECT_NEAR(got, ((0.05 - 0.0) + (1.0 - 0.8)) / 2, 1e-6);  // one sample under the band, one over it
+  EXPECT_FALSE(marginal_distance(features.narrow(0, 2, 1), labels.narrow(0, 2, 1), centroid_sum, count, 0.05, 0.8)
+                   .defined());
+}
+
+TEST(LossTerms, AdversarialTermOnlyWhereTheStudentAgrees) {
+  const torch::Tensor teacher = torch::tensor({{2.0f, 0.0f}, {0.0f, 2.0f}});
+  EXPECT_NEAR(adversarial_term(teacher, teacher).item<double>(), 0.0, 1e-7);  // no divergence
+  const torch::Tensor student = torch::tensor({{1.0f, 0.0f}, {2.0f, 0.0f}});  // agrees on sample 0 only
+  const torch::Tensor t = torch::log_softmax(teacher[0], 0), s = torch::log_softmax(student[0], 0);
+  const double kl0 = (t.exp() * (t - s)).sum().item<double>();
+  EXPECT_GT(kl0, 0);
+  EXPECT_NEAR(adversarial_term(teacher, student).item<double>(), -kl0 / 2, 1e-6);
 }
 
 } // namespace
