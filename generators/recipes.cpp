@@ -3,6 +3,8 @@
 
 #include "framework/errors.h"
 
+#include <functional>
+#include <map>
 #include <sstream>
 
 namespace zsq::generators {
@@ -32,40 +34,54 @@ std::string Recipe::describe() const {
   return out.str();
 }
 
-Recipe resolve_recipe(const SynthesizerOptions& o) {
-  Recipe r;
-  r.name = o.recipe;
-  if (o.recipe == "noise") {
-    r.variables = "noise";
-  } else if (o.recipe == "zeroq") {
-    r = {o.recipe, "pixels", BnsVariant::kZeroQ, 1.0, 0.0, 1.0, 0.0, 0.5, 500};
-  } else if (o.recipe == "dsg") {
-    r = {o.recipe, "pixels", BnsVariant::kZeroQ, 1.0, 0.0, 1.0, 0.1, 0.5, 500};
-    r.layerwise = true;
-  } else if (o.recipe == "gdfq") {
-    r = {o.recipe, "generator", BnsVariant::kGdfq, 0.1, 1.0, 0.0, 0.0, 1e-3, 400};
-  } else if (o.recipe == "qimera") {
-    r = {o.recipe, "generator", BnsVariant::kGdfq, 0.1, 1.0, 0.0, 0.0, 1e-3, 400};
-    r.superpose_prob = 0.4;  // Qimera's CIFAR-10 script: p 0.4, K 2, mapping layer off
-    r.superpose_k = 2;
-  } else if (o.recipe == "adversarial") {
-    r = {o.recipe, "generator", BnsVariant::kGdfq, 0.1, 1.0, 0.0, 0.0, 1e-3, 400};
-    r.adversarial = 1.0;  // DFAD / Fast-DFKD; Fast-DFKD's CIFAR scripts use 0.5-1.1
-    r.student_steps = 2;
-  } else if (o.recipe == "intraq") {
-    r = {o.recipe, "pixels", BnsVariant::kGdfq, 1.0, 0.0, 0.0, 0.0, 0.5, 1000};
-    r.lor = true;
-    r.soft_target = 0.95;
-    r.margin_low = 0.05;
-    r.margin_up = 0.8;
-    r.patience = 50;
-  } else if (o.recipe == "genie") {
-    r = {o.recipe, "generator+latents", BnsVariant::kGenie, 1.0, 0.0, 1.0, 0.0, 0.1, 4000};
-  } else {
-    std::string known;
-    for (const auto& n : known_recipes()) known += (known.empty() ? "" : ", ") + n;
-    ZSQ_CHECK_OPTION(false, "unknown recipe '", o.recipe, "'; known: ", known);
-  }
+namespace {
+
+// Each recipe's parts by name (what is optimized, the BN-statistics loss and the weights of the terms, the
+// optimizer's learning rate and steps, the method's own parts); what a row leaves out is off (Recipe's defaults).
+const std::map<std::string, std::function<void(Recipe&)>>& recipe_table() {
+  static const std::map<std::string, std::function<void(Recipe&)>> table = {
+      {"noise", [](Recipe& r) { r.variables = "noise"; }},
+      {"zeroq",  // ZeroQ: pixels against per-sample BN statistics, with the image prior
+       [](Recipe& r) {
+         r.variables = "pixels", r.bns = BnsVariant::kZeroQ, r.bns_weight = 1.0, r.prior_weight = 1.0;
+         r.lr = 0.5, r.iterations = 500;
+       }},
+      {"dsg",  // DSG: ZeroQ's with slack on the statistics and layerwise sample enhancement
+       [](Recipe& r) {
+         r.variables = "pixels", r.bns = BnsVariant::kZeroQ, r.bns_weight = 1.0, r.prior_weight = 1.0;
+         r.margin = 0.1, r.lr = 0.5, r.iterations = 500, r.layerwise = true;
+       }},
+      {"gdfq",  // GDFQ: a class-conditional generator, BN statistics ×0.1 and cross-entropy to its labels
+       [](Recipe& r) {
+         r.variables = "generator", r.bns = BnsVariant::kGdfq, r.bns_weight = 0.1, r.ce_weight = 1.0;
+         r.lr = 1e-3, r.iterations = 400;
+       }},
+      {"qimera",  // GDFQ's generator with superposed embeddings (Qimera's CIFAR-10 script: p 0.4, K 2, no mapping)
+       [](Recipe& r) {
+         r.variables = "generator", r.bns = BnsVariant::kGdfq, r.bns_weight = 0.1, r.ce_weight = 1.0;
+         r.lr = 1e-3, r.iterations = 400, r.superpose_prob = 0.4, r.superpose_k = 2;
+       }},
+      {"adversarial",  // DFAD / Fast-DFKD; Fast-DFKD's CIFAR scripts weigh the adversarial term 0.5-1.1
+       [](Recipe& r) {
+         r.variables = "generator", r.bns = BnsVariant::kGdfq, r.bns_weight = 0.1, r.ce_weight = 1.0;
+         r.lr = 1e-3, r.iterations = 400, r.adversarial = 1.0, r.student_steps = 2;
+       }},
+      {"intraq",  // IntraQ: pixels with local object reinforcement, soft inception and the marginal distance
+       [](Recipe& r) {
+         r.variables = "pixels", r.bns = BnsVariant::kGdfq, r.bns_weight = 1.0, r.lr = 0.5, r.iterations = 1000;
+         r.lor = true, r.soft_target = 0.95, r.margin_low = 0.05, r.margin_up = 0.8, r.patience = 50;
+       }},
+      {"genie",  // Genie-D: a fresh generator and its latents per batch, Genie's BN statistics and the prior
+       [](Recipe& r) {
+         r.variables = "generator+latents", r.bns = BnsVariant::kGenie, r.bns_weight = 1.0, r.prior_weight = 1.0;
+         r.lr = 0.1, r.iterations = 4000;
+       }},
+  };
+  return table;
+}
+
+// The user's values where given (negative / empty: the recipe's).
+void apply_overrides(const SynthesizerOptions& o, Recipe& r) {
   if (!o.bns.empty()) r.bns = parse_bns_variant(o.bns);
   if (o.bns_weight >= 0) r.bns_weight = o.bns_weight;
   if (o.ce_weight >= 0) r.ce_weight = o.ce_weight;
@@ -81,6 +97,13 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   if (o.adversarial >= 0) r.adversarial = o.adversarial;
   if (o.student_steps > 0) r.student_steps = o.student_steps;
   if (o.stride > 0) r.stride = o.stride;
+  if (o.soft_target >= 0) r.soft_target = o.soft_target;
+  if (o.margin_low > -2) r.margin_low = o.margin_low;
+  if (o.margin_up > -2) r.margin_up = o.margin_up;
+}
+
+// Parts that do not go together, values out of range.
+void check_recipe(const SynthesizerOptions& o, const Recipe& r) {
   ZSQ_CHECK_OPTION(o.stride >= 0, "--stride must be >= 1, got ", o.stride);
   ZSQ_CHECK_OPTION(o.adversarial >= 0 || o.adversarial == -1, "--adversarial must be >= 0, got ", o.adversarial);
   ZSQ_CHECK_OPTION(o.student_steps >= 0, "--student-steps must be >= 1, got ", o.student_steps);
@@ -99,9 +122,6 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   ZSQ_CHECK_OPTION(r.superpose_k >= 2, "--superpose-k must be >= 2, got ", r.superpose_k);
   ZSQ_CHECK_OPTION(r.variables == "generator" || (r.superpose_prob == 0 && !r.mapping),
                    "superposed embeddings and the mapping layer need the class-conditional generator (gdfq, qimera)");
-  if (o.soft_target >= 0) r.soft_target = o.soft_target;
-  if (o.margin_low > -2) r.margin_low = o.margin_low;
-  if (o.margin_up > -2) r.margin_up = o.margin_up;
   ZSQ_CHECK_OPTION(r.soft_target < 1, "--soft-target must be in [0, 1), got ", r.soft_target);
   ZSQ_CHECK_OPTION(r.margin_low < 0 || r.margin_up >= r.margin_low, "--margin-up must be >= --margin-low");
   ZSQ_CHECK_OPTION(o.batch_size >= 2, "--batch-size must be >= 2 for synthesis, got ", o.batch_size);
@@ -110,6 +130,22 @@ Recipe resolve_recipe(const SynthesizerOptions& o) {
   ZSQ_CHECK_OPTION(r.variables == "noise" || r.lr > 0, "--lr must be > 0, got ", r.lr);
   ZSQ_CHECK_OPTION(r.variables != "generator+latents" || (r.ce_weight == 0 && r.soft_target == 0 && r.margin_low < 0),
                    "the ", r.name, " recipe has no target labels: --ce-weight, --soft-target and --margin-low are off");
+}
+
+} // namespace
+
+Recipe resolve_recipe(const SynthesizerOptions& o) {
+  const auto it = recipe_table().find(o.recipe);
+  if (it == recipe_table().end()) {
+    std::string known;
+    for (const auto& n : known_recipes()) known += (known.empty() ? "" : ", ") + n;
+    ZSQ_CHECK_OPTION(false, "unknown recipe '", o.recipe, "'; known: ", known);
+  }
+  Recipe r;
+  r.name = o.recipe;
+  it->second(r);
+  apply_overrides(o, r);
+  check_recipe(o, r);
   return r;
 }
 
