@@ -121,6 +121,22 @@ Dataset load_fashion_mnist(const std::string& dir, Split split) {
   return data;
 }
 
+void check_finite(const torch::Tensor& tensor, const std::string& where, const std::string& name) {
+  if (!torch::isFloatingType(tensor.scalar_type()) || tensor.numel() == 0) return;
+  const torch::Tensor bad = ~torch::isfinite(tensor);
+  if (!bad.any().item<bool>()) return;
+  const int64_t flat = bad.reshape(-1).nonzero()[0][0].item<int64_t>();
+  std::vector<int64_t> index(static_cast<size_t>(tensor.dim()));
+  int64_t rest = flat;
+  for (int64_t d = tensor.dim() - 1; d >= 0; --d) {
+    index[static_cast<size_t>(d)] = rest % tensor.size(d);
+    rest /= tensor.size(d);
+  }
+  TORCH_CHECK(false, where, ": tensor '", name, "' has a non-finite value (",
+              tensor.reshape(-1)[flat].item<double>(), ") at index ", c10::IntArrayRef(index), " (",
+              bad.sum().item<int64_t>(), " such value(s) in all)");
+}
+
 Dataset load_h5_dataset(const std::string& path) {
   h5::File file = h5::File::open_read(path);
   TORCH_CHECK(file.has("images"), "'", path, "' has no 'images' dataset (expected N×C×H×W uint8 or float)");
@@ -134,6 +150,7 @@ Dataset load_h5_dataset(const std::string& path) {
   TORCH_CHECK(type == torch::kUInt8 || type == torch::kFloat32 || type == torch::kFloat64, "'", path,
               "': 'images' should be uint8 or float, is ", type);
   if (type == torch::kFloat64) data.images = data.images.to(torch::kFloat32);
+  check_finite(data.images, "'" + path + "'", "images");
   TORCH_CHECK(data.labels.dim() == 1 && !torch::isFloatingType(data.labels.scalar_type()), "'", path,
               "': 'labels' should be N integers, has shape ", data.labels.sizes(), " and type ",
               data.labels.scalar_type());

@@ -59,6 +59,10 @@ struct Normalization {
 /// Fashion-MNIST's pixel mean and standard deviation.
 Normalization fashion_mnist_normalization();
 
+/// Throws "<where>: tensor '<name>' has a non-finite value (nan) at index
+/// [i, j, ...]" naming the first such element of a floating-point tensor.
+void check_finite(const torch::Tensor& tensor, const std::string& where, const std::string& name);
+
 /// Pixels as float in [0,1] (uint8 / 255), then (x - mean) / std per channel.
 torch::Tensor normalize(const torch::Tensor& images, const Normalization& norm);
 

@@ -1,5 +1,7 @@
 #include "framework/model_file.h"
 
+#include "framework/data.h"
+
 #include <algorithm>
 #include <map>
 #include <set>
@@ -110,6 +112,7 @@ void load_state(const h5::File& file, torch::nn::Module& module, const std::vect
     TORCH_CHECK(!(torch::isFloatingType(tensor.scalar_type()) && !torch::isFloatingType(value.scalar_type()) &&
                   value.scalar_type() != torch::kUInt8),
                 "'", file.path(), "': '", name, "' holds integers, the model expects floating point");
+    check_finite(value, "'" + file.path() + "'", name);
     tensor.copy_(value.to(tensor.scalar_type()));
   }
 }

@@ -90,6 +90,7 @@ void add_quantize_options(po::options_description& desc) {
       ("collective-timeout", po::value<double>()->default_value(600), "under mpirun: seconds a collective may take")
       ("seed", po::value<uint64_t>()->default_value(0), "random seed")
       ("out", po::value<std::string>()->default_value("run"), "run folder (created): checkpoint.h5, metrics.jsonl");
+  add_model_overrides(desc);
   add_common_options(desc);
 }
 
@@ -250,11 +251,9 @@ void report_step(const trainers::QuantizeStep& r, trainers::RunFolder& run, int6
             << format_duration(r.eta_seconds) << std::endl;
 }
 
-// The teacher's and every bit-width's top-1 on --eval-data, printed and added to `json`.
-void evaluate_bit_widths(const po::variables_map& vm, const trainers::LoadedModel& teacher,
-                         models::ClassifierImpl& student, const std::vector<int64_t>& bits, Json* json) {
-  const Dataset test = load_dataset(get<std::string>(vm, "eval-data"), get<std::string>(vm, "data-dir"), Split::kTest);
-  trainers::check_data_fits(teacher.meta, test);
+// The teacher's and every bit-width's top-1 on the test set, printed and added to `json`.
+void evaluate_bit_widths(const Dataset& test, const trainers::LoadedModel& teacher, models::ClassifierImpl& student,
+                         const std::vector<int64_t>& bits, Json* json) {
   const trainers::EvalResult t = trainers::evaluate(*teacher.model, test, teacher.norm());
   std::cout << "top-1 on " << test.name << ": teacher (fp32) " << percent(t.top1);
   json->add("teacher_top1", t.top1);
@@ -316,7 +315,13 @@ int quantize(int argc, char** argv) {
                  "where an uninterrupted one would"
               << std::endl;
   }
-  const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"));
+  const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"), read_overrides(vm));
+  // The test set is read and checked against the teacher before any training, not after it.
+  std::optional<Dataset> test;
+  if (get<std::string>(vm, "eval-data") != "none") {
+    test = load_dataset(get<std::string>(vm, "eval-data"), get<std::string>(vm, "data-dir"), Split::kTest);
+    trainers::check_data_fits(teacher.meta, *test);
+  }
   if (!resumed.calibrated_input) set_input_range(vm, teacher.norm(), &config);
   const auto& shape = teacher.meta.input_shape;
   const models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
@@ -355,7 +360,7 @@ int quantize(int argc, char** argv) {
   json.add("command", "quantize").add("checkpoint", run.checkpoint()).add("bits", config.bits)
       .add("steps_done", result.steps_done).add("complete", result.complete).add("seconds", seconds);
   if (result.changed_codes >= 0) json.add("changed_codes", result.changed_codes);
-  if (result.complete && get<std::string>(vm, "eval-data") != "none") evaluate_bit_widths(vm, teacher, *student, config.bits, &json);
+  if (result.complete && test) evaluate_bit_widths(*test, teacher, *student, config.bits, &json);
   if (common.json) std::cout << json.str() << std::endl;
   return 0;
 }

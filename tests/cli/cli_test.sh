@@ -320,6 +320,31 @@ cmp -s <(cut -d, -f1-6 "$work/run/metrics.jsonl") <(cut -d, -f1-6 "$work/run-b/m
   ok "resumed metrics = uninterrupted metrics" || bad "metrics differ after resume"
 expect_fail 2 "there is no '$work/run-c/checkpoint.h5' to continue" "$zsq" "${q_pool[@]}" --resume --out "$work/run-c"
 expect_fail 2 "unknown --weighting 'mean'" "$zsq" "${q_pool[@]}" --weighting mean --out "$work/run-c"
+# A teacher file without attributes (a bare state_dict), one with a NaN weight, a test set of another shape:
+# each refused before any training, naming what is wrong.
+"$py" - "$work/teacher.h5" "$work" <<'PY'
+import sys, shutil, h5py, numpy as np
+src, work = sys.argv[1], sys.argv[2]
+for name in ("bare", "nan"):
+    shutil.copy(src, f"{work}/{name}.h5")
+with h5py.File(f"{work}/bare.h5", "a") as f:
+    for k in list(f.attrs): del f.attrs[k]
+with h5py.File(f"{work}/nan.h5", "a") as f:
+    w = f["layer1.0.conv1.weight"][()]; w[1, 2, 0, 0] = np.nan; f["layer1.0.conv1.weight"][...] = w
+with h5py.File(f"{work}/rgb.h5", "w") as f:
+    f["images"] = np.zeros((4, 3, 32, 32), np.uint8); f["labels"] = np.zeros(4, np.int64)
+PY
+q_bare=(quantize --pool "$work/synth.h5" --bits 4 --steps 2 --batch-size 16 --calib-count 16 --threads 2)
+expect_fail 1 "does not say its architecture; pass --arch" "$zsq" "${q_bare[@]}" --eval-data none --teacher "$work/bare.h5" \
+  --out "$work/run-bare"
+expect_ok "$zsq" "${q_bare[@]}" --eval-data none --teacher "$work/bare.h5" --out "$work/run-bare" --arch resnet8 --width 8 \
+  --num-classes 10 --input-shape 1,28,28 --input-mean 0.286 --input-std 0.353
+expect_fail 1 "tensor 'layer1.0.conv1.weight' has a non-finite value (nan) at index [1, 2, 0, 0]" \
+  "$zsq" "${q_bare[@]}" --eval-data none --teacher "$work/nan.h5" --out "$work/run-nan"
+expect_fail 1 "has images of shape [3, 32, 32]" "$zsq" "${q_bare[@]}" --teacher "$work/teacher.h5" --eval-data "$work/rgb.h5" \
+  --out "$work/run-rgb"
+[ ! -e "$work/run-rgb/checkpoint.h5" ] && ok "a test set that does not fit stops the run before training" ||
+  bad "run-rgb trained before checking --eval-data"
 expect_fail 2 "--bit-weights needs one value per bit-width (3)" "$zsq" "${q_pool[@]}" --bit-weights 1,2 --out "$work/run-c"
 expect_fail 2 "--recursive must be 'on' or 'off'" "$zsq" "${q_pool[@]}" --recursive yes --out "$work/run-c"
 expect_fail 1 "training diverged" "$zsq" "${q_pool[@]}" --lr 1e30 --out "$work/run-nan"
