@@ -17,15 +17,6 @@ constexpr const char* kSynthesizerGroup = "train/synthesizer/";
 constexpr const char* kRngGroup = "train/rng/";
 constexpr const char* kInitialCodesGroup = "train/initial_codes/";
 
-// The datasets of `file` under `group`, by name without the group.
-std::map<std::string, torch::Tensor> read_group(const h5::File& file, const std::string& group) {
-  std::map<std::string, torch::Tensor> out;
-  for (const std::string& name : file.dataset_names()) {
-    if (name.rfind(group, 0) == 0) out.emplace(name.substr(group.size()), file.read_tensor(name));
-  }
-  return out;
-}
-
 } // namespace
 
 Checkpointer::Checkpointer(CheckpointPlan plan, CheckpointStudent write_student,
@@ -88,6 +79,14 @@ int64_t restore(const CheckpointPlan& o, models::ClassifierImpl& student, torch:
                 "' was made with online generation; resume it with the same --recipe, not a --pool");
   }
   return info.step;
+}
+
+std::map<std::string, torch::Tensor> read_group(const h5::File& file, const std::string& group) {
+  std::map<std::string, torch::Tensor> out;
+  for (const std::string& name : file.dataset_names()) {
+    if (name.rfind(group, 0) == 0) out.emplace(name.substr(group.size()), file.read_tensor(name));
+  }
+  return out;
 }
 
 CheckpointInfo read_checkpoint_info(const std::string& path) { return read_checkpoint_info(h5::File::open_read(path)); }

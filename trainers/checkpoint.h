@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -34,6 +35,8 @@ struct CheckpointInfo {
   int64_t step = 0, steps = 0, world_size = 1;
 };
 CheckpointInfo read_checkpoint_info(const std::string& path);
+/// The datasets of `file` under `group` (e.g. "train/optimizer/"), by name without the group.
+std::map<std::string, torch::Tensor> read_group(const h5::File& file, const std::string& group);
 CheckpointInfo read_checkpoint_info(const h5::File& file);
 
 /// Writes checkpoints: collective when several ranks (the random states are

@@ -26,7 +26,7 @@ void RunFolder::open(int64_t resume_step) {
   h5::remove_stale_temporaries(checkpoint());  // of a write that a killed run left behind
   if (resume_) truncate_metrics(metrics(), resume_step);
   metrics_.open(metrics(), resume_ ? std::ios::app : std::ios::trunc);
-  ZSQ_CHECK_OPTION(metrics_.is_open(), "--out: cannot write '", metrics(), "'");
+  TORCH_CHECK(metrics_.is_open(), "cannot write '", metrics(), "'");  // a file error (exit 1), not an option one
 }
 
 void RunFolder::log(const std::string& line, bool flush) {

@@ -1,5 +1,6 @@
 #include "trainers/teacher.h"
 
+#include "trainers/checkpoint.h"  // read_group
 #include "trainers/engine.h"
 
 #include "distributed/reducer.h"
@@ -12,9 +13,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
-#include <cstring>
 #include <filesystem>
-#include <map>
 #include <random>
 
 #include <torch/torch.h>
@@ -239,12 +238,9 @@ TeacherProgress restore_teacher(const TeacherOptions& o, models::ClassifierImpl&
               "; a resumed run keeps its schedule");
   const h5::File file = h5::File::open_read(o.checkpoint);
   load_state(file, model, {"train/"});
-  std::map<std::string, torch::Tensor> momenta;
-  for (const std::string& name : file.dataset_names()) {
-    if (name.rfind(kOptimizerGroup, 0) == 0) momenta.emplace(name.substr(std::strlen(kOptimizerGroup)), file.read_tensor(name));
-  }
-  load_optimizer_state(optimizer, params, momenta);
-  return {info.epoch, file.attr_int("train_images").value_or(0), file.attr_doubles("train_seconds").value_or(std::vector<double>{0}).at(0)};
+  load_optimizer_state(optimizer, params, read_group(file, kOptimizerGroup));
+  const double seconds = file.attr_doubles("train_seconds").value_or(std::vector<double>{0}).at(0);
+  return {info.epoch, file.attr_int("train_images").value_or(0), seconds};
 }
 
 } // namespace
