@@ -306,13 +306,13 @@ void OfaTrainer::train_step(int64_t step, QuantizeStep* report) {
   // Every rank decides on the same (global mean) losses, so a divergence stops all of them together.
   torch::Tensor global = torch::tensor(losses, torch::kFloat64);
   if (world_ > 1) comm_->all_reduce(global, distributed::ReduceOp::kAverage);
-  const std::string kept = last_checkpoint_ >= 0
-                               ? "the checkpoint of step " + std::to_string(last_checkpoint_) + " is kept; "
-                               : std::string("no checkpoint was written; ");
   for (size_t i = 0; i < losses.size(); ++i) {
     losses[i] = global[static_cast<int64_t>(i)].item<double>();
+    if (std::isfinite(losses[i])) continue;  // the message is only built for a diverged loss
     check_not_diverged(losses[i], "the " + std::to_string(report->bits[i]) + "-bit loss",
-                       "step " + std::to_string(step + 1), kept);
+                       "step " + std::to_string(step + 1),
+                       last_checkpoint_ >= 0 ? "the checkpoint of step " + std::to_string(last_checkpoint_) + " is kept; "
+                                             : std::string("no checkpoint was written; "));
   }
   report->losses = losses;
   if (!shared_.empty()) {
