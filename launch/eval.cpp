@@ -3,6 +3,7 @@
 #include "launch/options.h"
 
 #include "framework/data.h"
+#include "framework/h5.h"
 #include "models/extract.h"
 #include "models/quant_factory.h"
 #include "trainers/evaluate.h"
@@ -28,6 +29,18 @@ Dataset eval_data(const po::variables_map& vm) {
     data.labels = data.labels.narrow(0, 0, limit);
   }
   return data;
+}
+
+// --save-logits: every evaluated image's logits (`logits`, or `logits_b<k>` per bit-width of a checkpoint) and
+// labels, in data order, written atomically.
+void save_logits(const std::string& path, const Dataset& data, const std::vector<std::pair<std::string, torch::Tensor>>& logits) {
+  h5::atomic_write(path, [&](h5::File& file) {
+    file.set_attr("format", std::string("zsq-logits"));
+    file.set_attr("data", data.name);
+    file.write_tensor("labels", data.labels.to(torch::kInt64));
+    for (const auto& [name, tensor] : logits) file.write_tensor(name, tensor);
+  });
+  std::cout << "logits written to " << path << std::endl;
 }
 
 // Top-1 of every bit-width of a once-for-all student (fake-quantized).
@@ -61,9 +74,12 @@ int eval_checkpoint(const po::variables_map& vm, const Common& common, int64_t b
               << ")\n";
   }
   std::vector<double> top1s;
+  const std::string logits_path = vm.count("save-logits") ? get<std::string>(vm, "save-logits") : "";
+  std::vector<std::pair<std::string, torch::Tensor>> logits;
   for (const int64_t b : bits) {
     models::set_bits(*student.model, b);
-    const trainers::EvalResult r = trainers::evaluate(*student.model, data, norm, batch);
+    const trainers::EvalResult r = trainers::evaluate(*student.model, data, norm, batch, !logits_path.empty());
+    if (!logits_path.empty()) logits.emplace_back("logits_b" + std::to_string(b), r.logits);
     const size_t i = std::find(student.config.bits.begin(), student.config.bits.end(), b) - student.config.bits.begin();
     const std::string precision =
         "w" + std::to_string(student.config.wbits.at(i)) + "a" + std::to_string(student.config.abits.at(i));
@@ -75,6 +91,7 @@ int eval_checkpoint(const po::variables_map& vm, const Common& common, int64_t b
     top1s.push_back(r.top1);
   }
   std::cout << std::flush;
+  if (!logits_path.empty()) save_logits(logits_path, data, logits);
   if (common.json) std::cout << json.add("bits", bits).add("top1", top1s).str() << std::endl;
   return 0;
 }
@@ -92,7 +109,8 @@ int eval(int argc, char** argv) {
   desc.add_options()
       ("split", po::value<std::string>()->default_value("test"), "fashion-mnist split: test or train")
       ("batch-size", po::value<int64_t>()->default_value(256), "images per forward pass")
-      ("limit", po::value<int64_t>()->default_value(0), "evaluate only the first N images (0: all)");
+      ("limit", po::value<int64_t>()->default_value(0), "evaluate only the first N images (0: all)")
+      ("save-logits", po::value<std::string>(), "write every image's logits and label to this HDF5 file (zsq-logits)");
   add_model_overrides(desc);
   add_common_options(desc);
   Common common;
@@ -106,6 +124,7 @@ int eval(int argc, char** argv) {
   if (vm.count("bits") && get<int64_t>(vm, "bits") < 1) throw UsageError("--bits must be >= 1");
   parse_split(get<std::string>(vm, "split"));  // usage errors before any file is read
   if (get<int64_t>(vm, "limit") < 0) throw UsageError("--limit must be >= 0");
+  if (vm.count("save-logits")) h5::check_writable(get<std::string>(vm, "save-logits"));
   if (vm.count("checkpoint")) return eval_checkpoint(vm, common, batch);
 
   const std::string path = get<std::string>(vm, "model");
@@ -114,7 +133,9 @@ int eval(int argc, char** argv) {
   const trainers::LoadedModel loaded = trainers::load_model(path, overrides);
   const Dataset data = eval_data(vm);
   trainers::check_data_fits(loaded.meta, data);
-  const trainers::EvalResult r = trainers::evaluate(*loaded.model, data, loaded.norm(), batch);
+  const trainers::EvalResult r =
+      trainers::evaluate(*loaded.model, data, loaded.norm(), batch, vm.count("save-logits") > 0);
+  if (vm.count("save-logits")) save_logits(get<std::string>(vm, "save-logits"), data, {{"logits", r.logits}});
   const std::string precision = loaded.meta.precision.empty() ? "fp32" : loaded.meta.precision;
   std::cout << path << " (" << loaded.meta.arch << ", " << precision
             << (vm.count("bits") ? " at " + std::to_string(overrides.bits) + " bits" : "") << ") on " << data.name

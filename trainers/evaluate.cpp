@@ -9,7 +9,7 @@
 namespace zsq::trainers {
 
 EvalResult evaluate(models::ClassifierImpl& model, const Dataset& data, const Normalization& norm,
-                    int64_t batch_size) {
+                    int64_t batch_size, bool keep_logits) {
   const auto start = std::chrono::steady_clock::now();
   torch::NoGradGuard no_grad;
   model.eval();
@@ -19,6 +19,7 @@ EvalResult evaluate(models::ClassifierImpl& model, const Dataset& data, const No
   BatchLoader loader(data, norm, options);
   int64_t correct = 0, seen = 0;
   double loss_sum = 0;
+  std::vector<torch::Tensor> kept;
   for (int64_t b = 0; b < loader.num_batches(); ++b) {
     const Batch batch = loader.batch(b);
     const torch::Tensor logits = model.forward(batch.images);
@@ -29,11 +30,13 @@ EvalResult evaluate(models::ClassifierImpl& model, const Dataset& data, const No
                     .item<double>();
     correct += logits.argmax(1).eq(batch.labels).sum().item<int64_t>();
     seen += batch.labels.size(0);
+    if (keep_logits) kept.push_back(logits.to(torch::kFloat32));
   }
   EvalResult result;
   result.count = seen;
   result.top1 = seen ? static_cast<double>(correct) / seen : 0;
   result.loss = seen ? loss_sum / seen : 0;
+  if (keep_logits) result.logits = kept.empty() ? torch::zeros({0, 0}) : torch::cat(kept);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }

@@ -15,12 +15,14 @@ struct EvalResult {
   double loss = 0;    ///< mean cross-entropy
   int64_t count = 0;  ///< images evaluated
   double seconds = 0;
+  torch::Tensor logits;  ///< N x classes, float32, in data order (only when asked for)
 };
 
 /// Top-1 accuracy and mean cross-entropy of `model` (put in eval mode) on
-/// `data`, normalized with `norm`, in batches of `batch_size`.
+/// `data`, normalized with `norm`, in batches of `batch_size`; with
+/// `keep_logits`, also every image's logits.
 EvalResult evaluate(models::ClassifierImpl& model, const Dataset& data, const Normalization& norm,
-                    int64_t batch_size = 256);
+                    int64_t batch_size = 256, bool keep_logits = false);
 
 /// What the command line may add to (or override in) a model file's
 /// attributes; empty fields leave the file's value.

@@ -113,6 +113,18 @@ eval_top1="$(json_field "$work/out" top1)"
 expect_ok "$zsq" inspect "$work/teacher.h5" --json
 [ "$(json_field "$work/out" arch)" = "resnet8" ] && ok "inspect --json" || bad "inspect --json"
 expect_fail 1 "holds a 'resnet8' model, but --arch says 'resnet20'" "$zsq" eval --model "$work/teacher.h5" --arch resnet20
+# --save-logits: the saved logits give the top-1 eval printed; a folder that does not exist fails first.
+expect_ok "$zsq" eval --model "$work/teacher.h5" --limit 300 --save-logits "$work/logits.h5" --json
+"$py" - "$work/logits.h5" "$(json_field "$work/out" top1)" <<'PY' && ok "--save-logits: argmax gives eval's top-1" ||
+import sys, h5py, numpy as np
+with h5py.File(sys.argv[1], "r") as f:
+    logits, labels = f["logits"][()], f["labels"][()]
+    assert f.attrs["format"] == "zsq-logits" and logits.shape == (300, 10) and labels.shape == (300,), logits.shape
+top1 = float((logits.argmax(1) == labels).mean())
+sys.exit(0 if abs(top1 - float(sys.argv[2])) < 1e-9 else 1)
+PY
+  bad "--save-logits does not agree with eval"
+expect_fail 1 "$work/no/such" "$zsq" eval --model "$work/teacher.h5" --save-logits "$work/no/such/logits.h5"
 
 # --- bad files ----------------------------------------------------------
 expect_fail 1 "file not found: '$work/none.h5'" "$zsq" eval --model "$work/none.h5"
@@ -215,8 +227,16 @@ expect_fail 2 "--bn-reestimate-end must be 'on' or 'off', got 'yes'" "$zsq" quan
   --bn-reestimate-end yes
 only_bit_moved "$work/student.h5" "$work/student-bn.h5" 4 1e-3 1e-4 &&
   ok "--bn-reestimate 4 moves only the 4-bit BatchNorm statistics" || bad "--bn-reestimate: wrong statistics moved"
-expect_ok "$zsq" eval --checkpoint "$work/student.h5" --limit 500 --json
+expect_ok "$zsq" eval --checkpoint "$work/student.h5" --limit 500 --json --save-logits "$work/logits-student.h5"
 b8="$(json_field "$work/out" top1_b8)"
+"$py" - "$work/logits-student.h5" "$b8" "$(json_field "$work/out" top1_b4)" <<'PY' &&
+import sys, h5py
+with h5py.File(sys.argv[1], "r") as f:
+    labels = f["labels"][()]
+    got = [float((f["logits_b%d" % b][()].argmax(1) == labels).mean()) for b in (8, 4)]
+sys.exit(0 if abs(got[0] - float(sys.argv[2])) < 1e-9 and abs(got[1] - float(sys.argv[3])) < 1e-9 else 1)
+PY
+  ok "--save-logits of a checkpoint: logits_b8 and logits_b4 give eval's top-1s" || bad "--save-logits per bit-width"
 b4_fq="$(json_field "$work/out" top1_b4)"
 "$py" -c "import sys; sys.exit(0 if float('$b8') > 0.2 else 1)" && ok "8-bit student above chance ($b8)" ||
   bad "8-bit student accuracy $b8"
