@@ -1,11 +1,10 @@
 #include "framework/optim_state.h"
+#include "framework/torch_compat.h"
 
 #include <set>
 
 namespace zsq {
 namespace {
-
-std::string key_of(const torch::Tensor& p) { return c10::guts::to_string(p.unsafeGetTensorImpl()); }
 
 void check_member(torch::optim::Optimizer& optimizer, const NamedTensors& params) {
   std::set<torch::TensorImpl*> owned;
@@ -24,7 +23,7 @@ NamedTensors optimizer_state(torch::optim::Optimizer& optimizer, const NamedTens
   NamedTensors out;
   auto& state = optimizer.state();
   for (const auto& [name, p] : params) {
-    const auto it = state.find(key_of(p));
+    const auto it = state.find(compat::optimizer_state_key(state, p));
     if (it == state.end()) continue;
     if (const auto* sgd = dynamic_cast<const torch::optim::SGDParamState*>(it->second.get())) {
       if (sgd->momentum_buffer().defined()) out.emplace_back(name + ".momentum_buffer", sgd->momentum_buffer());
@@ -62,7 +61,7 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer, const NamedTensors
       if (!m.defined()) continue;
       auto s = std::make_unique<torch::optim::SGDParamState>();
       s->momentum_buffer(m);
-      target[key_of(p)] = std::move(s);
+      target[compat::optimizer_state_key(target, p)] = std::move(s);
       used.insert(name + ".momentum_buffer");
     } else {
       const auto step = state.find(name + ".step");
@@ -75,7 +74,7 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer, const NamedTensors
       s->exp_avg_sq(v);
       const torch::Tensor vmax = get(name + ".max_exp_avg_sq", p);
       if (vmax.defined()) s->max_exp_avg_sq(vmax);
-      target[key_of(p)] = std::move(s);
+      target[compat::optimizer_state_key(target, p)] = std::move(s);
       for (const char* f : {".step", ".exp_avg", ".exp_avg_sq", ".max_exp_avg_sq"}) used.insert(name + f);
     }
   }

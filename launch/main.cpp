@@ -7,6 +7,8 @@
 #include "launch/commands.h"
 
 #include <c10/util/Exception.h>
+#include <torch/cuda.h>
+#include <torch/version.h>
 
 #include <cstring>
 #include <functional>
@@ -52,7 +54,13 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   if (!std::strcmp(argv[1], "--version")) {
-    std::cout << "zsq 0.1.0" << std::endl;
+    // The LibTorch it runs on: the CPU build (Debian's 1.13) or the CUDA flavour (launch/setup-cuda).
+#ifdef ZSQ_CUDA_BUILD
+    const std::string flavour = "CUDA flavour, " + std::to_string(torch::cuda::device_count()) + " GPU(s) visible";
+#else
+    const std::string flavour = "CPU build";
+#endif
+    std::cout << "zsq 0.1.0 (LibTorch " << TORCH_VERSION << ", " << flavour << ")" << std::endl;
     return 0;
   }
   const std::string name = argv[1];

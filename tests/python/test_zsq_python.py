@@ -23,6 +23,20 @@ import zsq
 
 ZSQ_BIN = os.environ.get("ZSQ_BIN", "build/zsq")
 TOLERANCE = 1e-4
+
+
+def binary_libtorch():
+    """major.minor of the LibTorch the binary runs on (`zsq --version`)."""
+    out = subprocess.run([ZSQ_BIN, "--version"], capture_output=True, text=True, check=True).stdout
+    return out.split("LibTorch ")[1].split(".")[:2] if "LibTorch " in out else None
+
+
+# The same LibTorch as this Python's torch: the same kernels, logits within TOLERANCE. Another one (the CUDA
+# flavour's 2.x against Debian's 1.13) sums convolutions in another order, and a fake-quantized layer's code can
+# flip where x/s sits on a rounding boundary; then the logits agree within CROSS_VERSION of their range and
+# the predictions within CROSS_AGREEMENT.
+SAME_LIBTORCH = binary_libtorch() == torch.__version__.split(".")[:2]
+CROSS_VERSION, CROSS_AGREEMENT = 0.05, 0.98
 IMAGES = 256
 
 
@@ -118,7 +132,12 @@ class PythonAccessTest(unittest.TestCase):
         diff = float((ours - theirs).abs().max())
         print(f"\n  {what}: max |logit difference| {diff:.3g} (logits up to {float(theirs.abs().max()):.3g})",
               end="")
-        self.assertLessEqual(diff, TOLERANCE, what)
+        if SAME_LIBTORCH:
+            self.assertLessEqual(diff, TOLERANCE, what)
+        else:
+            self.assertLessEqual(diff, max(TOLERANCE, CROSS_VERSION * float(theirs.abs().max())), what)
+            agreement = float((ours.argmax(1) == theirs.argmax(1)).float().mean())
+            self.assertGreaterEqual(agreement, CROSS_AGREEMENT, what)
         self.assertTrue(bool(torch.isfinite(ours).all()), what)
 
     def test_teacher(self):
