@@ -53,6 +53,7 @@ void QuantizedLayer::register_quant_state(torch::nn::Module& module, const torch
   weight_step_ = module.register_parameter("weight_step", torch::ones({weight.size(0)}) * 1e-2);
   act_steps_.clear();
   act_ready_.clear();
+  ready_mirrors_.assign(options_.bits().size(), HostFlag());
   for (const int64_t b : options_.bits()) {
     const std::string suffix = "_b" + std::to_string(b);
     act_steps_.push_back(module.register_parameter("act_step" + suffix, torch::ones({}) * 1e-1));
@@ -110,6 +111,12 @@ torch::Tensor QuantizedLayer::weight_codes_at(int64_t wbits) const {
   return vl_codes(weight_, positive_step(weight_step_), options_.top_bits(), wbits, options_.nesting());
 }
 
+int64_t QuantizedLayer::host_reads() const {
+  int64_t reads = signed_mirror_.reads();
+  for (const HostFlag& m : ready_mirrors_) reads += m.reads();
+  return reads;
+}
+
 QuantRange QuantizedLayer::input_range() const {
   if (input_fixed()) {
     const int64_t zero = input_zero_[index_];
@@ -153,11 +160,11 @@ torch::Tensor QuantizedLayer::quantize_input(const torch::Tensor& x) {
   if (calibrating_ && !input_fixed()) {
     torch::NoGradGuard no_grad;
     // Signedness is a property of the layer (what feeds it), decided once.
-    if (!act_ready_[index_].item<bool>() && x.min().item<float>() < 0) input_signed_.fill_(true);
+    if (!ready_mirrors_[index_].get(act_ready_[index_]) && x.min().item<float>() < 0) input_signed_.fill_(true);
     step.copy_(mse_init_step(x, input_range()).reshape({}));
     act_ready_[index_].fill_(true);
   }
-  TORCH_CHECK(act_ready_[index_].item<bool>(), "the input quantizer of this layer at ", bits(),
+  TORCH_CHECK(ready_mirrors_[index_].get(act_ready_[index_]), "the input quantizer of this layer at ", bits(),
               " bits was never calibrated; initialise the student (init_student / calibrate) first");
   const QuantRange range = input_range();
   return lsq_fake_quant(x, positive_step(step), range, lsq_grad_scale(x.numel(), range));

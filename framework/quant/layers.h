@@ -83,6 +83,31 @@ class BitSwitchable {
   virtual int64_t bits() const = 0;
 };
 
+/// A host copy of a 0-dim bool buffer, read back (.item) only when the buffer changed: its version counter
+/// (bumped by every in-place write: copy_, fill_, a load or broadcast) or its storage differ from the last read.
+/// A forward on a GPU then does not wait for the device to learn a flag it already knows.
+class HostFlag {
+ public:
+  bool get(const torch::Tensor& flag) const {
+    const int64_t version = flag._version();
+    const void* data = flag.data_ptr();
+    if (version != version_ || data != data_) {
+      value_ = flag.item<bool>();
+      version_ = version;
+      data_ = data;
+      ++reads_;
+    }
+    return value_;
+  }
+  int64_t reads() const { return reads_; }
+
+ private:
+  mutable int64_t version_ = -1;
+  mutable const void* data_ = nullptr;
+  mutable bool value_ = false;
+  mutable int64_t reads_ = 0;
+};
+
 /// Shared machinery of QConv2d and QLinear: the weight quantizer and the
 /// per-bit input quantizers.
 class QuantizedLayer : public BitSwitchable {
@@ -117,7 +142,10 @@ class QuantizedLayer : public BitSwitchable {
   const std::vector<torch::Tensor>& input_steps() const { return act_steps_; }
 
   /// Whether the input quantizer is signed (seen negative inputs in calibration).
-  bool input_signed() const { return input_signed_.item<bool>(); }
+  bool input_signed() const { return signed_mirror_.get(input_signed_); }
+  /// How many times this layer read a flag back from its buffers (test hook: a forward reads nothing
+  /// once the flags are known, so a GPU never waits for them).
+  int64_t host_reads() const;
   QuantRange input_range() const;
   /// The input step in use at the current bit-width (positive_step of the parameter).
   torch::Tensor input_step() const { return positive_step(act_steps_[index_]); }
@@ -137,6 +165,9 @@ class QuantizedLayer : public BitSwitchable {
   std::vector<torch::Tensor> act_steps_;   ///< one 0-dim step per model bit-width
   std::vector<torch::Tensor> act_ready_;   ///< one 0-dim bool buffer per model bit-width
   torch::Tensor input_signed_;  ///< 0-dim bool buffer
+  // Host copies of the flags, refreshed only when their buffer changed (loaded, calibrated, broadcast).
+  std::vector<HostFlag> ready_mirrors_;
+  HostFlag signed_mirror_;
 };
 
 struct QConv2dOptions {

@@ -417,5 +417,51 @@ TEST_F(StudentTest, MseWeightStepsQuantizeWithLessErrorThanLsq) {
             std::string::npos);
 }
 
+// A quantized layer's forward reads no flag back from its buffers once it knows them (on a GPU every such
+// read would wait for the device); a write to a buffer (a load, a broadcast) is seen on the next forward.
+TEST_F(StudentTest, ForwardReadsNoFlagBackOnceKnownAndSeesWrittenFlags) {
+  auto teacher = small_teacher();
+  auto student = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 4, 8})));
+  init_student(*student, *teacher, torch::randn({16, 1, 28, 28}));
+  std::vector<quant::QuantizedLayer*> layers;
+  for (const auto& m : student->modules()) {
+    if (auto* q = dynamic_cast<quant::QuantizedLayer*>(m.get())) layers.push_back(q);
+  }
+  ASSERT_GT(layers.size(), 5u);
+  const auto reads = [&] {
+    int64_t n = 0;
+    for (const auto* q : layers) n += q->host_reads();
+    return n;
+  };
+  torch::NoGradGuard no_grad;
+  student->eval();
+  const torch::Tensor x = torch::randn({4, 1, 28, 28});
+  for (const int64_t b : {2, 4, 8}) {
+    set_bits(*student, b);
+    student->forward(x);
+  }
+  const int64_t known = reads();
+  EXPECT_GT(known, 0);
+  std::map<int64_t, torch::Tensor> before;
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    for (const int64_t b : {2, 4, 8}) {
+      set_bits(*student, b);
+      before[b] = student->forward(x);
+    }
+  }
+  EXPECT_EQ(reads(), known);
+  // Flip a middle layer's signedness as a load would (copy_ into the buffer): the next forward reads it.
+  auto* middle = dynamic_cast<quant::QuantizedLayer*>(student->named_modules()["layer1.0.conv2"].get());
+  ASSERT_TRUE(middle);
+  torch::Tensor flag = student->named_buffers()["layer1.0.conv2.input_signed"];
+  const bool was = middle->input_signed();
+  flag.copy_(torch::tensor(!was));
+  set_bits(*student, 2);
+  const torch::Tensor after = student->forward(x);
+  EXPECT_EQ(middle->input_signed(), !was);
+  EXPECT_GT(reads(), known);
+  EXPECT_FALSE(torch::equal(after, before[2]));  // the 2-bit input range changed with the flag
+}
+
 } // namespace
 } // namespace zsq::models
