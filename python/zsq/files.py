@@ -126,11 +126,10 @@ def load_state(module, file, ignore_groups=()):
             tensor.copy_(value.to(tensor.dtype))
 
 
-def atomic_write(path, fill):
-    """Writes an HDF5 file atomically: `fill(h5py.File)` writes into a
-    temporary file in the same folder (".NAME.tmp.PID", as the C++ writer),
-    which is synced and renamed over `path`; on failure it is removed and
-    the old file stays."""
+def atomic_replace(path, write):
+    """Writes `path` atomically: `write(tmp)` writes a temporary file in the
+    same folder (".NAME.tmp.PID", as the C++ writer), which is synced and
+    renamed over `path`; on failure it is removed and the old file stays."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     if os.path.isdir(path):
@@ -139,8 +138,7 @@ def atomic_write(path, fill):
         raise ValueError(f"output folder '{folder}' does not exist")
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
     try:
-        with h5py.File(tmp, "w") as file:
-            fill(file)
+        write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -159,3 +157,12 @@ def atomic_write(path, fill):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write(path, fill):
+    """Writes an HDF5 file atomically (atomic_replace): `fill(h5py.File)`
+    fills the temporary file."""
+    def write(tmp):
+        with h5py.File(tmp, "w") as file:
+            fill(file)
+    atomic_replace(path, write)

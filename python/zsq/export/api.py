@@ -101,26 +101,12 @@ def write_atomic(out, data):
     """Writes bytes to `out` through a temporary file in the same folder
     (synced, renamed); on failure the temporary file is removed and an
     existing `out` stays as it was."""
-    out, folder = _check_output(out)
-    tmp = os.path.join(folder, f".{os.path.basename(out)}.tmp.{os.getpid()}")
-    try:
+    out, _ = _check_output(out)
+
+    def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    files.atomic_replace(out, write)
 
 
 def export_onnx(model_path, out, bits=None, opset=DEFAULT_OPSET, weight_mode="offset", form="qdq"):
