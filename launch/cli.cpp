@@ -4,6 +4,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <iomanip>
@@ -49,6 +50,37 @@ std::string select_section(const std::string& path, const std::string& command) 
   return out.str();
 }
 
+// Levenshtein distance (insertions, deletions, substitutions).
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      const size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+      diagonal = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// An unknown option's message, with the nearest option of the command when one is close (a typo).
+// prefix: "--" on the command line, "" in a config file.
+std::string unknown_option_message(const po::unknown_option& e, const po::options_description& desc,
+                                   const std::string& prefix) {
+  std::string name = e.get_option_name();
+  while (!name.empty() && name.front() == '-') name.erase(0, 1);
+  std::string best;
+  size_t best_distance = std::max<size_t>(2, name.size() / 3) + 1;
+  for (const auto& option : desc.options()) {
+    const size_t d = edit_distance(name, option->long_name());
+    if (d < best_distance) best_distance = d, best = option->long_name();
+  }
+  return std::string(e.what()) + (best.empty() ? "" : "; did you mean '" + prefix + best + "'?");
+}
+
 } // namespace
 
 std::optional<po::variables_map> parse(const std::string& command, const std::string& usage,
@@ -71,11 +103,15 @@ std::optional<po::variables_map> parse(const std::string& command, const std::st
       std::istringstream text(select_section(path, command));
       try {
         po::store(po::parse_config_file(text, desc, /*allow_unregistered=*/false), vm);
+      } catch (const po::unknown_option& e) {
+        throw UsageError("config file '" + path + "': " + unknown_option_message(e, desc, ""));
       } catch (const po::error& e) {
         throw UsageError("config file '" + path + "': " + e.what());
       }
     }
     po::notify(vm);
+  } catch (const po::unknown_option& e) {
+    throw UsageError(unknown_option_message(e, desc, "--"));
   } catch (const po::error& e) {
     throw UsageError(e.what());
   }

@@ -102,7 +102,10 @@ expect_ok "$zsq" inspect "$work/teacher.h5"
 grep -q "arch = resnet8" "$work/out" && grep -q "epochs = 1" "$work/out" && grep -q "width = 8" "$work/out" &&
   ok "recipe stored with flag overriding file" || bad "recipe in inspect: $(cat "$work/out")"
 printf 'arch = resnet8\nepochz = 3\n' >"$work/typo.ini"
-expect_fail 2 "unrecognised option 'epochz'" "$zsq" train-teacher --config "$work/typo.ini"
+expect_fail 2 "unrecognised option 'epochz'; did you mean 'epochs'?" "$zsq" train-teacher --config "$work/typo.ini"
+expect_fail 2 "did you mean '--first-last-bits'?" "$zsq" quantize --teacher "$work/teacher.h5" --first-last-bit 8
+expect_fail 2 "unrecognised option '--qqqqqqqq'" "$zsq" quantize --qqqqqqqq 1
+grep -q "did you mean" "$work/err" && bad "a far-off option got a suggestion" || ok "no suggestion for a far-off option"
 
 # --- eval: JSON agrees with training's own evaluation -------------------
 expect_ok "$zsq" eval --model "$work/teacher.h5" --json
