@@ -361,6 +361,7 @@ int quantize(int argc, char** argv) {
       .add("steps_done", result.steps_done).add("complete", result.complete).add("seconds", seconds);
   if (result.changed_codes >= 0) json.add("changed_codes", result.changed_codes);
   if (result.complete && test) evaluate_bit_widths(*test, teacher, *student, config.bits, &json);
+  if (result.complete) run.write_result(json.str());
   if (common.json) std::cout << json.str() << std::endl;
   return 0;
 }

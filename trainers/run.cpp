@@ -3,6 +3,8 @@
 #include "framework/errors.h"
 #include "framework/h5.h"
 
+#include <unistd.h>
+
 namespace zsq::trainers {
 namespace fs = std::filesystem;
 
@@ -41,6 +43,17 @@ void RunFolder::flush() {
 
 void RunFolder::close() {
   if (metrics_.is_open()) metrics_.close();
+}
+
+void RunFolder::write_result(const std::string& json) const {
+  const fs::path tmp = folder_ / ("result.json.tmp." + std::to_string(::getpid()));
+  {
+    std::ofstream out(tmp);
+    out << json << "\n";
+    out.close();
+    TORCH_CHECK(out.good(), "cannot write '", tmp.string(), "'");
+  }
+  fs::rename(tmp, result());
 }
 
 void truncate_metrics(const std::string& path, int64_t step) {

@@ -1,4 +1,4 @@
-// The run folder of zsq quantize: checkpoint.h5 and metrics.jsonl, checked,
+// The run folder of zsq quantize: checkpoint.h5, metrics.jsonl and result.json, checked,
 // created, resumed and cleaned up in one place.
 //
 //   RunFolder run("runs/w4", /*resume=*/false);    // throws OptionError when it holds a run already
@@ -24,6 +24,7 @@ class RunFolder {
   const std::filesystem::path& folder() const { return folder_; }
   std::string checkpoint() const { return (folder_ / "checkpoint.h5").string(); }
   std::string metrics() const { return (folder_ / "metrics.jsonl").string(); }
+  std::string result() const { return (folder_ / "result.json").string(); }
 
   /// On the writing rank: creates the folder, removes what a killed checkpoint
   /// write left behind, and opens metrics.jsonl (truncated to new, or, resuming
@@ -34,6 +35,8 @@ class RunFolder {
   void log(const std::string& line, bool flush);
   void flush();
   void close();
+  /// Writes result.json (the run's final JSON object: accuracies, timings), atomically.
+  void write_result(const std::string& json) const;
 
  private:
   std::filesystem::path folder_;
