@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,7 +65,7 @@ def run_export(*args):
     return code, err.getvalue()
 
 
-class ExportTest(unittest.TestCase):
+class ExportTest(base.FolderTest):
     """ONNX Runtime against zsq eval, ResNet-8 and MobileNetV2."""
 
     @classmethod
@@ -88,13 +87,6 @@ class ExportTest(unittest.TestCase):
         cls.vertical = cls.path("vl.h5")
         base.run_zsq("extract", "--checkpoint", cls.student, "--out", cls.vertical)
 
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.dir, ignore_errors=True)
-
-    @classmethod
-    def path(cls, name):
-        return os.path.join(cls.dir, name)
 
     def binary_logits(self, model, limit=base.IMAGES, extra=()):
         out = self.path(f"logits-{os.path.basename(model)}-{'-'.join(map(str, extra))}.h5")

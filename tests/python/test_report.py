@@ -1,7 +1,6 @@
 """zsq.report on a real run folder of `zsq quantize` (tiny run, the binary's own metrics and result)."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ def report(*args):
     return done.returncode, done.stdout, done.stderr
 
 
-class ReportTest(unittest.TestCase):
+class ReportTest(base.FolderTest):
     @classmethod
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp(prefix="zsq-report-")
@@ -33,9 +32,6 @@ class ReportTest(unittest.TestCase):
         base.run_zsq("quantize", "--teacher", teacher, "--pool", data, "--eval-data", data, "--bits", "2,8",
                      "--steps", 4, "--batch-size", 32, "--calib-count", 16, "--out", cls.run_dir)
 
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.dir, ignore_errors=True)
 
     def test_the_run_writes_result_json_and_the_report_draws_it(self):
         with open(os.path.join(self.run_dir, "result.json")) as f:

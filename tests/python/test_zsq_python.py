@@ -81,7 +81,19 @@ def write_eval_set(path):
     return images, labels
 
 
-class PythonAccessTest(unittest.TestCase):
+class FolderTest(unittest.TestCase):
+    """Test classes whose setUpClass makes `cls.dir`, a temporary folder removed at the end."""
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.dir, ignore_errors=True)
+
+    @classmethod
+    def path(cls, name):
+        return os.path.join(cls.dir, name)
+
+
+class PythonAccessTest(FolderTest):
     """Logits of every kind of file, Python against the binary."""
 
     @classmethod
@@ -107,13 +119,6 @@ class PythonAccessTest(unittest.TestCase):
                 "--input-range", "calibrated", "--weight-init", "mse", "--bn-reestimate", 2,
                 "--calib-count", 64, "--out", cls.student_b)
 
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.dir, ignore_errors=True)
-
-    @classmethod
-    def path(cls, name):
-        return os.path.join(cls.dir, name)
 
     def binary_logits(self, flag, path, key="logits", limit=IMAGES, extra=()):
         """`zsq eval FLAG PATH --save-logits`: the logits under `key`, labels checked against the data."""
