@@ -64,34 +64,40 @@ void add_training_options(po::options_description& desc) {
        "none, all, or a comma-separated list");
 }
 
+// quantize's options in the groups --help prints: teacher and data, student, training, generator, run, common.
 void add_quantize_options(po::options_description& desc) {
-  desc.add_options()
+  po::options_description data("Teacher and data"), student("Student"), training("Training"),
+      generator("Generator (online synthesis, without --pool)"), run("Run folder, checkpoints, progress"),
+      common("Common");
+  data.add_options()
       ("teacher", po::value<std::string>(), "FP32 teacher model file")
       ("pool", po::value<std::string>(),
        "train on this fixed set of images instead of generating online: an HDF5 data set (e.g. from zsq generate), "
        "or 'fashion-mnist' for the real-data baseline")
       ("recipe", po::value<std::string>()->default_value("gdfq"),
        "online generation (without --pool): gdfq or qimera alternate a generator with the student; "
-       "noise, zeroq, dsg, genie, intraq make fresh batches");
-  add_student_options(desc);
-  add_training_options(desc);
-  add_bn_options(desc, "auto", "absolute");
-  add_quant_init_options(desc);
-  add_synth_options(desc, "gen-");
-  desc.add_options()
+       "noise, zeroq, dsg, genie, intraq make fresh batches")
+      ("eval-data", po::value<std::string>()->default_value("fashion-mnist"),
+       "labelled test set for the final table ('fashion-mnist', an HDF5 file, or 'none')")
+      ("data-dir", po::value<std::string>()->default_value(kFashionMnistDir), "folder with the Fashion-MNIST IDX files");
+  add_model_overrides(data);
+  add_student_options(student);
+  add_quant_init_options(student);
+  add_training_options(training);
+  add_bn_options(training, "auto", "absolute");
+  add_synth_options(generator, "gen-");
+  run.add_options()
+      ("out", po::value<std::string>()->default_value("run"),
+       "run folder (created): checkpoint.h5, metrics.jsonl, result.json")
       ("checkpoint-every", po::value<int64_t>()->default_value(100), "steps between checkpoints (0: only at the end)")
       ("stop-after", po::value<int64_t>()->default_value(0),
        "end after this many steps with a checkpoint (0: run to the end); --resume continues")
       ("resume", po::bool_switch(), "continue the run in --out from its checkpoint")
-      ("eval-data", po::value<std::string>()->default_value("fashion-mnist"),
-       "labelled test set for the final table ('fashion-mnist', an HDF5 file, or 'none')")
-      ("data-dir", po::value<std::string>()->default_value(kFashionMnistDir), "folder with the Fashion-MNIST IDX files")
       ("log-every", po::value<int64_t>()->default_value(50), "steps between progress lines")
       ("collective-timeout", po::value<double>()->default_value(600), "under mpirun: seconds a collective may take")
-      ("seed", po::value<uint64_t>()->default_value(0), "random seed")
-      ("out", po::value<std::string>()->default_value("run"), "run folder (created): checkpoint.h5, metrics.jsonl");
-  add_model_overrides(desc);
-  add_common_options(desc);
+      ("seed", po::value<uint64_t>()->default_value(0), "random seed");
+  add_common_options(common);
+  desc.add(data).add(student).add(training).add(generator).add(run).add(common);
 }
 
 bool read_switch(const po::variables_map& vm, const char* name) {
