@@ -1,9 +1,11 @@
-"""python3 -m zsq.report RUN [--out FILE.png]
+"""python3 -m zsq.report RUN [--out FILE.png] [--eval EVAL.json]
 
 A picture of a `zsq quantize` run folder: top-1 per bit-width next to the FP32
 teacher (from RUN/result.json, written when the run completes with an
 evaluation) and each bit-width's distillation loss along the steps (from
-RUN/metrics.jsonl). Writes RUN/report.png unless --out says otherwise.
+RUN/metrics.jsonl). Writes RUN/report.png unless --out says otherwise. A run
+made with --eval-data none takes its accuracies from --eval: the JSON line of
+`zsq eval --checkpoint RUN/checkpoint.h5 --teacher T --json`.
 
 Exit status: 0 written, 1 a missing or broken run file, 2 a wrong command line.
 """
@@ -57,14 +59,16 @@ def read_result(path):
     return result["teacher_top1"], top1
 
 
-def draw(run, out):
+def draw(run, out, eval_path=None):
     """Writes the PNG (atomically); returns what it drew."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     bits, steps, losses = read_metrics(os.path.join(run, "metrics.jsonl"))
-    result = read_result(os.path.join(run, "result.json"))
+    result = read_result(eval_path or os.path.join(run, "result.json"))
+    if eval_path and result is None:
+        raise ValueError(f"'{eval_path}' has no teacher_top1 (the JSON line of zsq eval --checkpoint ... --teacher T --json)")
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     if result:
         teacher, top1 = result
@@ -99,13 +103,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m zsq.report", description=__doc__.split("\n\n")[1])
     parser.add_argument("run", help="run folder of zsq quantize (metrics.jsonl, result.json)")
     parser.add_argument("--out", help="PNG to write (default: RUN/report.png)")
+    parser.add_argument("--eval", help="accuracies from this JSON (zsq eval --checkpoint ... --teacher T --json) "
+                                       "instead of RUN/result.json")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.run):
         print(f"zsq.report: error: '{args.run}' is not a folder", file=sys.stderr)
         return 1
     out = args.out or os.path.join(args.run, "report.png")
     try:
-        drawn = draw(args.run, out)
+        if args.eval and not os.path.isfile(args.eval):
+            raise ValueError(f"'{args.eval}' does not exist")
+        drawn = draw(args.run, out, args.eval)
     except (ValueError, OSError) as e:
         print(f"zsq.report: error: {e}", file=sys.stderr)
         return 1

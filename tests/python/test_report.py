@@ -47,6 +47,18 @@ class ReportTest(base.FolderTest):
         self.assertEqual(png[:8], PNG_MAGIC)
         width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
         self.assertEqual((width, height), (1100, 420))
+        # --eval: the accuracies from another JSON with the same keys (zsq eval --checkpoint ... --json).
+        other = os.path.join(self.dir, "other.png")
+        code, out, err = report(self.run_dir, "--eval", os.path.join(self.run_dir, "result.json"), "--out", other)
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("accuracies and", out)
+        without = os.path.join(self.dir, "without.json")
+        with open(without, "w") as f:
+            json.dump({"top1_b2": 0.5}, f)
+        code, _, err = report(self.run_dir, "--eval", without, "--out", other + "2")
+        self.assertEqual(code, 1)
+        self.assertIn("has no teacher_top1", err)
+        self.assertFalse(os.path.exists(other + "2"))
 
     def test_bad_runs_fail_with_one_line(self):
         code, _, err = report(os.path.join(self.dir, "none"))
