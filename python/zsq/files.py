@@ -126,16 +126,25 @@ def load_state(module, file, ignore_groups=()):
             tensor.copy_(value.to(tensor.dtype))
 
 
-def atomic_replace(path, write):
-    """Writes `path` atomically: `write(tmp)` writes a temporary file in the
-    same folder (".NAME.tmp.PID", as the C++ writer), which is synced and
-    renamed over `path`; on failure it is removed and the old file stays."""
+def check_output(path):
+    """(path, folder) of an output file that can be written: not a folder, in
+    a folder that exists and is writable; a ValueError naming it otherwise."""
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     if os.path.isdir(path):
         raise ValueError(f"output '{path}' is a folder; give a file name")
     if not os.path.isdir(folder):
         raise ValueError(f"output folder '{folder}' does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder '{folder}' is not writable")
+    return path, folder
+
+
+def atomic_replace(path, write):
+    """Writes `path` atomically: `write(tmp)` writes a temporary file in the
+    same folder (".NAME.tmp.PID", as the C++ writer), which is synced and
+    renamed over `path`; on failure it is removed and the old file stays."""
+    path, folder = check_output(path)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp.{os.getpid()}")
     try:
         write(tmp)

@@ -85,24 +85,10 @@ def build_onnx(model, path="", opset=DEFAULT_OPSET, weight_mode="offset", form="
     return onnx_model
 
 
-def _check_output(out):
-    out = os.fspath(out)
-    folder = os.path.dirname(out) or "."
-    if os.path.isdir(out):
-        raise ValueError(f"output '{out}' is a folder; give a file name")
-    if not os.path.isdir(folder):
-        raise ValueError(f"output folder '{folder}' does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"output folder '{folder}' is not writable")
-    return out, folder
-
-
 def write_atomic(out, data):
     """Writes bytes to `out` through a temporary file in the same folder
     (synced, renamed); on failure the temporary file is removed and an
     existing `out` stays as it was."""
-    out, _ = _check_output(out)
-
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
@@ -114,7 +100,7 @@ def export_onnx(model_path, out, bits=None, opset=DEFAULT_OPSET, weight_mode="of
     ValueError (ExportError among them) for bad files or options."""
     if not MIN_OPSET <= opset <= newest_opset():
         raise ExportError(f"opset must be in [{MIN_OPSET}, {newest_opset()}], got {opset}")
-    _check_output(out)  # before the work
+    files.check_output(out)  # before the work
     model = load_for_export(model_path, bits)
     onnx_model = build_onnx(model, os.fspath(model_path), opset, weight_mode, form)
     write_atomic(out, onnx_model.SerializeToString())
