@@ -217,14 +217,20 @@ int remove_stale_temporaries(const std::string& path) {
 }
 
 void atomic_write(const std::string& path, const std::function<void(File&)>& fill) {
+  atomic_replace(path, [&](const std::string& tmp) {
+    File file = File::create(tmp);
+    fill(file);
+    file.close();
+  });
+}
+
+void atomic_replace(const std::string& path, const std::function<void(const std::string& tmp)>& write) {
   check_writable(path);
   const fs::path target(path);
   const fs::path folder = folder_of(target);
   const std::string tmp = (folder / (temporary_prefix(target) + std::to_string(::getpid()))).string();
   try {
-    File file = File::create(tmp);
-    fill(file);
-    file.close();
+    write(tmp);
     const int fd = ::open(tmp.c_str(), O_RDONLY);
     TORCH_CHECK(fd >= 0, "cannot reopen '", tmp, "' to sync it: ", errno_text());
     const int synced = ::fsync(fd);

@@ -79,6 +79,8 @@ class File {
 /// fsync'ed too. If `fill` throws, the temporary file is removed and an
 /// existing `path` is left untouched.
 void atomic_write(const std::string& path, const std::function<void(File&)>& fill);
+/// The same for any file: `write` writes the temporary file whose path it is given.
+void atomic_replace(const std::string& path, const std::function<void(const std::string& tmp)>& write);
 
 /// Removes the temporary files that atomic_write(path, ...) calls of killed
 /// processes left beside `path` (any process's); returns how many. Call it

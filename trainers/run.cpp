@@ -3,7 +3,6 @@
 #include "framework/errors.h"
 #include "framework/h5.h"
 
-#include <unistd.h>
 
 namespace zsq::trainers {
 namespace fs = std::filesystem;
@@ -46,14 +45,12 @@ void RunFolder::close() {
 }
 
 void RunFolder::write_result(const std::string& json) const {
-  const fs::path tmp = folder_ / ("result.json.tmp." + std::to_string(::getpid()));
-  {
+  h5::atomic_replace(result(), [&](const std::string& tmp) {
     std::ofstream out(tmp);
     out << json << "\n";
     out.close();
-    TORCH_CHECK(out.good(), "cannot write '", tmp.string(), "'");
-  }
-  fs::rename(tmp, result());
+    TORCH_CHECK(out.good(), "cannot write '", tmp, "'");
+  });
 }
 
 void truncate_metrics(const std::string& path, int64_t step) {
