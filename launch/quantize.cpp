@@ -35,6 +35,9 @@ void add_training_options(po::options_description& desc) {
       ("weight-step-lr", po::value<double>()->default_value(1.0),
        "learning-rate multiplier of the shared weight steps (0: frozen at their initial values, the latent weights "
        "still train)")
+      ("weight-step-grad", po::value<std::string>()->default_value("weighting"),
+       "how the shared weight steps combine the bit-widths' gradients: weighting (as --weighting says) or sum "
+       "(every bit-width's gradient moves them; with min-norm, normalized or pcgrad)")
       ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
       ("ce-weight", po::value<std::string>()->default_value("auto"),
        "weight of the cross-entropy to the images' labels: one value, one per bit-width (e.g. 1,0,0,0), or auto "
@@ -44,7 +47,8 @@ void add_training_options(po::options_description& desc) {
       ("weighting", po::value<std::string>()->default_value("min-norm"),
        "bit-widths per step: sum (all, weighted by --bit-weights), sandwich (highest, lowest, one random middle), "
        "min-norm (MGDA combination of the per-bit gradients), normalized (all, each bit-width's gradient on the "
-       "shared weights rescaled to their mean norm)")
+       "shared weights rescaled to their mean norm), pcgrad (all; on the shared weights each lower bit-width's "
+       "gradient loses its component against every higher one's where they conflict, then summed)")
       ("bit-weights", po::value<std::string>(), "loss weight per bit-width, comma-separated (default: all 1)")
       ("recursive", po::value<std::string>()->default_value("off"),
        "on: each bit-width learns from the next higher one instead of the teacher")
@@ -114,6 +118,11 @@ trainers::QuantizeOptions read_quantize_options(const po::variables_map& vm, con
   q.lr = get<double>(vm, "lr");
   q.weight_decay = get<double>(vm, "weight-decay");
   q.weight_step_lr = get<double>(vm, "weight-step-lr");
+  const std::string step_grad = get<std::string>(vm, "weight-step-grad");
+  if (step_grad != "weighting" && step_grad != "sum") {
+    throw UsageError("--weight-step-grad must be 'weighting' or 'sum', got '" + step_grad + "'");
+  }
+  q.weight_step_sum = step_grad == "sum";
   q.temperature = get<double>(vm, "temperature");
   if (get<std::string>(vm, "ce-weight") == "auto") {
     const std::vector<int64_t> low = low_bits(config);

@@ -86,6 +86,7 @@ class OfaTrainer {
   std::unique_ptr<torch::optim::SGD> optimizer_;
   std::vector<torch::Tensor> weight_steps_;  // scaled by --weight-step-lr
   NamedTensors params_, shared_;             // trained; what the bit-widths share (latent weights, steps, biases)
+  std::vector<bool> shared_is_step_;         // per tensor of shared_: a weight step
   std::unique_ptr<distributed::Reducer> reducer_;
   std::unique_ptr<Checkpointer> checkpointer_;
   std::vector<torch::Tensor> bn_running_;  // --bn-train's running statistics
@@ -147,7 +148,9 @@ void OfaTrainer::select_trained() {
   ZSQ_CHECK_OPTION(trained > 0, "--train ", train_scope_name(o_.train), ": the student has nothing to train");
   params_ = trained_parameters(student_);
   for (const auto& item : params_) {
-    if (!is_per_bit_tensor(item.first)) shared_.push_back(item);
+    if (is_per_bit_tensor(item.first)) continue;
+    shared_.push_back(item);
+    shared_is_step_.push_back(is_weight_step(item.first));
   }
   if (world_ > 1) {
     std::vector<torch::Tensor> list;
@@ -317,7 +320,7 @@ void OfaTrainer::train_step(int64_t step, QuantizeStep* report) {
   report->losses = losses;
   if (!shared_.empty()) {
     torch::Tensor d = torch::stack(shared_gradients);  // K × S, float64
-    report->alphas = combine_shared_gradients(o_.weighting, d, shared_, comm_.get());
+    report->alphas = combine_shared_gradients(o_.weighting, d, shared_, comm_.get(), shared_is_step_, o_.weight_step_sum);
     const torch::Tensor norms = d.norm(2, 1);
     report->grad_norms.assign(norms.data_ptr<double>(), norms.data_ptr<double>() + norms.numel());
   }

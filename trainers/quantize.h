@@ -26,6 +26,13 @@
 //             weights, weight steps) each bit-width's gradient is rescaled to
 //             the mean norm of all of them, so no bit-width's loss scale sets
 //             the direction; per-bit tensors keep their own gradients
+//   pcgrad    every bit-width every step; on the shared tensors each lower
+//             bit-width's gradient loses its component along every higher
+//             bit-width's gradient it conflicts with (PCGrad, higher first),
+//             then they are summed; per-bit tensors keep their own gradients
+// weight_step_sum (--weight-step-grad sum): with min-norm, normalized or
+// pcgrad, the shared weight steps still take the plain sum of the per-bit
+// gradients (the combination applies to the latent weights and biases).
 // Recursive distillation (recursive = true): the top bit-width learns from the
 // teacher, every other one from the student at the next higher bit-width in
 // this step's set (its logits detached).
@@ -87,6 +94,7 @@ struct QuantizeOptions {
   double lr = 1e-4;              ///< peak learning rate (SGD with Nesterov momentum 0.9, cosine to 0)
   double weight_decay = 0;       ///< on latent weights only
   double weight_step_lr = 1;     ///< learning-rate multiplier of the shared weight steps (0: frozen)
+  bool weight_step_sum = false;  ///< the shared weight steps take the plain sum of the bit-widths' gradients (min-norm, normalized, pcgrad)
   double temperature = 4;
   std::vector<double> ce_weight; ///< cross-entropy to the labels: one weight for every bit-width, or one per bit-width in ascending bit order (empty: 0)
   double feature_weight = 0;     ///< MSE of the penultimate features to the teacher's, per bit-width

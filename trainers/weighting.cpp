@@ -53,15 +53,17 @@ const char* weighting_name(Weighting weighting) {
     case Weighting::kSandwich: return "sandwich";
     case Weighting::kMinNorm: return "min-norm";
     case Weighting::kNormalized: return "normalized";
+    case Weighting::kPcGrad: return "pcgrad";
   }
   return "?";
 }
 
 Weighting parse_weighting(const std::string& name) {
-  for (const Weighting w : {Weighting::kSum, Weighting::kSandwich, Weighting::kMinNorm, Weighting::kNormalized}) {
+  for (const Weighting w :
+       {Weighting::kSum, Weighting::kSandwich, Weighting::kMinNorm, Weighting::kNormalized, Weighting::kPcGrad}) {
     if (name == weighting_name(w)) return w;
   }
-  ZSQ_CHECK_OPTION(false, "unknown --weighting '", name, "' (sum, sandwich, min-norm, normalized)");
+  ZSQ_CHECK_OPTION(false, "unknown --weighting '", name, "' (sum, sandwich, min-norm, normalized, pcgrad)");
   return Weighting::kSum;
 }
 
@@ -71,6 +73,25 @@ torch::Tensor normalized_sum(const torch::Tensor& gradients) {
   const torch::Tensor norms = gradients.norm(2, 1, /*keepdim=*/true);
   // A zero gradient stays zero (its scale is irrelevant); the others get the mean norm of all.
   return (gradients * (norms.mean() / norms.clamp_min(1e-30))).sum(0);
+}
+
+torch::Tensor pcgrad_sum(const torch::Tensor& gradients) {
+  TORCH_CHECK(gradients.dim() == 2 && gradients.size(0) > 0, "pcgrad_sum: expected K × P gradients, got ",
+              gradients.sizes());
+  const int64_t k = gradients.size(0);
+  torch::Tensor total = gradients[k - 1].clone();
+  for (int64_t i = 0; i + 1 < k; ++i) {
+    torch::Tensor g = gradients[i].clone();
+    // Against the original higher gradients, highest first (PCGrad projects onto the other tasks' raw gradients).
+    for (int64_t h = k - 1; h > i; --h) {
+      const torch::Tensor other = gradients[h];
+      const double dot = g.dot(other).item<double>();
+      const double norm2 = other.dot(other).item<double>();
+      if (dot < 0 && norm2 > 0) g.sub_(other * (dot / norm2));
+    }
+    total.add_(g);
+  }
+  return total;
 }
 
 std::vector<double> min_norm_weights(const torch::Tensor& gram_in, int iterations) {
@@ -104,23 +125,51 @@ std::vector<double> min_norm_weights(const torch::Tensor& gram_in, int iteration
   return alpha;
 }
 
+namespace {
+
+// Σ_b g_b on the flagged tensors (the weight steps with --weight-step-grad sum), the combination elsewhere.
+torch::Tensor with_summed_steps(const torch::Tensor& combined, const torch::Tensor& d, const NamedTensors& shared,
+                                const std::vector<bool>& is_step) {
+  TORCH_CHECK(is_step.size() == shared.size(), "combine_shared_gradients: one step flag per shared tensor");
+  torch::Tensor out = combined.clone();
+  int64_t offset = 0;
+  for (size_t i = 0; i < shared.size(); ++i) {
+    const int64_t n = shared[i].second.numel();
+    if (is_step[i]) out.narrow(0, offset, n).copy_(d.narrow(1, offset, n).sum(0));
+    offset += n;
+  }
+  return out;
+}
+
+} // namespace
+
 std::vector<double> combine_shared_gradients(Weighting weighting, torch::Tensor& d, const NamedTensors& shared,
-                                             distributed::Communicator* comm) {
-  if (weighting != Weighting::kNormalized && weighting != Weighting::kMinNorm) return {};
+                                             distributed::Communicator* comm, const std::vector<bool>& is_step,
+                                             bool steps_sum) {
+  if (weighting != Weighting::kNormalized && weighting != Weighting::kMinNorm && weighting != Weighting::kPcGrad) {
+    return {};  // the accumulated gradients are the sum already
+  }
   // Both combine the global per-bit gradients on the shared tensors (the same on every rank); the per-bit
   // tensors keep their own gradients, averaged by the reducer afterwards (which leaves the already global
   // shared ones as they are).
   if (comm && comm->size() > 1) comm->all_reduce(d, distributed::ReduceOp::kAverage);
+  const auto write = [&](const torch::Tensor& combined) {
+    set_flat_gradient(shared, steps_sum ? with_summed_steps(combined, d, shared, is_step) : combined);
+  };
   if (weighting == Weighting::kNormalized) {
     // Each rescaled to the mean norm: the lowest bit-width's large loss no longer sets the direction.
-    set_flat_gradient(shared, normalized_sum(d));
+    write(normalized_sum(d));
+    return {};
+  }
+  if (weighting == Weighting::kPcGrad) {
+    write(pcgrad_sum(d));
     return {};
   }
   // MGDA (Sener & Koltun): α from the shared parameters' gradients only, task-specific ones (here: per-bit
   // activation steps and BatchNorm) step on their own gradients.
   const std::vector<double> alpha = min_norm_weights(d.matmul(d.t()));
   const torch::Tensor a = torch::tensor(alpha, torch::kFloat64) * static_cast<double>(d.size(0));
-  set_flat_gradient(shared, a.matmul(d));
+  write(a.matmul(d));
   return alpha;
 }
 

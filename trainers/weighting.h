@@ -15,9 +15,9 @@ namespace zsq::trainers {
 
 /// How the bit-widths of a step share it (QuantizeOptions::weighting; see
 /// trainers/quantize.h for each rule).
-enum class Weighting { kSum, kSandwich, kMinNorm, kNormalized };
+enum class Weighting { kSum, kSandwich, kMinNorm, kNormalized, kPcGrad };
 
-/// "sum", "sandwich", "min-norm", "normalized" (--weighting's names), and back;
+/// "sum", "sandwich", "min-norm", "normalized", "pcgrad" (--weighting's names), and back;
 /// parse_weighting throws zsq::OptionError listing the names.
 const char* weighting_name(Weighting weighting);
 Weighting parse_weighting(const std::string& name);
@@ -37,6 +37,14 @@ void set_flat_gradient(const NamedTensors& params, const torch::Tensor& flat);
 /// the combination of --weighting normalized.
 torch::Tensor normalized_sum(const torch::Tensor& gradients);
 
+/// Σ_b g'_b for the K × P per-bit gradients (rows, ascending bit-widths), where
+/// g'_b is g_b with its component along each higher bit-width's gradient g_h
+/// removed wherever the two conflict (g'_b·g_h < 0; h from the highest down):
+/// PCGrad's projection (Yu et al. 2020) with the higher bit-widths first, so
+/// no lower bit-width's gradient pulls against a higher one's to first order.
+/// The highest bit-width's gradient is taken as it is.
+torch::Tensor pcgrad_sum(const torch::Tensor& gradients);
+
 /// α on the simplex minimizing ||Σ α_i g_i||² for the Gram matrix G (K×K,
 /// G_ij = g_i·g_j), by Frank-Wolfe as MGDA's MinNormSolver (float64).
 std::vector<double> min_norm_weights(const torch::Tensor& gram, int iterations = 250);
@@ -45,9 +53,12 @@ std::vector<double> min_norm_weights(const torch::Tensor& gram, int iterations =
 /// float64, rows in the order of the step's bit-widths), as `weighting` says:
 /// min-norm and normalized average them over the ranks first (comm may be null)
 /// and write the combination into the shared tensors' gradients; sum and
-/// sandwich leave the accumulated gradients as they are. Returns min-norm's α
-/// (empty otherwise).
+/// sandwich leave the accumulated gradients as they are. With `steps_sum`, the
+/// shared tensors flagged in `is_step` (one flag per tensor of `shared`) take
+/// the plain sum Σ_b g_b whatever the weighting. Returns min-norm's α (empty
+/// otherwise).
 std::vector<double> combine_shared_gradients(Weighting weighting, torch::Tensor& gradients,
-                                             const NamedTensors& shared, distributed::Communicator* comm);
+                                             const NamedTensors& shared, distributed::Communicator* comm,
+                                             const std::vector<bool>& is_step = {}, bool steps_sum = false);
 
 } // namespace zsq::trainers

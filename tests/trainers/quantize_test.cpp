@@ -93,7 +93,8 @@ TEST_F(QuantizeTest, TrainingLowersTheSummedLoss) {
             std::string::npos);
   o.weights = {};
   EXPECT_NE(error_of([&] { parse_weighting("average"); }).find("unknown --weighting 'average'"), std::string::npos);
-  for (const Weighting w : {Weighting::kSum, Weighting::kSandwich, Weighting::kMinNorm, Weighting::kNormalized}) {
+  for (const Weighting w :
+       {Weighting::kSum, Weighting::kSandwich, Weighting::kMinNorm, Weighting::kNormalized, Weighting::kPcGrad}) {
     EXPECT_EQ(parse_weighting(weighting_name(w)), w);
   }
 }
@@ -230,7 +231,7 @@ TEST_F(QuantizeTest, MinNormAndNormalizedLeaveThePerBitGradientsAlone) {
     return out;
   };
   const auto sum = after_one_step("sum");
-  for (const std::string weighting : {"min-norm", "normalized"}) {
+  for (const std::string weighting : {"min-norm", "normalized", "pcgrad"}) {
     const auto other = after_one_step(weighting);
     int64_t per_bit = 0, shared_moved = 0;
     for (const auto& [name, value] : sum) {
@@ -244,6 +245,65 @@ TEST_F(QuantizeTest, MinNormAndNormalizedLeaveThePerBitGradientsAlone) {
     EXPECT_GT(per_bit, 0);
     EXPECT_GT(shared_moved, 0) << weighting;
   }
+}
+
+// PCGrad with the higher bit-widths first: a lower gradient loses its component along a higher one only where
+// they conflict; the highest is kept whole.
+TEST_F(QuantizeTest, PcGradRemovesOnlyTheConflictWithHigherBitWidths) {
+  // Rows ascending: g_low = (1, -1), g_high = (0, 1). Conflict (dot -1): g_low -> (1, 0); sum (1, 1).
+  torch::Tensor g = torch::tensor({1.0, -1.0, 0.0, 1.0}, torch::kFloat64).view({2, 2});
+  EXPECT_TRUE(torch::allclose(pcgrad_sum(g), torch::tensor({1.0, 1.0}, torch::kFloat64))) << pcgrad_sum(g);
+  // No conflict: the plain sum.
+  g = torch::tensor({1.0, 1.0, 0.0, 1.0}, torch::kFloat64).view({2, 2});
+  EXPECT_TRUE(torch::allclose(pcgrad_sum(g), torch::tensor({1.0, 2.0}, torch::kFloat64)));
+  // The highest row is never projected, even when a lower one conflicts with it: (0, 1) kept, (0, -2) -> 0.
+  g = torch::tensor({0.0, -2.0, 0.0, 1.0}, torch::kFloat64).view({2, 2});
+  EXPECT_TRUE(torch::allclose(pcgrad_sum(g), torch::tensor({0.0, 1.0}, torch::kFloat64)));
+  // Three rows: the lowest is projected against both higher ones, against the raw gradients, highest first.
+  g = torch::tensor({-1.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0}, torch::kFloat64).view({3, 3});
+  // g0 = (-1,-1,0): vs g2 = (0,0,1) no conflict; vs g1 = (1,0,0) dot -1 -> (0,-1,0). Sum (1,-1,1).
+  EXPECT_TRUE(torch::allclose(pcgrad_sum(g), torch::tensor({1.0, -1.0, 1.0}, torch::kFloat64))) << pcgrad_sum(g);
+}
+
+// --weight-step-grad sum: after one min-norm step the weight steps are those of the plain sum, the latent weights
+// are not; refused where it has no meaning.
+TEST_F(QuantizeTest, WeightStepGradSumMovesTheStepsAsTheSumDoes) {
+  Toy s = make_setup({2, 4, 8});
+  auto after_one_step = [&](Weighting weighting, bool steps_sum) {
+    torch::manual_seed(5);
+    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+    QuantizeOptions o = small_options();
+    o.steps = 1;
+    o.weighting = weighting;
+    o.weight_step_sum = steps_sum;
+    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr);
+    std::map<std::string, torch::Tensor> out;
+    for (const auto& item : student->named_parameters()) out[item.key()] = item.value().detach().clone();
+    return out;
+  };
+  const auto sum = after_one_step(Weighting::kSum, false);
+  const auto mgda = after_one_step(Weighting::kMinNorm, false);
+  const auto mixed = after_one_step(Weighting::kMinNorm, true);
+  int64_t steps = 0, weights_differ = 0, steps_differ_without = 0;
+  for (const auto& [name, value] : sum) {
+    if (is_weight_step(name)) {
+      ++steps;
+      EXPECT_TRUE(torch::allclose(mixed.at(name), value, 1e-5, 1e-9)) << name;
+      steps_differ_without += !torch::allclose(mgda.at(name), value, 1e-5, 1e-9);
+    } else if (!is_per_bit_tensor(name) && name.size() > 7 && name.substr(name.size() - 7) == ".weight") {
+      EXPECT_TRUE(torch::allclose(mixed.at(name), mgda.at(name), 1e-5, 1e-9)) << name;
+      weights_differ += !torch::allclose(mixed.at(name), value, 1e-5, 1e-9);
+    }
+  }
+  EXPECT_GT(steps, 0);
+  EXPECT_GT(steps_differ_without, 0);  // min-norm alone moves the steps otherwise: the test can tell
+  EXPECT_GT(weights_differ, 0);
+  QuantizeOptions q;
+  q.weight_step_sum = true;
+  EXPECT_THROW_WITH(q.check(), "--weight-step-grad sum has no meaning with --weighting sum");
+  q.weighting = Weighting::kMinNorm;
+  q.train = TrainScope::kPerBit;
+  EXPECT_THROW_WITH(q.check(), "--weight-step-grad sum needs the weight steps to train");
 }
 
 // bn_reestimate_end: after the last step only the bn_bits' BatchNorm statistics change (through the trained
