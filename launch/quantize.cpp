@@ -35,6 +35,9 @@ void add_training_options(po::options_description& desc) {
       ("weight-step-lr", po::value<double>()->default_value(1.0),
        "learning-rate multiplier of the shared weight steps (0: frozen at their initial values, the latent weights "
        "still train)")
+      ("per-bit-lr", po::value<std::string>(),
+       "learning-rate multiplier of each bit-width's own tensors (activation steps, BatchNorm): one value or one "
+       "per bit-width in the order of --bits (default: 1)")
       ("weight-step-grad", po::value<std::string>()->default_value("weighting"),
        "how the shared weight steps combine the bit-widths' gradients: weighting (as --weighting says) or sum "
        "(every bit-width's gradient moves them; with min-norm, normalized or pcgrad)")
@@ -123,6 +126,7 @@ trainers::QuantizeOptions read_quantize_options(const po::variables_map& vm, con
     throw UsageError("--weight-step-grad must be 'weighting' or 'sum', got '" + step_grad + "'");
   }
   q.weight_step_sum = step_grad == "sum";
+  q.per_bit_lr = read_per_bit_values(vm, "per-bit-lr", config, /*one_for_all=*/true);
   q.temperature = get<double>(vm, "temperature");
   if (get<std::string>(vm, "ce-weight") == "auto") {
     const std::vector<int64_t> low = low_bits(config);

@@ -85,6 +85,7 @@ class OfaTrainer {
   int64_t epoch_ = -1;
   std::unique_ptr<torch::optim::SGD> optimizer_;
   std::vector<torch::Tensor> weight_steps_;  // scaled by --weight-step-lr
+  std::vector<std::pair<torch::Tensor, double>> per_bit_scaled_;  // per-bit tensors and their --per-bit-lr (≠ 1)
   NamedTensors params_, shared_;             // trained; what the bit-widths share (latent weights, steps, biases)
   std::vector<bool> shared_is_step_;         // per tensor of shared_: a weight step
   std::unique_ptr<distributed::Reducer> reducer_;
@@ -142,6 +143,11 @@ void OfaTrainer::select_trained() {
     item.value().set_requires_grad(trains);
     trained += trains;
     if (trains && weight_step) weight_steps_.push_back(item.value());
+    const int64_t b = per_bit_tensor_bits(item.key());
+    if (trains && b > 0 && std::find(bits_.begin(), bits_.end(), b) != bits_.end()) {
+      const double scale = value_at(o_.per_bit_lr, 1.0, b);
+      if (scale != 1) per_bit_scaled_.emplace_back(item.value(), scale);
+    }
   }
   // Input steps derived from a known input range neither calibrate nor train.
   for (auto& step : models::fixed_input_steps(student_)) step.set_requires_grad(false);
@@ -325,11 +331,16 @@ void OfaTrainer::train_step(int64_t step, QuantizeStep* report) {
     report->grad_norms.assign(norms.data_ptr<double>(), norms.data_ptr<double>() + norms.numel());
   }
   if (reducer_) reducer_->reduce();
-  if (o_.weight_step_lr != 1) {
+  {
     // SGD is linear in the gradient (no weight decay on 1-D tensors): scaling it scales the step's rate.
     torch::NoGradGuard no_grad;
-    for (auto& s : weight_steps_) {
-      if (s.grad().defined()) s.grad().mul_(o_.weight_step_lr);
+    if (o_.weight_step_lr != 1) {
+      for (auto& s : weight_steps_) {
+        if (s.grad().defined()) s.grad().mul_(o_.weight_step_lr);
+      }
+    }
+    for (auto& [t, scale] : per_bit_scaled_) {
+      if (t.grad().defined()) t.grad().mul_(scale);
     }
   }
   optimizer_->step();

@@ -94,6 +94,9 @@ struct QuantizeOptions {
   double lr = 1e-4;              ///< peak learning rate (SGD with Nesterov momentum 0.9, cosine to 0)
   double weight_decay = 0;       ///< on latent weights only
   double weight_step_lr = 1;     ///< learning-rate multiplier of the shared weight steps (0: frozen)
+  /// Learning-rate multiplier of each bit-width's own tensors (activation steps, BatchNorm): one value for
+  /// every bit-width, or one per bit-width in ascending bit order (empty: 1)
+  std::vector<double> per_bit_lr;
   bool weight_step_sum = false;  ///< the shared weight steps take the plain sum of the bit-widths' gradients (min-norm, normalized, pcgrad)
   double temperature = 4;
   std::vector<double> ce_weight; ///< cross-entropy to the labels: one weight for every bit-width, or one per bit-width in ascending bit order (empty: 0)
@@ -128,6 +131,9 @@ struct QuantizeOptions {
 
 /// True for the tensors of one bit-width only (act_step_b<k>, <bn>.b<k>.<leaf>).
 bool is_per_bit_tensor(const std::string& name);
+
+/// The bit-width of a per-bit tensor (act_step_b<k>, <bn>.b<k>.<leaf>); -1 for any other name.
+int64_t per_bit_tensor_bits(const std::string& name);
 
 /// True for the shared top-precision weight steps (<layer>.weight_step).
 bool is_weight_step(const std::string& name);

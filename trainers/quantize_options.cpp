@@ -16,6 +16,13 @@ bool is_per_bit_tensor(const std::string& name) {
   return std::regex_search(name, per_bit);
 }
 
+int64_t per_bit_tensor_bits(const std::string& name) {
+  static const std::regex per_bit(R"((?:^|\.)act_step_b(\d+)$|\.b(\d+)\.[^.]+$)");
+  std::smatch m;
+  if (!std::regex_search(name, m, per_bit)) return -1;
+  return std::stoll(m[1].matched ? m[1].str() : m[2].str());
+}
+
 bool is_weight_step(const std::string& name) {
   static const std::regex weight_step(R"((^|\.)weight_step$)");
   return std::regex_search(name, weight_step);
@@ -43,6 +50,9 @@ void QuantizeOptions::check() const {
   ZSQ_CHECK_OPTION(weight_step_lr >= 0 && std::isfinite(weight_step_lr), "--weight-step-lr must be a finite number >= 0, got ",
                    weight_step_lr);
   ZSQ_CHECK_OPTION(temperature > 0, "--temperature must be > 0, got ", temperature);
+  for (const double v : per_bit_lr) {
+    ZSQ_CHECK_OPTION(v >= 0 && std::isfinite(v), "--per-bit-lr must be a finite number >= 0, got ", v);
+  }
   for (const double w : ce_weight) ZSQ_CHECK_OPTION(w >= 0, "--ce-weight must be >= 0, got ", w);
   ZSQ_CHECK_OPTION(feature_weight >= 0, "--feature-weight must be >= 0, got ", feature_weight);
   ZSQ_CHECK_OPTION(weights.empty() || (weighting != Weighting::kMinNorm && weighting != Weighting::kNormalized),
@@ -76,6 +86,8 @@ void check_quantize_inputs(const QuantizeOptions& o, const std::vector<int64_t>&
   }
   ZSQ_CHECK_OPTION(o.ce_weight.size() <= 1 || o.ce_weight.size() == bits.size(),
                    "--ce-weight needs one value or one per bit-width (", bits.size(), "), got ", o.ce_weight.size());
+  ZSQ_CHECK_OPTION(o.per_bit_lr.size() <= 1 || o.per_bit_lr.size() == bits.size(),
+                   "--per-bit-lr needs one value or one per bit-width (", bits.size(), "), got ", o.per_bit_lr.size());
   ZSQ_CHECK_OPTION(o.weights.empty() || o.weights.size() == bits.size(),
                    "--bit-weights needs one value per bit-width (", bits.size(), "), got ", o.weights.size());
   for (const auto* list : {&o.bn_bits, &o.bn_train}) {

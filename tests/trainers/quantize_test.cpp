@@ -247,6 +247,55 @@ TEST_F(QuantizeTest, MinNormAndNormalizedLeaveThePerBitGradientsAlone) {
   }
 }
 
+// --per-bit-lr scales one bit-width's own tensors' first SGD step (linear in the gradient) and nothing else.
+TEST_F(QuantizeTest, PerBitLrScalesOnlyThatBitWidthsOwnTensors) {
+  EXPECT_EQ(per_bit_tensor_bits("layer1.0.conv1.act_step_b4"), 4);
+  EXPECT_EQ(per_bit_tensor_bits("layer1.0.bn1.b2.weight"), 2);
+  EXPECT_EQ(per_bit_tensor_bits("bn1.b8.bias"), 8);
+  EXPECT_EQ(per_bit_tensor_bits("layer1.0.conv1.weight"), -1);
+  EXPECT_EQ(per_bit_tensor_bits("layer1.0.conv1.weight_step"), -1);
+  Toy s = make_setup({2, 8});
+  std::map<std::string, torch::Tensor> start;
+  auto after_one_step = [&](std::vector<double> per_bit_lr) {
+    torch::manual_seed(5);
+    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+    QuantizeOptions o = small_options();
+    o.steps = 1;
+    o.calib_count = 32;
+    o.lr = 1;  // one step: large enough that the moves stand clear of float32 rounding
+    o.per_bit_lr = std::move(per_bit_lr);
+    std::map<std::string, torch::Tensor> out;
+    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr);
+    for (const auto& item : student->named_parameters()) out[item.key()] = item.value().detach().clone();
+    return out;
+  };
+  // The start: the same run with the learning rate scaled to 0 everywhere it can be.
+  const auto frozen = after_one_step({0.0});
+  const auto plain = after_one_step({});
+  const auto scaled = after_one_step({3.0, 1.0});
+  int64_t two_bit = 0;
+  for (const auto& [name, value] : plain) {
+    const int64_t b = per_bit_tensor_bits(name);
+    if (b == 2) {
+      const torch::Tensor moved = value - frozen.at(name), moved3 = scaled.at(name) - frozen.at(name);
+      // Differences of float32 values near 1: compared to within a few ulps, counted where the move is clear.
+      EXPECT_TRUE(torch::allclose(moved3, 3 * moved, 1e-3, 1e-6)) << name;
+      two_bit += moved.abs().max().item<double>() > 1e-4;
+    } else {
+      EXPECT_TRUE(torch::allclose(scaled.at(name), value, 1e-5, 1e-9)) << name;
+    }
+  }
+  EXPECT_GT(two_bit, 0);
+  Toy three = make_setup({2, 4, 8});
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(three.config));
+  QuantizeOptions o = small_options();
+  o.per_bit_lr = {1, 2};
+  EXPECT_THROW_WITH(quantize(*student, *three.teacher, {&three.pool, three.norm, nullptr}, o, nullptr, nullptr, nullptr),
+                    "--per-bit-lr needs one value or one per bit-width (3), got 2");
+  o.per_bit_lr = {-1};
+  EXPECT_THROW_WITH(o.check(), "--per-bit-lr must be a finite number >= 0, got -1");
+}
+
 // PCGrad with the higher bit-widths first: a lower gradient loses its component along a higher one only where
 // they conflict; the highest is kept whole.
 TEST_F(QuantizeTest, PcGradRemovesOnlyTheConflictWithHigherBitWidths) {
