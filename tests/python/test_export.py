@@ -213,6 +213,52 @@ class ExportTest(base.FolderTest):
                 self.assertLess(255 * int(np.abs(part).reshape(4, -1).sum(1).max()), 2 ** 24)
         self.assertEqual(len(exact_slices(np.ones((2, 8), dtype=np.int64), 255)), 1)
 
+    def test_run_onnx_top1_and_errors(self):
+        """python -m zsq.run_onnx: the top-1 of the ONNX file on an IDX folder, normalized by its metadata;
+        bad input is one line and exit 1 or 2."""
+        from zsq.run_onnx import main as run_main
+        folder = self.path("idx")
+        os.makedirs(folder, exist_ok=True)
+        images, labels = self.images.numpy(), self.labels.numpy().astype(np.uint8)
+        for name, array in (("t10k-images-idx3-ubyte", images[:, 0]), ("t10k-labels-idx1-ubyte", labels)):
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape))
+                f.write(array.astype(np.uint8).tobytes())
+        out = self.export(self.path("w4.h5"), "w4-run.onnx", "--form", "exact")
+        want = float(np.mean(self.onnx_logits(out).argmax(1) == labels))
+
+        def run(*args):
+            stdout, stderr = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    code = run_main([str(a) for a in args])
+                except SystemExit as stop:
+                    code = stop.code
+            return code, stdout.getvalue(), stderr.getvalue()
+
+        code, stdout, stderr = run("--model", out, "--data-dir", folder, "--json")
+        self.assertEqual((code, stderr), (0, ""))
+        got = json.loads(stdout.strip().splitlines()[-1])
+        self.assertEqual(got["images"], len(labels))
+        self.assertAlmostEqual(got["top1"], want, places=9)
+        code, stdout, _ = run("--model", out, "--data-dir", folder, "--limit", 8, "--json")
+        self.assertEqual(json.loads(stdout)["images"], 8)
+        no_meta = self.path("no-meta.onnx")
+        model = onnx.load(out)
+        del model.metadata_props[:]
+        onnx.save(model, no_meta)
+        for want_code, text, args in [
+            (1, "does not exist", ["--model", self.path("none.onnx"), "--data-dir", folder]),
+            (1, "not an ONNX model", ["--model", self.path("w4.h5"), "--data-dir", folder]),
+            (1, "no input_mean", ["--model", no_meta, "--data-dir", folder]),
+            (1, "not found", ["--model", out, "--data-dir", self.path("nowhere")]),
+            (2, "--limit must be >= 0", ["--model", out, "--limit", -1]),
+        ]:
+            code, _, stderr = run(*args)
+            self.assertEqual(code, want_code, (args, stderr))
+            self.assertIn(text, stderr, args)
+            self.assertEqual(len(stderr.strip().splitlines()), 1, stderr)
+
     def test_clear_errors(self):
         existing = self.path("existing.onnx")
         with open(existing, "wb") as f:
