@@ -25,8 +25,8 @@ substitute '--out my_model.h5' '--out my_model.h5 --steps 40 --threads 2 --arch 
 substitute '--out my_run ' '--out my_run --steps 4 --generator-warmup 4 --calib-count 32 --eval-data none '
 substitute 'eval --checkpoint my_run/checkpoint.h5 ' 'eval --checkpoint my_run/checkpoint.h5 --limit 500 '
 substitute 'run_onnx --model my_w4.onnx ' 'run_onnx --model my_w4.onnx --limit 500 '
-grep -q '/usr/bin/python3\|python3 ' <<<"$block" || fail "no python3 line"
-block="$(sed "s#python3 #'$python' #g" <<<"$block")"
+[ "$(grep -o '/usr/bin/python3 ' <<<"$block" | wc -l)" -eq 3 ] || fail "the README's walkthrough should run /usr/bin/python3 3 times"
+block="$(sed "s#/usr/bin/python3 #'$python' #g" <<<"$block")"
 
 top1() { sed -n 's/.*"top1": *\([0-9.eE+-]*\).*/\1/p' | tail -n 1; }
 for arch in resnet18 mobilenet_v2; do
