@@ -4,6 +4,7 @@
 
 #include "distributed/communicator.h"
 #include "framework/data.h"
+#include "framework/errors.h"
 #include "framework/h5.h"
 #include "framework/model_file.h"
 #include "generators/synthesizer.h"
@@ -39,8 +40,8 @@ void add_training_options(po::options_description& desc) {
        "learning-rate multiplier of each bit-width's own tensors (activation steps, BatchNorm): one value or one "
        "per bit-width in the order of --bits (default: 1)")
       ("weight-step-grad", po::value<std::string>()->default_value("weighting"),
-       "how the shared weight steps combine the bit-widths' gradients: weighting (as --weighting says) or sum "
-       "(every bit-width's gradient moves them; with min-norm, normalized or pcgrad)")
+       "how the shared weight steps combine the bit-widths' gradients: weighting (as --weighting says), or "
+       "their own rule: sum, min-norm, normalized, pcgrad (e.g. --weighting pcgrad --weight-step-grad min-norm)")
       ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
       ("ce-weight", po::value<std::string>()->default_value("auto"),
        "weight of the cross-entropy to the images' labels: one value, one per bit-width (e.g. 1,0,0,0), or auto "
@@ -122,10 +123,13 @@ trainers::QuantizeOptions read_quantize_options(const po::variables_map& vm, con
   q.weight_decay = get<double>(vm, "weight-decay");
   q.weight_step_lr = get<double>(vm, "weight-step-lr");
   const std::string step_grad = get<std::string>(vm, "weight-step-grad");
-  if (step_grad != "weighting" && step_grad != "sum") {
-    throw UsageError("--weight-step-grad must be 'weighting' or 'sum', got '" + step_grad + "'");
+  if (step_grad != "weighting") {
+    try {
+      q.step_weighting = trainers::parse_weighting(step_grad);
+    } catch (const zsq::OptionError&) {
+      throw UsageError("--weight-step-grad must be weighting, sum, min-norm, normalized or pcgrad, got '" + step_grad + "'");
+    }
   }
-  q.weight_step_sum = step_grad == "sum";
   q.per_bit_lr = read_per_bit_values(vm, "per-bit-lr", config, /*one_for_all=*/true);
   q.temperature = get<double>(vm, "temperature");
   if (get<std::string>(vm, "ce-weight") == "auto") {

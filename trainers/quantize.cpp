@@ -326,7 +326,7 @@ void OfaTrainer::train_step(int64_t step, QuantizeStep* report) {
   report->losses = losses;
   if (!shared_.empty()) {
     torch::Tensor d = torch::stack(shared_gradients);  // K × S, float64
-    report->alphas = combine_shared_gradients(o_.weighting, d, shared_, comm_.get(), shared_is_step_, o_.weight_step_sum);
+    report->alphas = combine_shared_gradients(o_.weighting, d, shared_, comm_.get(), shared_is_step_, o_.step_weighting);
     const torch::Tensor norms = d.norm(2, 1);
     report->grad_norms.assign(norms.data_ptr<double>(), norms.data_ptr<double>() + norms.numel());
   }

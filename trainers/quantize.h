@@ -30,9 +30,12 @@
 //             bit-width's gradient loses its component along every higher
 //             bit-width's gradient it conflicts with (PCGrad, higher first),
 //             then they are summed; per-bit tensors keep their own gradients
-// weight_step_sum (--weight-step-grad sum): with min-norm, normalized or
-// pcgrad, the shared weight steps still take the plain sum of the per-bit
-// gradients (the combination applies to the latent weights and biases).
+// step_weighting (--weight-step-grad): the shared weight steps combine the
+// per-bit gradients by their own rule (sum, min-norm, normalized, pcgrad), on
+// their own gradients; the latent weights and biases follow `weighting`. The
+// 2-bit loss's gradient on a step is about 2^(top-2) times the 8-bit one's (its
+// levels are that many top-precision steps apart): under sum or pcgrad it can
+// collapse a channel's step, which kills the channel at every bit-width.
 // Recursive distillation (recursive = true): the top bit-width learns from the
 // teacher, every other one from the student at the next higher bit-width in
 // this step's set (its logits detached).
@@ -71,6 +74,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -97,7 +101,8 @@ struct QuantizeOptions {
   /// Learning-rate multiplier of each bit-width's own tensors (activation steps, BatchNorm): one value for
   /// every bit-width, or one per bit-width in ascending bit order (empty: 1)
   std::vector<double> per_bit_lr;
-  bool weight_step_sum = false;  ///< the shared weight steps take the plain sum of the bit-widths' gradients (min-norm, normalized, pcgrad)
+  /// How the shared weight steps combine the bit-widths' gradients (--weight-step-grad; unset: as `weighting`)
+  std::optional<Weighting> step_weighting;
   double temperature = 4;
   std::vector<double> ce_weight; ///< cross-entropy to the labels: one weight for every bit-width, or one per bit-width in ascending bit order (empty: 0)
   double feature_weight = 0;     ///< MSE of the penultimate features to the teacher's, per bit-width

@@ -57,12 +57,10 @@ void QuantizeOptions::check() const {
   ZSQ_CHECK_OPTION(feature_weight >= 0, "--feature-weight must be >= 0, got ", feature_weight);
   ZSQ_CHECK_OPTION(weights.empty() || (weighting != Weighting::kMinNorm && weighting != Weighting::kNormalized),
                    "--bit-weights has no meaning with --weighting ", weighting_name(weighting));
-  ZSQ_CHECK_OPTION(!weight_step_sum || weighting == Weighting::kMinNorm || weighting == Weighting::kNormalized ||
-                       weighting == Weighting::kPcGrad,
-                   "--weight-step-grad sum has no meaning with --weighting ", weighting_name(weighting),
-                   " (the steps take the sum already)");
-  ZSQ_CHECK_OPTION(!weight_step_sum || (train == TrainScope::kAll && weight_step_lr > 0),
-                   "--weight-step-grad sum needs the weight steps to train (--train all, --weight-step-lr > 0)");
+  ZSQ_CHECK_OPTION(!step_weighting || *step_weighting != Weighting::kSandwich,
+                   "--weight-step-grad cannot be sandwich (it picks the bit-widths of a step, not how they combine)");
+  ZSQ_CHECK_OPTION(!step_weighting || (train == TrainScope::kAll && weight_step_lr > 0),
+                   "--weight-step-grad needs the weight steps to train (--train all, --weight-step-lr > 0)");
   for (const double w : weights) ZSQ_CHECK_OPTION(w >= 0, "--bit-weights must be >= 0, got ", w);
   ZSQ_CHECK_OPTION(calib_count >= 1, "--calib-count must be >= 1, got ", calib_count);
   ZSQ_CHECK_OPTION(!bn_reestimate_end || !bn_bits.empty(),

@@ -127,49 +127,65 @@ std::vector<double> min_norm_weights(const torch::Tensor& gram_in, int iteration
 
 namespace {
 
-// Σ_b g_b on the flagged tensors (the weight steps with --weight-step-grad sum), the combination elsewhere.
-torch::Tensor with_summed_steps(const torch::Tensor& combined, const torch::Tensor& d, const NamedTensors& shared,
-                                const std::vector<bool>& is_step) {
-  TORCH_CHECK(is_step.size() == shared.size(), "combine_shared_gradients: one step flag per shared tensor");
-  torch::Tensor out = combined.clone();
-  int64_t offset = 0;
-  for (size_t i = 0; i < shared.size(); ++i) {
-    const int64_t n = shared[i].second.numel();
-    if (is_step[i]) out.narrow(0, offset, n).copy_(d.narrow(1, offset, n).sum(0));
-    offset += n;
+bool combines(Weighting w) {
+  return w == Weighting::kNormalized || w == Weighting::kMinNorm || w == Weighting::kPcGrad;
+}
+
+// The K × P per-bit gradients combined as `weighting` says (sum and sandwich: the plain sum); min-norm's α
+// goes to `alpha`.
+torch::Tensor combine_rows(Weighting weighting, const torch::Tensor& d, std::vector<double>* alpha) {
+  switch (weighting) {
+    case Weighting::kNormalized:
+      // Each rescaled to the mean norm: the lowest bit-width's large loss no longer sets the direction.
+      return normalized_sum(d);
+    case Weighting::kPcGrad:
+      return pcgrad_sum(d);
+    case Weighting::kMinNorm: {
+      // MGDA (Sener & Koltun): α from the shared parameters' gradients only, task-specific ones (here:
+      // per-bit activation steps and BatchNorm) step on their own gradients.
+      *alpha = min_norm_weights(d.matmul(d.t()));
+      const torch::Tensor a = torch::tensor(*alpha, torch::kFloat64) * static_cast<double>(d.size(0));
+      return a.matmul(d);
+    }
+    case Weighting::kSum:
+    case Weighting::kSandwich:
+      break;
   }
-  return out;
+  return d.sum(0);
 }
 
 } // namespace
 
 std::vector<double> combine_shared_gradients(Weighting weighting, torch::Tensor& d, const NamedTensors& shared,
                                              distributed::Communicator* comm, const std::vector<bool>& is_step,
-                                             bool steps_sum) {
-  if (weighting != Weighting::kNormalized && weighting != Weighting::kMinNorm && weighting != Weighting::kPcGrad) {
+                                             std::optional<Weighting> step_weighting) {
+  if (!combines(weighting) && !(step_weighting && combines(*step_weighting))) {
     return {};  // the accumulated gradients are the sum already
   }
-  // Both combine the global per-bit gradients on the shared tensors (the same on every rank); the per-bit
+  // The global per-bit gradients on the shared tensors are combined (the same on every rank); the per-bit
   // tensors keep their own gradients, averaged by the reducer afterwards (which leaves the already global
   // shared ones as they are).
   if (comm && comm->size() > 1) comm->all_reduce(d, distributed::ReduceOp::kAverage);
-  const auto write = [&](const torch::Tensor& combined) {
-    set_flat_gradient(shared, steps_sum ? with_summed_steps(combined, d, shared, is_step) : combined);
-  };
-  if (weighting == Weighting::kNormalized) {
-    // Each rescaled to the mean norm: the lowest bit-width's large loss no longer sets the direction.
-    write(normalized_sum(d));
-    return {};
+  std::vector<double> alpha;
+  torch::Tensor combined = combine_rows(weighting, d, &alpha);
+  if (step_weighting) {
+    // The weight steps' columns on their own, by their own rule.
+    TORCH_CHECK(is_step.size() == shared.size(), "combine_shared_gradients: one step flag per shared tensor");
+    std::vector<int64_t> columns;
+    int64_t offset = 0;
+    for (size_t i = 0; i < shared.size(); ++i) {
+      const int64_t n = shared[i].second.numel();
+      for (int64_t j = 0; is_step[i] && j < n; ++j) columns.push_back(offset + j);
+      offset += n;
+    }
+    if (!columns.empty()) {
+      const torch::Tensor index = torch::tensor(columns, torch::kLong);
+      std::vector<double> step_alpha;
+      combined.index_copy_(0, index, combine_rows(*step_weighting, d.index_select(1, index), &step_alpha));
+      if (alpha.empty()) alpha = step_alpha;
+    }
   }
-  if (weighting == Weighting::kPcGrad) {
-    write(pcgrad_sum(d));
-    return {};
-  }
-  // MGDA (Sener & Koltun): α from the shared parameters' gradients only, task-specific ones (here: per-bit
-  // activation steps and BatchNorm) step on their own gradients.
-  const std::vector<double> alpha = min_norm_weights(d.matmul(d.t()));
-  const torch::Tensor a = torch::tensor(alpha, torch::kFloat64) * static_cast<double>(d.size(0));
-  write(a.matmul(d));
+  set_flat_gradient(shared, combined);
   return alpha;
 }
 

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -53,12 +54,13 @@ std::vector<double> min_norm_weights(const torch::Tensor& gram, int iterations =
 /// float64, rows in the order of the step's bit-widths), as `weighting` says:
 /// min-norm and normalized average them over the ranks first (comm may be null)
 /// and write the combination into the shared tensors' gradients; sum and
-/// sandwich leave the accumulated gradients as they are. With `steps_sum`, the
-/// shared tensors flagged in `is_step` (one flag per tensor of `shared`) take
-/// the plain sum Σ_b g_b whatever the weighting. Returns min-norm's α (empty
-/// otherwise).
+/// sandwich leave the accumulated gradients as they are. With `step_weighting`,
+/// the shared tensors flagged in `is_step` (one flag per tensor of `shared`:
+/// the weight steps) are combined by that rule instead, on their own columns.
+/// Returns min-norm's α (the main rule's, else the steps'; empty otherwise).
 std::vector<double> combine_shared_gradients(Weighting weighting, torch::Tensor& gradients,
                                              const NamedTensors& shared, distributed::Communicator* comm,
-                                             const std::vector<bool>& is_step = {}, bool steps_sum = false);
+                                             const std::vector<bool>& is_step = {},
+                                             std::optional<Weighting> step_weighting = std::nullopt);
 
 } // namespace zsq::trainers

@@ -324,7 +324,7 @@ TEST_F(QuantizeTest, WeightStepGradSumMovesTheStepsAsTheSumDoes) {
     QuantizeOptions o = small_options();
     o.steps = 1;
     o.weighting = weighting;
-    o.weight_step_sum = steps_sum;
+    if (steps_sum) o.step_weighting = Weighting::kSum;
     quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr);
     std::map<std::string, torch::Tensor> out;
     for (const auto& item : student->named_parameters()) out[item.key()] = item.value().detach().clone();
@@ -347,12 +347,34 @@ TEST_F(QuantizeTest, WeightStepGradSumMovesTheStepsAsTheSumDoes) {
   EXPECT_GT(steps, 0);
   EXPECT_GT(steps_differ_without, 0);  // min-norm alone moves the steps otherwise: the test can tell
   EXPECT_GT(weights_differ, 0);
+  // The other way round: pcgrad on the weights, the steps by MGDA; their α is reported (min-norm's only).
+  const auto pcgrad = after_one_step(Weighting::kPcGrad, false);
+  QuantizeOptions o = small_options();
+  o.steps = 1;
+  o.weighting = Weighting::kPcGrad;
+  o.step_weighting = Weighting::kMinNorm;
+  torch::manual_seed(5);
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  std::vector<double> alphas;
+  quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr,
+           [&](const QuantizeStep& r) { alphas = r.alphas; });
+  EXPECT_EQ(alphas.size(), 3u);
+  int64_t steps_differ = 0;
+  for (const auto& item : student->named_parameters()) {
+    const std::string& name = item.key();
+    if (is_weight_step(name)) {
+      steps_differ += !torch::allclose(item.value(), pcgrad.at(name), 1e-5, 1e-9);
+    } else {
+      EXPECT_TRUE(torch::allclose(item.value(), pcgrad.at(name), 1e-5, 1e-9)) << name;
+    }
+  }
+  EXPECT_GT(steps_differ, 0);
   QuantizeOptions q;
-  q.weight_step_sum = true;
-  EXPECT_THROW_WITH(q.check(), "--weight-step-grad sum has no meaning with --weighting sum");
-  q.weighting = Weighting::kMinNorm;
+  q.step_weighting = Weighting::kSandwich;
+  EXPECT_THROW_WITH(q.check(), "--weight-step-grad cannot be sandwich");
+  q.step_weighting = Weighting::kMinNorm;
   q.train = TrainScope::kPerBit;
-  EXPECT_THROW_WITH(q.check(), "--weight-step-grad sum needs the weight steps to train");
+  EXPECT_THROW_WITH(q.check(), "--weight-step-grad needs the weight steps to train");
 }
 
 // bn_reestimate_end: after the last step only the bn_bits' BatchNorm statistics change (through the trained
