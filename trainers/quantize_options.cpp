@@ -11,10 +11,6 @@
 
 namespace zsq::trainers {
 
-bool is_per_bit_tensor(const std::string& name) {
-  static const std::regex per_bit(R"((^|\.)act_step_b\d+$|\.b\d+\.[^.]+$)");
-  return std::regex_search(name, per_bit);
-}
 
 int64_t per_bit_tensor_bits(const std::string& name) {
   static const std::regex per_bit(R"((?:^|\.)act_step_b(\d+)$|\.b(\d+)\.[^.]+$)");
@@ -22,6 +18,8 @@ int64_t per_bit_tensor_bits(const std::string& name) {
   if (!std::regex_search(name, m, per_bit)) return -1;
   return std::stoll(m[1].matched ? m[1].str() : m[2].str());
 }
+
+bool is_per_bit_tensor(const std::string& name) { return per_bit_tensor_bits(name) >= 0; }
 
 bool is_weight_step(const std::string& name) {
   static const std::regex weight_step(R"((^|\.)weight_step$)");
