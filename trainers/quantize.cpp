@@ -84,8 +84,9 @@ class OfaTrainer {
   std::unique_ptr<BatchLoader> loader_;
   int64_t epoch_ = -1;
   std::unique_ptr<torch::optim::SGD> optimizer_;
-  std::vector<torch::Tensor> weight_steps_;  // scaled by --weight-step-lr
-  std::vector<std::pair<torch::Tensor, double>> per_bit_scaled_;  // per-bit tensors and their --per-bit-lr (≠ 1)
+  // Tensors whose learning rate is scaled, with the multiplier ≠ 1: the weight steps by --weight-step-lr,
+  // each bit-width's own tensors by --per-bit-lr.
+  std::vector<std::pair<torch::Tensor, double>> lr_scaled_;
   NamedTensors params_, shared_;             // trained; what the bit-widths share (latent weights, steps, biases)
   std::vector<bool> shared_is_step_;         // per tensor of shared_: a weight step
   std::unique_ptr<distributed::Reducer> reducer_;
@@ -142,12 +143,10 @@ void OfaTrainer::select_trained() {
     const bool trains = (o_.train == TrainScope::kAll || is_per_bit_tensor(item.key())) && !(weight_step && o_.weight_step_lr == 0);
     item.value().set_requires_grad(trains);
     trained += trains;
-    if (trains && weight_step) weight_steps_.push_back(item.value());
     const int64_t b = per_bit_tensor_bits(item.key());
-    if (trains && b > 0 && std::find(bits_.begin(), bits_.end(), b) != bits_.end()) {
-      const double scale = value_at(o_.per_bit_lr, 1.0, b);
-      if (scale != 1) per_bit_scaled_.emplace_back(item.value(), scale);
-    }
+    const bool own = b > 0 && std::find(bits_.begin(), bits_.end(), b) != bits_.end();
+    const double scale = weight_step ? o_.weight_step_lr : own ? value_at(o_.per_bit_lr, 1.0, b) : 1.0;
+    if (trains && scale != 1) lr_scaled_.emplace_back(item.value(), scale);
   }
   // Input steps derived from a known input range neither calibrate nor train.
   for (auto& step : models::fixed_input_steps(student_)) step.set_requires_grad(false);
@@ -334,12 +333,7 @@ void OfaTrainer::train_step(int64_t step, QuantizeStep* report) {
   {
     // SGD is linear in the gradient (no weight decay on 1-D tensors): scaling it scales the step's rate.
     torch::NoGradGuard no_grad;
-    if (o_.weight_step_lr != 1) {
-      for (auto& s : weight_steps_) {
-        if (s.grad().defined()) s.grad().mul_(o_.weight_step_lr);
-      }
-    }
-    for (auto& [t, scale] : per_bit_scaled_) {
+    for (auto& [t, scale] : lr_scaled_) {
       if (t.grad().defined()) t.grad().mul_(scale);
     }
   }
