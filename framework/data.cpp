@@ -164,11 +164,14 @@ Dataset load_h5_dataset(const std::string& path) {
   return data;
 }
 
-Dataset load_dataset(const std::string& spec, const std::string& data_dir, Split split) {
+Dataset load_dataset(const std::string& spec, const std::string& data_dir, Split split,
+                     const std::vector<int64_t>& shape) {
   if (spec == "fashion-mnist") return load_fashion_mnist(data_dir.empty() ? kFashionMnistDir : data_dir, split);
+  if (fs::is_directory(spec)) return load_image_folder(spec, shape);
   const std::string ext = fs::path(spec).extension().string();
   TORCH_CHECK(ext == ".h5" || ext == ".hdf5", "unknown data set '", spec,
-              "': use 'fashion-mnist' or a path to an HDF5 file (.h5) with 'images' and 'labels'");
+              "': use 'fashion-mnist', a path to an HDF5 file (.h5) with 'images' and 'labels', or an image "
+              "folder (one sub-folder of PNG or JPEG files per class)");
   return load_h5_dataset(spec);
 }
 

@@ -44,9 +44,19 @@ Dataset load_fashion_mnist(const std::string& dir, Split split);
 /// `labels` N (any integer type).
 Dataset load_h5_dataset(const std::string& path);
 
-/// "fashion-mnist" (from `data_dir`, default the Debian path) or a path to an
-/// HDF5 dataset file; `split` applies to fashion-mnist only.
-Dataset load_dataset(const std::string& spec, const std::string& data_dir, Split split);
+/// An image folder: one sub-folder per class (labels 0, 1, ... in the
+/// sub-folders' sorted order), each holding PNG or JPEG files (hidden files are
+/// passed over, any other file is an error). With `shape` (the model's C,H,W,
+/// C = 1 or 3) every image is converted to C channels (grey <-> RGB, alpha
+/// dropped) and must be H×W; without it, every image takes the first one's
+/// channels and must have its size. Errors name the file.
+Dataset load_image_folder(const std::string& dir, const std::vector<int64_t>& shape = {});
+
+/// "fashion-mnist" (from `data_dir`, default the Debian path), a path to an
+/// HDF5 dataset file or an image folder (read for a model of input `shape`
+/// when given); `split` applies to fashion-mnist only.
+Dataset load_dataset(const std::string& spec, const std::string& data_dir, Split split,
+                     const std::vector<int64_t>& shape = {});
 
 /// Per-channel normalization applied to pixels scaled to [0,1].
 struct Normalization {

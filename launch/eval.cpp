@@ -19,11 +19,11 @@ namespace fs = std::filesystem;
 namespace {
 
 // Loads --data (or its --split) and keeps the first --limit images.
-Dataset eval_data(const po::variables_map& vm) {
+Dataset eval_data(const po::variables_map& vm, const std::vector<int64_t>& shape) {
   const int64_t limit = get<int64_t>(vm, "limit");
   if (limit < 0) throw UsageError("--limit must be >= 0");
   const Split split = parse_split(get<std::string>(vm, "split"));
-  Dataset data = load_dataset(get<std::string>(vm, "data"), get<std::string>(vm, "data-dir"), split);
+  Dataset data = load_dataset(get<std::string>(vm, "data"), get<std::string>(vm, "data-dir"), split, shape);
   if (limit > 0 && limit < data.size()) {
     data.images = data.images.narrow(0, 0, limit);
     data.labels = data.labels.narrow(0, 0, limit);
@@ -47,7 +47,7 @@ void save_logits(const std::string& path, const Dataset& data, const std::vector
 int eval_checkpoint(const po::variables_map& vm, const Common& common, int64_t batch) {
   const std::string path = get<std::string>(vm, "checkpoint");
   models::LoadedStudent student = models::load_student(path);
-  const Dataset data = eval_data(vm);
+  const Dataset data = eval_data(vm, student.meta.input_shape);
   trainers::check_data_fits(student.meta, data);
   std::vector<int64_t> bits = student.config.bits;
   if (vm.count("bits")) bits = {get<int64_t>(vm, "bits")};
@@ -131,7 +131,7 @@ int eval(int argc, char** argv) {
   trainers::ModelOverrides overrides = read_overrides(vm);
   if (vm.count("bits")) overrides.bits = get<int64_t>(vm, "bits");
   const trainers::LoadedModel loaded = trainers::load_model(path, overrides);
-  const Dataset data = eval_data(vm);
+  const Dataset data = eval_data(vm, loaded.meta.input_shape);
   trainers::check_data_fits(loaded.meta, data);
   const trainers::EvalResult r =
       trainers::evaluate(*loaded.model, data, loaded.norm(), batch, vm.count("save-logits") > 0);

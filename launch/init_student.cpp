@@ -22,7 +22,7 @@ int init_student(int argc, char** argv) {
   desc.add_options()
       ("calib-data", po::value<std::string>()->default_value("noise"),
        "images that set the activation steps: 'noise' (Gaussian, data-free), 'fashion-mnist' (training images) "
-       "or an HDF5 data set")
+       "an HDF5 data set or an image folder")
       ("data-dir", po::value<std::string>()->default_value(kFashionMnistDir), "folder with the Fashion-MNIST IDX files")
       ("calib-count", po::value<int64_t>()->default_value(256), "calibration images")
       ("seed", po::value<uint64_t>()->default_value(0), "random seed (noise, choice of images)")
@@ -53,7 +53,7 @@ int init_student(int argc, char** argv) {
   if (calib == "noise") {
     images = torch::randn({count, shape[0], shape[1], shape[2]});
   } else {
-    Dataset data = load_dataset(calib, get<std::string>(vm, "data-dir"), Split::kTrain);
+    Dataset data = load_dataset(calib, get<std::string>(vm, "data-dir"), Split::kTrain, shape);
     trainers::check_data_fits(teacher.meta, data);
     const torch::Tensor pick = torch::randperm(data.size()).narrow(0, 0, std::min(count, data.size()));
     images = normalize(data.images.index_select(0, pick), teacher.norm());

@@ -43,7 +43,8 @@ std::map<std::string, std::string> config_values(const std::string& text) {
 void add_data_options(po::options_description& desc, const char* default_data) {
   desc.add_options()
       ("data", po::value<std::string>()->default_value(default_data),
-       "'fashion-mnist' or an HDF5 data set (images N×C×H×W uint8/float, labels N)")
+       "'fashion-mnist', an HDF5 data set (images N×C×H×W uint8/float, labels N) or an image folder (one "
+       "sub-folder of PNG/JPEG files per class, labels in the sub-folders' sorted order)")
       ("data-dir", po::value<std::string>()->default_value(kFashionMnistDir),
        "folder with the Fashion-MNIST IDX files (.gz or plain)");
 }

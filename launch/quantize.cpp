@@ -81,12 +81,12 @@ void add_quantize_options(po::options_description& desc) {
       ("teacher", po::value<std::string>(), "FP32 teacher model file")
       ("pool", po::value<std::string>(),
        "train on this fixed set of images instead of generating online: an HDF5 data set (e.g. from zsq generate), "
-       "or 'fashion-mnist' for the real-data baseline")
+       "an image folder (one sub-folder of PNG/JPEG files per class), or 'fashion-mnist' for the real-data baseline")
       ("recipe", po::value<std::string>()->default_value("gdfq"),
        "online generation (without --pool): gdfq or qimera alternate a generator with the student; "
        "noise, zeroq, dsg, genie, intraq make fresh batches")
       ("eval-data", po::value<std::string>()->default_value("fashion-mnist"),
-       "labelled test set for the final table ('fashion-mnist', an HDF5 file, or 'none')")
+       "labelled test set for the final table ('fashion-mnist', an HDF5 file, an image folder, or 'none')")
       ("data-dir", po::value<std::string>()->default_value(kFashionMnistDir), "folder with the Fashion-MNIST IDX files");
   add_model_overrides(data);
   add_student_options(student);
@@ -212,7 +212,8 @@ Source load_source(const po::variables_map& vm, generators::SynthesizerOptions s
   Source s;
   if (vm.count("pool")) {
     const std::string spec_text = get<std::string>(vm, "pool");
-    s.pool = load_dataset(spec_text, spec_text == "fashion-mnist" ? get<std::string>(vm, "data-dir") : "", Split::kTrain);
+    s.pool = load_dataset(spec_text, spec_text == "fashion-mnist" ? get<std::string>(vm, "data-dir") : "", Split::kTrain,
+                          teacher.meta.input_shape);
     trainers::check_data_fits(teacher.meta, *s.pool);
     return s;
   }
@@ -342,7 +343,8 @@ int quantize(int argc, char** argv) {
   // The test set is read and checked against the teacher before any training, not after it.
   std::optional<Dataset> test;
   if (get<std::string>(vm, "eval-data") != "none") {
-    test = load_dataset(get<std::string>(vm, "eval-data"), get<std::string>(vm, "data-dir"), Split::kTest);
+    test = load_dataset(get<std::string>(vm, "eval-data"), get<std::string>(vm, "data-dir"), Split::kTest,
+                        teacher.meta.input_shape);
     trainers::check_data_fits(teacher.meta, *test);
   }
   if (!resumed.calibrated_input) set_input_range(vm, teacher.norm(), &config);

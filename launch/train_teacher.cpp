@@ -27,7 +27,7 @@ namespace {
 void add_train_teacher_options(po::options_description& desc) {
   add_data_options(desc, "fashion-mnist");
   desc.add_options()
-      ("test-data", po::value<std::string>(), "test set: HDF5 file or 'fashion-mnist' (needed when --data is an HDF5 file)")
+      ("test-data", po::value<std::string>(), "test set: HDF5 file, image folder or 'fashion-mnist' (needed when --data is not 'fashion-mnist')")
       ("distill-from", po::value<std::string>(), "train by distillation from this FP32 model (e.g. on a synthetic pool); "
                                                 "inputs use its normalization")
       ("temperature", po::value<double>()->default_value(4.0), "distillation temperature")
@@ -190,9 +190,10 @@ int train_teacher(int argc, char** argv) {
   const std::string data_dir = get<std::string>(vm, "data-dir");
   const Dataset train = load_dataset(data_spec, data_dir, Split::kTrain);  // rejects unknown names first
   if (data_spec != "fashion-mnist" && !vm.count("test-data")) {
-    throw UsageError("--data is an HDF5 file; pass --test-data with the test set too");
+    throw UsageError("--data is not 'fashion-mnist'; pass --test-data with the test set too");
   }
-  const Dataset test = vm.count("test-data") ? load_dataset(get<std::string>(vm, "test-data"), data_dir, Split::kTest)
+  const Dataset test = vm.count("test-data") ? load_dataset(get<std::string>(vm, "test-data"), data_dir, Split::kTest,
+                                                            train.image_shape())
                                              : load_dataset(data_spec, data_dir, Split::kTest);
 
   trainers::TeacherOptions o = read_teacher_options(vm, train, test);

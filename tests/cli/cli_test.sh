@@ -155,7 +155,27 @@ expect_fail 1 "has images of shape [3, 32, 32], the model expects [1, 28, 28]" \
   "$zsq" eval --model "$work/teacher.h5" --data "$work/rgb.h5"
 expect_fail 1 "image/label count mismatch" "$zsq" eval --model "$work/teacher.h5" --data "$work/mismatch.h5"
 expect_ok "$zsq" eval --model "$work/teacher.h5" --data "$work/small.h5"
-expect_fail 2 "pass --test-data" "$zsq" train-teacher "${tiny[@]}" --data "$work/small.h5"
+# The same images as an image folder (one sub-folder per class, lossless PNG): the same top-1.
+"$py" - "$work" <<'PY'
+import os, sys, h5py
+from PIL import Image
+d = sys.argv[1]
+with h5py.File(d + "/small.h5", "r") as f:
+    images, labels = f["images"][()], f["labels"][()]
+for i, (image, label) in enumerate(zip(images, labels)):
+    os.makedirs(f"{d}/folder/class{label}", exist_ok=True)  # class0 .. class9 sort as the labels do
+    Image.fromarray(image[0]).save(f"{d}/folder/class{label}/{i:04d}.png")
+os.makedirs(f"{d}/wide/a", exist_ok=True)
+Image.new("RGB", (32, 32)).save(f"{d}/wide/a/big.jpg")
+PY
+expect_ok "$zsq" eval --model "$work/teacher.h5" --data "$work/small.h5" --json
+h5_top1="$(json_field "$work/out" top1)"
+expect_ok "$zsq" eval --model "$work/teacher.h5" --data "$work/folder" --json
+[ "$(json_field "$work/out" top1)" = "$h5_top1" ] && ok "an image folder evaluates as the same images in HDF5" ||
+  bad "image folder top-1 $(json_field "$work/out" top1) != HDF5 $h5_top1"
+expect_fail 1 "big.jpg' is 32x32 pixels (width x height), the model takes 28x28" \
+  "$zsq" eval --model "$work/teacher.h5" --data "$work/wide"
+expect_fail 2 "pass --test-data" "$zsq" train-teacher "${tiny[@]}" --data "$work/folder"
 expect_ok "$zsq" inspect "$work/small.h5"
 grep -q "images: 256 of shape \[1, 28, 28\]" "$work/out" && ok "inspect data set" || bad "inspect data set: $(cat "$work/out")"
 expect_ok "$zsq" train-teacher "${tiny[@]}" --batch-size 64 --data "$work/small.h5" --test-data "$work/small.h5" \

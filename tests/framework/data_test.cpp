@@ -1,12 +1,18 @@
 #include "framework/data.h"
 
 #include "framework/h5.h"
+#include "framework/png.h"
 #include "tests/support.h"
 
 #include <zlib.h>
 
+#include <filesystem>
 #include <fstream>
 #include <set>
+
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#define STB_IMAGE_WRITE_STATIC
+#include <stb/stb_image_write.h>
 
 namespace zsq {
 namespace {
@@ -130,6 +136,72 @@ TEST_F(DataTest, Hdf5DatasetsAndTheirErrors) {
     f.write_tensor("labels", labels.to(torch::kFloat32));
   });
   EXPECT_THROW_WITH(load_h5_dataset(path("floatlabels.h5")), "should be N integers");
+}
+
+// A JPEG of a uint8 C×H×W image (stb_image_write, quality 95).
+void write_jpeg(const std::string& path, const torch::Tensor& image) {
+  const torch::Tensor hwc = image.permute({1, 2, 0}).contiguous();
+  ASSERT_EQ(stbi_write_jpg(path.c_str(), int(hwc.size(1)), int(hwc.size(0)), int(hwc.size(2)), hwc.data_ptr(), 95), 1);
+}
+
+TEST_F(DataTest, ImageFoldersReadPngAndJpegPerClass) {
+  namespace fs = std::filesystem;
+  // Two classes, sorted by sub-folder name ("bag" before "coat"); PNGs are lossless, so pixels are exact.
+  const torch::Tensor grey = torch::randint(0, 256, {5, 1, 6, 4}, torch::kUInt8);
+  const std::string dir = path("folder");
+  fs::create_directories(dir + "/coat");
+  fs::create_directories(dir + "/bag");
+  write_png(dir + "/bag/b.png", grey[1]);
+  write_png(dir + "/bag/a.png", grey[0]);
+  write_png(dir + "/coat/0.PNG", grey[2]);
+  write_png(dir + "/coat/1.png", grey[3]);
+  write_png(dir + "/coat/2.png", grey[4]);
+  std::ofstream(dir + "/coat/.DS_Store") << "hidden files are passed over";
+  const Dataset data = load_dataset(dir, "", Split::kTest);
+  EXPECT_EQ(data.size(), 5);
+  EXPECT_EQ(data.image_shape(), (std::vector<int64_t>{1, 6, 4}));
+  EXPECT_TRUE(torch::equal(data.images, grey));
+  EXPECT_TRUE(torch::equal(data.labels, torch::tensor({0, 0, 1, 1, 1}, torch::kInt64)));
+  EXPECT_EQ(load_dataset(dir, "", Split::kTest, {1, 6, 4}).images.sizes(), data.images.sizes());
+
+  // RGB files for a 1-channel model become grey; a 3-channel model takes grey files as three equal planes.
+  const torch::Tensor rgb = torch::randint(0, 256, {3, 6, 4}, torch::kUInt8);
+  write_png(dir + "/bag/c.png", rgb);
+  const Dataset as_grey = load_image_folder(dir, {1, 6, 4});
+  EXPECT_EQ(as_grey.size(), 6);
+  const torch::Tensor luma = (rgb.to(torch::kFloat) * torch::tensor({77.f, 150.f, 29.f}).view({3, 1, 1})).sum(0) / 256;
+  EXPECT_LE((as_grey.images[2][0].to(torch::kFloat) - luma).abs().max().item<float>(), 1.0f);
+  const Dataset as_rgb = load_image_folder(dir, {3, 6, 4});
+  EXPECT_EQ(as_rgb.images.sizes(), (std::vector<int64_t>{6, 3, 6, 4}));
+  EXPECT_TRUE(torch::equal(as_rgb.images[2], rgb));
+  EXPECT_TRUE(torch::equal(as_rgb.images[0][1], grey[0][0]));
+  // Without the model's shape the first image's channels (grey) decide.
+  EXPECT_EQ(load_image_folder(dir).images.size(1), 1);
+
+  // A JPEG decodes close to what was written (lossy).
+  const torch::Tensor smooth = torch::arange(0, 24, torch::kFloat).mul(10).view({1, 6, 4}).to(torch::kUInt8);
+  write_jpeg(dir + "/coat/3.jpg", smooth);
+  const Dataset with_jpeg = load_image_folder(dir, {1, 6, 4});
+  EXPECT_LE((with_jpeg.images[6].to(torch::kFloat) - smooth.to(torch::kFloat)).abs().max().item<float>(), 12.0f);
+  EXPECT_EQ(with_jpeg.labels[6].item<int64_t>(), 1);
+
+  // Errors name the folder or file.
+  EXPECT_THROW_WITH(load_image_folder(dir, {1, 28, 28}), "bag/a.png' is 4x6 pixels (width x height), the model takes 28x28");
+  EXPECT_THROW_WITH(load_image_folder(dir, {2, 6, 4}), "1- or 3-channel models");
+  EXPECT_THROW_WITH(load_image_folder(path("nowhere")), "not found");
+  fs::create_directories(path("flat"));
+  write_png(path("flat") + "/x.png", grey[0]);
+  EXPECT_THROW_WITH(load_dataset(path("flat"), "", Split::kTest), "no class sub-folders");
+  fs::create_directories(dir + "/dress");
+  EXPECT_THROW_WITH(load_image_folder(dir), "dress' has no PNG or JPEG files");
+  write_png(dir + "/dress/wide.png", torch::zeros({1, 6, 5}, torch::kUInt8));
+  EXPECT_THROW_WITH(load_image_folder(dir), "wide.png' is 5x6 pixels (width x height), the folder's first image is 4x6");
+  fs::remove(dir + "/dress/wide.png");
+  std::ofstream(dir + "/dress/broken.png") << "not a png";
+  EXPECT_THROW_WITH(load_image_folder(dir), "broken.png' is not a readable PNG or JPEG image");
+  fs::remove(dir + "/dress/broken.png");
+  std::ofstream(dir + "/dress/notes.txt") << "labels";
+  EXPECT_THROW_WITH(load_image_folder(dir), "notes.txt': an image folder holds only .png, .jpg and .jpeg files");
 }
 
 TEST_F(DataTest, ShardsAreDisjointEqualAndEpochDependent) {
