@@ -68,6 +68,22 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 // An unknown option's message, with the nearest option of the command when one is close (a typo).
 // prefix: "--" on the command line, "" in a config file.
+// Boost.Program_options fills its messages' %placeholders% from the user's text and loops forever when
+// that text holds a placeholder itself (tests/fuzz/fuzz_ini.cpp found it: an option named
+// '%original_token%arch' in a config file hung zsq). The user's text loses its '%' signs first.
+struct SafeOptionError : po::error_with_option_name {
+  explicit SafeOptionError(const po::error_with_option_name& e) : po::error_with_option_name(e) {
+    const auto clean = [](std::string& text) { std::replace(text.begin(), text.end(), '%', '?'); };
+    for (auto& item : m_substitutions) clean(item.second);
+    for (auto& item : m_substitution_defaults) clean(item.second.first), clean(item.second.second);
+  }
+};
+
+std::string message_of(const po::error& e) {
+  if (const auto* named = dynamic_cast<const po::error_with_option_name*>(&e)) return SafeOptionError(*named).what();
+  return e.what();
+}
+
 std::string unknown_option_message(const po::unknown_option& e, const po::options_description& desc,
                                    const std::string& prefix) {
   std::string name = e.get_option_name();
@@ -78,7 +94,7 @@ std::string unknown_option_message(const po::unknown_option& e, const po::option
     const size_t d = edit_distance(name, option->long_name());
     if (d < best_distance) best_distance = d, best = option->long_name();
   }
-  return std::string(e.what()) + (best.empty() ? "" : "; did you mean '" + prefix + best + "'?");
+  return message_of(e) + (best.empty() ? "" : "; did you mean '" + prefix + best + "'?");
 }
 
 } // namespace
@@ -106,14 +122,14 @@ std::optional<po::variables_map> parse(const std::string& command, const std::st
       } catch (const po::unknown_option& e) {
         throw UsageError("config file '" + path + "': " + unknown_option_message(e, desc, ""));
       } catch (const po::error& e) {
-        throw UsageError("config file '" + path + "': " + e.what());
+        throw UsageError("config file '" + path + "': " + message_of(e));
       }
     }
     po::notify(vm);
   } catch (const po::unknown_option& e) {
     throw UsageError(unknown_option_message(e, desc, "--"));
   } catch (const po::error& e) {
-    throw UsageError(e.what());
+    throw UsageError(message_of(e));
   }
   common->json = vm["json"].as<bool>();
   common->threads = vm["threads"].as<int>();

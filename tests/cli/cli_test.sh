@@ -105,6 +105,10 @@ printf 'arch = resnet8\nepochz = 3\n' >"$work/typo.ini"
 expect_fail 2 "unrecognised option 'epochz'; did you mean 'epochs'?" "$zsq" train-teacher --config "$work/typo.ini"
 expect_fail 2 "did you mean '--first-last-bits'?" "$zsq" quantize --teacher "$work/teacher.h5" --first-last-bit 8
 expect_fail 2 "unrecognised option '--qqqqqqqq'" "$zsq" quantize --qqqqqqqq 1
+# Boost's message placeholders in the user's text once hung zsq (found by tests/fuzz/fuzz_ini.cpp).
+printf '%%original_token%%arch = resnet8\n' >"$work/percent.ini"
+expect_fail 2 "unrecognised option '?original_token?arch'" timeout 20 "$zsq" train-teacher --config "$work/percent.ini"
+expect_fail 2 "the argument ('?value?') for option '--limit' is invalid" timeout 20 "$zsq" eval --limit %value%
 grep -q "did you mean" "$work/err" && bad "a far-off option got a suggestion" || ok "no suggestion for a far-off option"
 
 # --- eval: JSON agrees with training's own evaluation -------------------

@@ -1,6 +1,9 @@
 #include "framework/h5.h"
 
+#include "framework/data.h"
 #include "tests/support.h"
+
+#include <hdf5.h>
 
 #include <fstream>
 
@@ -93,6 +96,31 @@ TEST_F(H5Test, ClearErrorsForMissingForeignAndTruncatedFiles) {
   const std::string msg = test::error_of([&] { h5::File::open_read(path("cut.h5")).read_tensor("w"); });
   EXPECT_NE(msg.find("truncated or damaged"), std::string::npos) << msg;
   EXPECT_THROW_WITH(h5::File::open_read(path("full.h5")).read_tensor("v"), "has no dataset 'v'");
+}
+
+TEST_F(H5Test, AShapeTheStoredBytesCannotHoldIsRefusedBeforeAllocating) {
+  // A chunked data set that declares 784 MB and stores nothing (a damaged or hostile file would say so
+  // for terabytes): refused by its declared size, not read as 784 MB of fill values.
+  const std::string file = path("claims.h5");
+  const hid_t id = H5Fcreate(file.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(id, 0);
+  const hsize_t dims[4] = {1000000, 1, 28, 28}, chunk[4] = {1, 1, 28, 28};
+  const hid_t space = H5Screate_simple(4, dims, nullptr), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_chunk(dcpl, 4, chunk);
+  const hid_t dset = H5Dcreate2(id, "images", H5T_NATIVE_UINT8, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  ASSERT_GE(dset, 0);
+  const hid_t label_space = H5Screate_simple(1, dims, nullptr), label_dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_chunk(label_dcpl, 1, chunk);
+  const hid_t labels = H5Dcreate2(id, "labels", H5T_NATIVE_INT64, label_space, H5P_DEFAULT, label_dcpl, H5P_DEFAULT);
+  ASSERT_GE(labels, 0);
+  for (const hid_t h : {dset, labels}) H5Dclose(h);
+  for (const hid_t h : {dcpl, label_dcpl}) H5Pclose(h);
+  for (const hid_t h : {space, label_space}) H5Sclose(h);
+  H5Fclose(id);
+  h5::File f = h5::File::open_read(file);
+  EXPECT_EQ(f.shape("images"), (std::vector<int64_t>{1000000, 1, 28, 28}));
+  EXPECT_THROW_WITH(f.read_tensor("images"), "dataset 'images' declares 7.84e+08 bytes but stores 0");
+  EXPECT_THROW_WITH(load_h5_dataset(file), "the file is truncated or damaged");
 }
 
 TEST_F(H5Test, AtomicWriteReplacesOrLeavesTheOldFileUntouched) {
