@@ -80,7 +80,39 @@ herr_t close_file(long long id) {
   return status;
 }
 
+char deadline_path[1024];  // the file whose metadata is being read
+
+void on_deadline(int) {
+  write_all("zsq: error: reading '");
+  write_all(deadline_path);
+  write_all("' did not finish in 60 s inside libhdf5: the file is damaged (or not what it claims to be)\n");
+  ::_exit(1);
+}
+
 } // namespace
+
+MetadataDeadline::MetadataDeadline(const std::string& path) {
+#ifndef ZSQ_NO_FAULT_GUARD
+  static const bool installed = [] {
+    struct sigaction action {};
+    action.sa_handler = on_deadline;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGALRM, &action, nullptr);
+    return true;
+  }();
+  (void)installed;
+  std::strncpy(deadline_path, path.c_str(), sizeof(deadline_path) - 1);
+  ::alarm(60);
+#else
+  (void)path;
+#endif
+}
+
+MetadataDeadline::~MetadataDeadline() {
+#ifndef ZSQ_NO_FAULT_GUARD
+  ::alarm(0);
+#endif
+}
 
 File::File(long long id, std::string path) : id_(id), path_(std::move(path)) {}
 
@@ -100,7 +132,11 @@ File File::open_read(const std::string& path) {
   Id fapl(H5Pcreate(H5P_FILE_ACCESS));
   H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG);
   begin_read(-1, path);  // H5Fopen itself reads the superblock and the root group
-  const hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get());
+  hid_t id = -1;
+  {
+    const MetadataDeadline deadline(path);
+    id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get());
+  }
   close_file(-1);
   TORCH_CHECK(id >= 0, "cannot open '", path,
               "' as HDF5: the file is truncated or damaged (was a write interrupted?)");

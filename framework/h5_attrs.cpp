@@ -83,6 +83,7 @@ std::vector<std::string> File::attr_names(const std::string& object) const {
 }
 
 std::optional<std::string> File::attr_string(const std::string& key, const std::string& object) const {
+  const MetadataDeadline deadline(path_);
   Id attr = open_attr(id_, path_, object, key);
   if (!attr.ok()) return std::nullopt;
   Id type(H5Aget_type(attr.get()));
@@ -108,6 +109,7 @@ std::optional<std::string> File::attr_string(const std::string& key, const std::
 }
 
 std::optional<std::vector<int64_t>> File::attr_ints(const std::string& key, const std::string& object) const {
+  const MetadataDeadline deadline(path_);
   Id attr = open_attr(id_, path_, object, key);
   if (!attr.ok()) return std::nullopt;
   Id type(H5Aget_type(attr.get()));
@@ -128,6 +130,7 @@ std::optional<int64_t> File::attr_int(const std::string& key, const std::string&
 }
 
 std::optional<std::vector<double>> File::attr_doubles(const std::string& key, const std::string& object) const {
+  const MetadataDeadline deadline(path_);
   Id attr = open_attr(id_, path_, object, key);
   if (!attr.ok()) return std::nullopt;
   Id type(H5Aget_type(attr.get()));

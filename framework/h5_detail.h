@@ -24,6 +24,17 @@ inline void silence_hdf5() {
   (void)once;
 }
 
+// libhdf5 1.10.8 can loop for ever on a damaged file's metadata (launch/fuzz found a global heap that
+// does). Reading metadata (opening a file, an attribute) takes milliseconds; while one of these lives,
+// a read that has not finished after 60 s ends the process with one line naming the file, exit 1.
+class MetadataDeadline {
+ public:
+  explicit MetadataDeadline(const std::string& path);
+  ~MetadataDeadline();
+  MetadataDeadline(const MetadataDeadline&) = delete;
+  MetadataDeadline& operator=(const MetadataDeadline&) = delete;
+};
+
 // Closes any HDF5 identifier on scope exit.
 class Id {
  public:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Files the fuzzers (launch/fuzz) found that crash Debian's libhdf5 1.10.8: zsq must end with one
-# clear line naming the file and exit 1, not "Segmentation fault".
+# Files the fuzzers (launch/fuzz) found that crash or hang Debian's libhdf5 1.10.8: zsq must end with
+# one clear line naming the file and exit 1, not "Segmentation fault" or never.
 #   regressions_test.sh ZSQ_BINARY
 set -uo pipefail
 zsq="$1"
@@ -23,4 +23,5 @@ check() {  # check FILE ARGS...: zsq ARGS on a copy of FILE exits 1 with one lin
 check model-libhdf5-vlen-attribute.h5 eval --model
 check model-libhdf5-vlen-attribute.h5 eval --checkpoint
 check h5_dataset-libhdf5-segv.h5 inspect
+check student-libhdf5-global-heap-loop.h5 eval --checkpoint  # libhdf5 loops: ended after 60 s
 exit $failures
