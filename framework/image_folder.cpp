@@ -1,22 +1,23 @@
-// An image folder as a data set: one sub-folder per class, PNG or JPEG files decoded with stb_image
-// (Debian's libstb-dev), kept as uint8 N×C×H×W like the IDX and HDF5 sets.
+// An image folder as a data set: one sub-folder per class, PNG files decoded with libpng and JPEG files
+// with libjpeg-turbo (both fuzzed for years by OSS-Fuzz; stb_image's JPEG decoder, tried first, faulted
+// on a file launch/fuzz made in seconds), kept as uint8 N×C×H×W like the IDX and HDF5 sets.
 #include "framework/data.h"
+
+#include <png.h>
+#include <turbojpeg.h>
 
 #include <algorithm>
 #include <array>
 #include <cctype>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
-
-#define STB_IMAGE_IMPLEMENTATION
-#define STB_IMAGE_STATIC
-#define STBI_ONLY_PNG
-#define STBI_ONLY_JPEG
-#include <stb/stb_image.h>
 
 namespace zsq {
 namespace fs = std::filesystem;
@@ -39,27 +40,78 @@ std::vector<fs::path> sorted_entries(const fs::path& dir, bool folders) {
   return out;
 }
 
-std::string unreadable(const fs::path& file) {
-  const char* why = stbi_failure_reason();
-  return "'" + file.string() + "' is not a readable PNG or JPEG image (" + (why ? why : "unknown error") + ")";
+std::string unreadable(const fs::path& file, const std::string& why) {
+  return "'" + file.string() + "' is not a readable PNG or JPEG image (" + why + ")";
 }
 
-// Width, height and channels (alpha dropped) of a file as stored, from its header.
-std::array<int64_t, 3> header(const fs::path& file) {
-  int w = 0, h = 0, n = 0;
-  TORCH_CHECK(stbi_info(file.c_str(), &w, &h, &n) == 1, unreadable(file));
-  return {w, h, n >= 3 ? 3 : 1};
-}
+// A PNG or JPEG file, by its signature (not its extension): size and colour from the header, pixels on demand.
+class ImageFile {
+ public:
+  explicit ImageFile(const fs::path& file) : file_(file) {
+    std::ifstream in(file, std::ios::binary);
+    bytes_.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    const auto* b = reinterpret_cast<const unsigned char*>(bytes_.data());
+    if (bytes_.size() >= 8 && png_sig_cmp(b, 0, 8) == 0) {
+      png_image image{};
+      image.version = PNG_IMAGE_VERSION;
+      TORCH_CHECK(png_image_begin_read_from_memory(&image, bytes_.data(), bytes_.size()) != 0,
+                  unreadable(file_, image.message));
+      width_ = image.width, height_ = image.height, colour_ = (image.format & PNG_FORMAT_FLAG_COLOR) != 0;
+      png_image_free(&image);
+    } else if (bytes_.size() >= 3 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF) {
+      jpeg_ = std::unique_ptr<void, int (*)(tjhandle)>(tjInitDecompress(), tjDestroy);
+      TORCH_CHECK(jpeg_ != nullptr, "libjpeg-turbo: ", tjGetErrorStr2(nullptr));
+      int w = 0, h = 0, subsampling = 0, colourspace = 0;
+      TORCH_CHECK(tjDecompressHeader3(jpeg_.get(), b, bytes_.size(), &w, &h, &subsampling, &colourspace) == 0,
+                  unreadable(file_, tjGetErrorStr2(jpeg_.get())));
+      width_ = w, height_ = h, colour_ = colourspace != TJCS_GRAY;
+    } else {
+      TORCH_CHECK(false, unreadable(file_, "neither a PNG nor a JPEG signature"));
+    }
+    // A hostile header can claim 2^31 pixels a side; a data set image is far below 32 megapixels.
+    TORCH_CHECK(width_ > 0 && height_ > 0 && width_ * height_ <= (int64_t{1} << 25), "'", file_.string(), "' is ",
+                width_, "x", height_, " pixels: more than the 32 megapixels an image of a data set may have");
+  }
+  int64_t width() const { return width_; }
+  int64_t height() const { return height_; }
+  int64_t stored_channels() const { return colour_ ? 3 : 1; }
 
-// One decoded image as uint8 C×H×W with `channels` channels (stb converts grey, grey+alpha, RGB and RGBA).
-torch::Tensor decode(const fs::path& file, int channels) {
-  int w = 0, h = 0, stored = 0;
-  stbi_uc* pixels = stbi_load(file.c_str(), &w, &h, &stored, channels);
-  TORCH_CHECK(pixels != nullptr, unreadable(file));
-  torch::Tensor image = torch::from_blob(pixels, {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).clone();
-  stbi_image_free(pixels);
-  return image;
-}
+  // Pixels as uint8 C×H×W, C = 1 or 3: RGB as stored (alpha dropped, as PIL's convert("RGB")), grey
+  // repeated to RGB, RGB to grey by PIL's convert("L") (ITU-R 601-2 luma, 16-bit fixed point).
+  torch::Tensor pixels(int64_t channels) const {
+    torch::Tensor rgb = torch::zeros({height_, width_, 4}, torch::kUInt8);  // RGBA for PNG, RGB(X) for JPEG
+    const auto* b = reinterpret_cast<const unsigned char*>(bytes_.data());
+    if (!jpeg_) {
+      png_image image{};
+      image.version = PNG_IMAGE_VERSION;
+      TORCH_CHECK(png_image_begin_read_from_memory(&image, bytes_.data(), bytes_.size()) != 0,
+                  unreadable(file_, image.message));
+      image.format = PNG_FORMAT_RGBA;
+      const int ok = png_image_finish_read(&image, nullptr, rgb.data_ptr(), 0, nullptr);
+      const std::string message = image.message;
+      png_image_free(&image);
+      TORCH_CHECK(ok != 0, unreadable(file_, message));
+    } else {
+      TORCH_CHECK(tjDecompress2(jpeg_.get(), b, bytes_.size(), rgb.data_ptr<uint8_t>(), int(width_), int(width_ * 4),
+                                int(height_), TJPF_RGBX, 0) == 0,
+                  unreadable(file_, tjGetErrorStr2(jpeg_.get())));
+    }
+    rgb = rgb.narrow(2, 0, 3).permute({2, 0, 1});
+    if (channels == 3) return rgb.contiguous();
+    if (!colour_) return rgb.narrow(0, 0, 1).contiguous();
+    const torch::Tensor wide = rgb.to(torch::kInt32);
+    return torch::div(wide[0] * 19595 + wide[1] * 38470 + wide[2] * 7471 + 0x8000, 65536, "floor")
+        .to(torch::kUInt8)
+        .unsqueeze(0);
+  }
+
+ private:
+  fs::path file_;
+  std::string bytes_;
+  int64_t width_ = 0, height_ = 0;
+  bool colour_ = false;
+  std::unique_ptr<void, int (*)(tjhandle)> jpeg_{nullptr, tjDestroy};
+};
 
 } // namespace
 
@@ -82,21 +134,20 @@ Dataset load_image_folder(const std::string& dir, const std::vector<int64_t>& sh
     }
     TORCH_CHECK(found > 0, "class folder '", classes[label].string(), "' has no PNG or JPEG files");
   }
-  // The model's size and channels when it is known, else the first image's (alpha dropped). The size is
-  // checked from the header, before a file is decoded.
-  const std::array<int64_t, 3> first = header(files.front().first);
-  const int64_t w = shape.empty() ? first[0] : shape[2], h = shape.empty() ? first[1] : shape[1];
-  const int channels = static_cast<int>(shape.empty() ? first[2] : shape[0]);
+  // The model's size and channels when it is known, else the first image's. The size is checked from the
+  // header, before a file is decoded.
+  const ImageFile first(files.front().first);
+  const int64_t w = shape.empty() ? first.width() : shape[2], h = shape.empty() ? first.height() : shape[1];
+  const int64_t channels = shape.empty() ? first.stored_channels() : shape[0];
   std::vector<torch::Tensor> images;
   images.reserve(files.size());
   for (const auto& item : files) {
-    const std::array<int64_t, 3> size = header(item.first);
-    TORCH_CHECK(size[0] == w && size[1] == h, "'", item.first.string(), "' is ", size[0], "x", size[1],
-                " pixels (width x height), ", shape.empty() ? "the folder's first image is " : "the model takes ", w,
-                "x", h, ": resize the images first (zsq does not resize)");
-    images.push_back(decode(item.first, channels));
-    TORCH_CHECK(images.back().size(1) == h && images.back().size(2) == w, "'", item.first.string(),
-                "' decodes to another size than its header says");
+    const ImageFile image(item.first);
+    TORCH_CHECK(image.width() == w && image.height() == h, "'", item.first.string(), "' is ", image.width(), "x",
+                image.height(), " pixels (width x height), ",
+                shape.empty() ? "the folder's first image is " : "the model takes ", w, "x", h,
+                ": resize the images first (zsq does not resize)");
+    images.push_back(image.pixels(channels));
   }
   torch::Tensor labels = torch::empty({static_cast<int64_t>(files.size())}, torch::kInt64);
   for (size_t i = 0; i < files.size(); ++i) labels[static_cast<int64_t>(i)] = files[i].second;

@@ -10,9 +10,7 @@
 #include <fstream>
 #include <set>
 
-#define STB_IMAGE_WRITE_IMPLEMENTATION
-#define STB_IMAGE_WRITE_STATIC
-#include <stb/stb_image_write.h>
+#include <turbojpeg.h>
 
 namespace zsq {
 namespace {
@@ -138,10 +136,17 @@ TEST_F(DataTest, Hdf5DatasetsAndTheirErrors) {
   EXPECT_THROW_WITH(load_h5_dataset(path("floatlabels.h5")), "should be N integers");
 }
 
-// A JPEG of a uint8 C×H×W image (stb_image_write, quality 95).
+// A JPEG of a uint8 1×H×W image (libjpeg-turbo, quality 95).
 void write_jpeg(const std::string& path, const torch::Tensor& image) {
-  const torch::Tensor hwc = image.permute({1, 2, 0}).contiguous();
-  ASSERT_EQ(stbi_write_jpg(path.c_str(), int(hwc.size(1)), int(hwc.size(0)), int(hwc.size(2)), hwc.data_ptr(), 95), 1);
+  const torch::Tensor grey = image[0].contiguous();
+  tjhandle tj = tjInitCompress();
+  unsigned char* jpeg = nullptr;
+  unsigned long size = 0;
+  ASSERT_EQ(tjCompress2(tj, grey.data_ptr<uint8_t>(), int(grey.size(1)), 0, int(grey.size(0)), TJPF_GRAY, &jpeg, &size,
+                        TJSAMP_GRAY, 95, 0), 0);
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(jpeg), static_cast<std::streamsize>(size));
+  tjFree(jpeg);
+  tjDestroy(tj);
 }
 
 TEST_F(DataTest, ImageFoldersReadPngAndJpegPerClass) {
@@ -169,8 +174,10 @@ TEST_F(DataTest, ImageFoldersReadPngAndJpegPerClass) {
   write_png(dir + "/bag/c.png", rgb);
   const Dataset as_grey = load_image_folder(dir, {1, 6, 4});
   EXPECT_EQ(as_grey.size(), 6);
-  const torch::Tensor luma = (rgb.to(torch::kFloat) * torch::tensor({77.f, 150.f, 29.f}).view({3, 1, 1})).sum(0) / 256;
-  EXPECT_LE((as_grey.images[2][0].to(torch::kFloat) - luma).abs().max().item<float>(), 1.0f);
+  // PIL's convert("L"): (19595 R + 38470 G + 7471 B + 2^15) >> 16.
+  const torch::Tensor wide = rgb.to(torch::kInt64);
+  const torch::Tensor luma = torch::div(wide[0] * 19595 + wide[1] * 38470 + wide[2] * 7471 + 32768, 65536, "floor");
+  EXPECT_TRUE(torch::equal(as_grey.images[2][0].to(torch::kInt64), luma));
   const Dataset as_rgb = load_image_folder(dir, {3, 6, 4});
   EXPECT_EQ(as_rgb.images.sizes(), (std::vector<int64_t>{6, 3, 6, 4}));
   EXPECT_TRUE(torch::equal(as_rgb.images[2], rgb));
@@ -198,6 +205,10 @@ TEST_F(DataTest, ImageFoldersReadPngAndJpegPerClass) {
   EXPECT_THROW_WITH(load_image_folder(dir), "wide.png' is 5x6 pixels (width x height), the folder's first image is 4x6");
   fs::remove(dir + "/dress/wide.png");
   std::ofstream(dir + "/dress/broken.png") << "not a png";
+  EXPECT_THROW_WITH(load_image_folder(dir), "broken.png' is not a readable PNG or JPEG image (neither a PNG nor a JPEG");
+  std::ofstream(dir + "/dress/broken.png") << "\x89PNG\r\n\x1a\n truncated";
+  EXPECT_THROW_WITH(load_image_folder(dir), "broken.png' is not a readable PNG or JPEG image");
+  std::ofstream(dir + "/dress/broken.png") << "\xff\xd8\xff truncated";
   EXPECT_THROW_WITH(load_image_folder(dir), "broken.png' is not a readable PNG or JPEG image");
   fs::remove(dir + "/dress/broken.png");
   std::ofstream(dir + "/dress/notes.txt") << "labels";
