@@ -92,12 +92,17 @@ TEST_F(SynthTest, ImagePrior) {
   EXPECT_NEAR(image_prior_loss(x).item<double>(), mean * mean + (std - 1) * (std - 1), 1e-5);
 }
 
-TEST_F(SynthTest, GdfqTrainingLowersBnsAndRaisesConfidence) {
+// The fixture's teacher is random: its predictions hardly depend on the image (p(target) stays near 0.1,
+// the cross-entropy near ln 10), so the generator has no class to aim at and only its BN-statistics term
+// can fall. At GDFQ's weight 0.1 that term is 2 % of the loss and its fall drowned in noise (it failed on a
+// fresh machine); at weight 1 it falls steadily (0.051 -> 0.046 in 40 steps).
+TEST_F(SynthTest, GdfqTrainingLowersBns) {
   SynthesizerOptions o;
   o.recipe = "gdfq";
   o.batch_size = 32;
   o.iterations = 40;
   o.lr = 1e-2;
+  o.bns_weight = 1;
   auto synth = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
   std::vector<StepReport> reports;
   synth->fit([&](const StepReport& r) { reports.push_back(r); });
@@ -107,8 +112,7 @@ TEST_F(SynthTest, GdfqTrainingLowersBnsAndRaisesConfidence) {
     for (size_t i = from; i < to; ++i) s += reports[i].*field;
     return s / static_cast<double>(to - from);
   };
-  EXPECT_LT(mean_of(35, 40, &StepReport::bns), mean_of(0, 5, &StepReport::bns));
-  EXPECT_GT(mean_of(35, 40, &StepReport::confidence), mean_of(0, 5, &StepReport::confidence));
+  EXPECT_LT(mean_of(35, 40, &StepReport::bns), 0.95 * mean_of(0, 5, &StepReport::bns));
   const auto [images, labels] = synth->next_batch(nullptr);
   EXPECT_EQ(images.sizes(), torch::IntArrayRef({32, 1, 28, 28}));
   EXPECT_EQ(labels.sizes(), torch::IntArrayRef({32}));
