@@ -30,7 +30,7 @@ namespace {
 // fault is reported as that file's damage, one line and exit 1, instead of a bare "Segmentation fault".
 // Any other fault goes to the handler that was there before (the default: a core dump).
 std::atomic<int> open_reads{0};
-char reading_path[1024];  // the last file opened for reading
+char reading_path[1024];  // the file last opened for reading or whose metadata is being read
 struct sigaction previous_segv, previous_bus;
 std::mutex reads_mutex;
 std::set<long long> read_ids;
@@ -54,16 +54,16 @@ void on_fault(int sig) {
   sigaction(sig, sig == SIGBUS ? &previous_bus : &previous_segv, nullptr);  // the fault recurs there
 }
 
+[[maybe_unused]] void install(int sig, void (*handler)(int), struct sigaction* previous) {
+  struct sigaction action {};
+  action.sa_handler = handler;
+  sigemptyset(&action.sa_mask);
+  sigaction(sig, &action, previous);
+}
+
 void begin_read(long long id, const std::string& path) {
 #ifndef ZSQ_NO_FAULT_GUARD
-  static const bool installed = [] {
-    struct sigaction action {};
-    action.sa_handler = on_fault;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGSEGV, &action, &previous_segv);
-    sigaction(SIGBUS, &action, &previous_bus);
-    return true;
-  }();
+  static const bool installed = (install(SIGSEGV, on_fault, &previous_segv), install(SIGBUS, on_fault, &previous_bus), true);
   (void)installed;
 #endif
   std::lock_guard<std::mutex> lock(reads_mutex);
@@ -80,11 +80,9 @@ herr_t close_file(long long id) {
   return status;
 }
 
-char deadline_path[1024];  // the file whose metadata is being read
-
 void on_deadline(int) {
   write_all("zsq: error: reading '");
-  write_all(deadline_path);
+  write_all(reading_path);
   write_all("' did not finish in 60 s inside libhdf5: the file is damaged (or not what it claims to be)\n");
   ::_exit(1);
 }
@@ -93,15 +91,12 @@ void on_deadline(int) {
 
 MetadataDeadline::MetadataDeadline(const std::string& path) {
 #ifndef ZSQ_NO_FAULT_GUARD
-  static const bool installed = [] {
-    struct sigaction action {};
-    action.sa_handler = on_deadline;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGALRM, &action, nullptr);
-    return true;
-  }();
+  static const bool installed = (install(SIGALRM, on_deadline, nullptr), true);
   (void)installed;
-  std::strncpy(deadline_path, path.c_str(), sizeof(deadline_path) - 1);
+  {
+    std::lock_guard<std::mutex> lock(reads_mutex);
+    std::strncpy(reading_path, path.c_str(), sizeof(reading_path) - 1);
+  }
   ::alarm(60);
 #else
   (void)path;

@@ -136,13 +136,12 @@ Dataset load_image_folder(const std::string& dir, const std::vector<int64_t>& sh
   }
   // The model's size and channels when it is known, else the first image's. The size is checked from the
   // header, before a file is decoded.
-  const ImageFile first(files.front().first);
-  const int64_t w = shape.empty() ? first.width() : shape[2], h = shape.empty() ? first.height() : shape[1];
-  const int64_t channels = shape.empty() ? first.stored_channels() : shape[0];
+  int64_t channels = shape.empty() ? 0 : shape[0], h = shape.empty() ? 0 : shape[1], w = shape.empty() ? 0 : shape[2];
   std::vector<torch::Tensor> images;
   images.reserve(files.size());
   for (const auto& item : files) {
     const ImageFile image(item.first);
+    if (channels == 0) channels = image.stored_channels(), h = image.height(), w = image.width();
     TORCH_CHECK(image.width() == w && image.height() == h, "'", item.first.string(), "' is ", image.width(), "x",
                 image.height(), " pixels (width x height), ",
                 shape.empty() ? "the folder's first image is " : "the model takes ", w, "x", h,

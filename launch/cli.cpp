@@ -66,8 +66,6 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   return row[b.size()];
 }
 
-// An unknown option's message, with the nearest option of the command when one is close (a typo).
-// prefix: "--" on the command line, "" in a config file.
 // Boost.Program_options fills its messages' %placeholders% from the user's text and loops forever when
 // that text holds a placeholder itself (tests/fuzz/fuzz_ini.cpp found it: an option named
 // '%original_token%arch' in a config file hung zsq). The user's text loses its '%' signs first.
@@ -84,6 +82,8 @@ std::string message_of(const po::error& e) {
   return e.what();
 }
 
+// An unknown option's message, with the nearest option of the command when one is close (a typo).
+// prefix: "--" on the command line, "" in a config file.
 std::string unknown_option_message(const po::unknown_option& e, const po::options_description& desc,
                                    const std::string& prefix) {
   std::string name = e.get_option_name();

@@ -11,7 +11,6 @@
 
 namespace zsq::trainers {
 
-
 int64_t per_bit_tensor_bits(const std::string& name) {
   static const std::regex per_bit(R"((?:^|\.)act_step_b(\d+)$|\.b(\d+)\.[^.]+$)");
   std::smatch m;
