@@ -44,7 +44,7 @@ void write_all(const char* text) {
   }
 }
 
-void on_fault(int sig) {
+[[maybe_unused]] void on_fault(int sig) {
   if (open_reads.load() > 0) {
     write_all("zsq: error: reading '");
     write_all(reading_path);
@@ -80,7 +80,7 @@ herr_t close_file(long long id) {
   return status;
 }
 
-void on_deadline(int) {
+[[maybe_unused]] void on_deadline(int) {
   write_all("zsq: error: reading '");
   write_all(reading_path);
   write_all("' did not finish in 60 s inside libhdf5: the file is damaged (or not what it claims to be)\n");
