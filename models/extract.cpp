@@ -1,4 +1,5 @@
 #include "models/extract.h"
+#include "models/extract_detail.h"
 
 #include "framework/quant/bitplanes.h"
 #include "framework/quant/integer.h"
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <sstream>
 
 namespace zsq::models {
@@ -24,16 +26,8 @@ size_t bits_index(const StudentConfig& config, int64_t bits) {
   return static_cast<size_t>(it - config.bits.begin());
 }
 
-// A quantized layer of the student, with the BatchNorm that follows it.
-struct LayerPair {
-  std::string name;
-  quant::QuantizedLayer* layer = nullptr;
-  torch::Tensor layer_bias;  ///< undefined when the layer has none
-  quant::SwitchableBatchNorm2dImpl* bn = nullptr;
-};
+} // namespace
 
-// Every BatchNorm follows its convolution in module registration order, in
-// every architecture of the zoo; the pairing is checked by channel count.
 std::vector<LayerPair> pair_layers(torch::nn::Module& student) {
   std::vector<LayerPair> pairs;
   for (const auto& item : student.named_modules()) {
@@ -56,11 +50,7 @@ std::vector<LayerPair> pair_layers(torch::nn::Module& student) {
   return pairs;
 }
 
-// The integer-layer buffers of one pair at the student's current bit-width.
-struct Folded {
-  torch::Tensor codes, weight_step, act_step, act_range, scale, bias;
-  int64_t shift = 0, offset = 0;
-};
+namespace detail {
 
 Folded fold(const LayerPair& p) {
   torch::NoGradGuard no_grad;
@@ -107,6 +97,14 @@ IntLayerImpl& int_layer(const Classifier& model, const std::string& name) {
   return *layer;
 }
 
+} // namespace detail
+
+using detail::fill;
+using detail::fold;
+using detail::Folded;
+using detail::int_layer;
+
+namespace {
 void write_config(h5::File& file, const StudentConfig& c) {
   file.set_attr("model_bits", c.bits);
   file.set_attr("wbits", c.middle_wbits());
@@ -122,6 +120,15 @@ void write_config(h5::File& file, const StudentConfig& c) {
   file.set_attr("top_bits", c.top_bits);
   file.set_attr("nesting", quant::nesting_name(c.nesting));
   if (!c.input_range.empty()) file.set_attr("input_range", c.input_range);
+}
+
+// The narrowest signed width (at least 2 bits) that holds every code.
+int64_t code_width(const torch::Tensor& codes) {
+  if (codes.numel() == 0) return 2;
+  const int64_t lo = codes.min().item<int64_t>(), hi = codes.max().item<int64_t>();
+  int64_t width = 2;
+  while (width < 16 && (lo < -(int64_t(1) << (width - 1)) || hi >= (int64_t(1) << (width - 1)))) ++width;
+  return width;
 }
 
 std::string precision_text(const StudentConfig& c, int64_t bits) {
@@ -161,24 +168,49 @@ torch::nn::AnyModule IntegerFactory::batch_norm(int64_t) const {
 Classifier extract_fixed(torch::nn::Module& student, const ModelSpec& spec, const StudentConfig& config,
                          int64_t bits) {
   set_bits(student, bits);
-  Classifier model = build(spec, IntegerFactory(config, bits));
-  for (const LayerPair& p : pair_layers(student)) fill(int_layer(model, p.name), fold(p));
+  return extract_as_set(student, spec, config, bits);
+}
+
+Classifier extract_as_set(torch::nn::Module& student, const ModelSpec& spec, const StudentConfig& config,
+                          int64_t code_bits) {
+  Classifier model = build(spec, IntegerFactory(config, code_bits));
+  for (const LayerPair& p : pair_layers(student)) {
+    IntLayerImpl& layer = int_layer(model, p.name);
+    TORCH_CHECK(p.layer->weight_bits() <= layer.options.weight_bits() || layer.options.weight_bits() > 8,
+                "layer '", p.name, "' has ", p.layer->weight_bits(), "-bit weights, more than its integer codes hold");
+    fill(layer, fold(p));
+  }
   model->eval();
   return model;
 }
 
 void save_fixed(const std::string& path, const Classifier& model, const ModelMeta& meta, const StudentConfig& config,
-                int64_t bits) {
-  const auto state = named_state(*model);
+                int64_t bits, const std::string& mix) {
+  // Version 2: each layer's weight codes bit-packed (weight_codes_packed, uint8) at the narrowest signed
+  // width that holds them (weight_code_bits: at most the layer's weight bits), so the file weighs what the
+  // bits say; version 1 stored them as int8/int16.
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& [name, tensor] : named_state(*model)) {
+    const std::string suffix = "weight_codes";
+    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      const std::string prefix = name.substr(0, name.size() - suffix.size());
+      const int64_t width = code_width(tensor);
+      tensors.emplace_back(prefix + "weight_codes_packed", quant::pack_codes(tensor, width));
+      tensors.emplace_back(prefix + "weight_code_bits", torch::tensor(width));
+    } else {
+      tensors.emplace_back(name, tensor);
+    }
+  }
   ModelMeta m = meta;
-  m.precision = precision_text(config, bits);
+  m.precision = mix.empty() ? precision_text(config, bits) : "mixed " + mix;
   h5::atomic_write(path, [&](h5::File& file) {
-    for (const auto& [name, tensor] : state) file.write_tensor(name, tensor);
+    for (const auto& [name, tensor] : tensors) file.write_tensor(name, tensor);
     file.set_attr("format", std::string(kFixedFormat));
     file.set_attr("version", kExtractFormatVersion);
     write_meta_attrs(file, m);
     write_config(file, config);
     file.set_attr("bits", bits);
+    if (!mix.empty()) file.set_attr("mix", mix);
   });
 }
 
@@ -225,93 +257,6 @@ void save_vertical(const std::string& path, torch::nn::Module& student, const Mo
   });
 }
 
-ExtractedFile read_extracted(const h5::File& file, bool allow_student) {
-  ExtractedFile x;
-  x.meta = read_meta_attrs(file);
-  x.format = x.meta.format;
-  if (allow_student) {
-    TORCH_CHECK(x.format == kStudentFormat, "'", file.path(), "' is not a student checkpoint (format '", x.format,
-                "'; expected '", kStudentFormat, "')");
-  } else {
-    TORCH_CHECK(x.format == kFixedFormat || x.format == kVerticalFormat, "'", file.path(),
-                "' is not an extracted model (format '", x.format, "'; expected '", kFixedFormat, "' or '",
-                kVerticalFormat, "')");
-  }
-  TORCH_CHECK(x.meta.version >= 1 && x.meta.version <= kExtractFormatVersion, "'", file.path(), "' has format version ",
-              x.meta.version, "; this zsq reads versions 1..", kExtractFormatVersion);
-  const auto need_int = [&](const char* key) {
-    const auto v = file.attr_int(key);
-    TORCH_CHECK(v, "'", file.path(), "' lacks the attribute '", key, "'");
-    return *v;
-  };
-  const auto need_ints = [&](const char* key) {
-    const auto v = file.attr_ints(key);
-    TORCH_CHECK(v, "'", file.path(), "' lacks the attribute '", key, "'");
-    return *v;
-  };
-  TORCH_CHECK(!x.meta.arch.empty() && x.meta.num_classes > 0 && x.meta.input_shape.size() == 3, "'", file.path(),
-              "' lacks arch, num_classes or input_shape");
-  x.spec = {x.meta.arch, x.meta.input_shape[0], x.meta.num_classes, x.meta.width > 0 ? x.meta.width : 16};
-  x.config.bits = need_ints("model_bits");
-  x.config.wbits = need_ints("wbits");
-  x.config.abits = need_ints("abits");
-  const std::vector<int64_t> first_last = need_ints("first_last_bits");
-  TORCH_CHECK(first_last.size() == 1 || first_last.size() == 2, "'", file.path(),
-              "': attribute 'first_last_bits' should hold one or two integers, has ", first_last.size());
-  x.config.first_bits = first_last.front();
-  x.config.last_bits = first_last.back();
-  x.config.input_bits = file.attr_int("input_bits").value_or(StudentConfig::kSameBits);
-  x.config.top_bits = need_int("top_bits");
-  x.config.nesting = quant::parse_nesting(file.attr_string("nesting").value_or("shift"));
-  x.config.input_range = file.attr_doubles("input_range").value_or(std::vector<double>{});  // absent: calibrated
-  x.config.check();
-  if (x.format == kFixedFormat) x.bits = need_int("bits");
-  return x;
-}
-
-namespace {
-
-torch::Tensor need_tensor(const h5::File& file, const std::string& name) {
-  TORCH_CHECK(file.has(name), "'", file.path(), "' lacks the tensor '", name, "'");
-  return file.read_tensor(name);
-}
-
-void fill_from_vertical(const h5::File& file, const std::string& name, IntLayerImpl& layer, int64_t bits) {
-  const std::string key = name + ".";
-  const torch::Tensor range = need_tensor(file, key + "weight_bits_range").to(torch::kInt64);
-  TORCH_CHECK(range.numel() == 2, "'", file.path(), "': ", key, "weight_bits_range must hold 2 values");
-  quant::VerticalLayers v;
-  v.min_bits = range[0].item<int64_t>();
-  v.top_bits = range[1].item<int64_t>();
-  const int64_t wb = layer.options.weight_bits();
-  TORCH_CHECK(wb >= v.min_bits && wb <= v.top_bits, "'", file.path(), "': layer '", name, "' stores ", v.min_bits,
-              "..", v.top_bits, " weight bits, ", wb, " requested");
-  v.basic = need_tensor(file, key + "weight_basic").to(torch::kInt16);
-  v.shape = v.basic.sizes().vec();
-  for (int64_t k = v.min_bits + 1; k <= v.top_bits; ++k) {
-    v.planes.push_back(need_tensor(file, key + "weight_plane_b" + std::to_string(k)).to(torch::kUInt8));
-  }
-  TORCH_CHECK(v.basic.sizes() == layer.weight_codes.sizes(), "'", file.path(), "': '", key, "weight_basic' has shape ",
-              v.basic.sizes(), ", the model expects ", layer.weight_codes.sizes());
-  Folded f;
-  f.codes = quant::rebuild_codes(v, wb);
-  f.weight_step = need_tensor(file, key + "weight_step").to(torch::kFloat32);
-  const int64_t top = need_tensor(file, key + "weight_top_bits").to(torch::kInt64).item<int64_t>();
-  f.shift = top - wb;
-  f.offset = (int64_t(1) << f.shift) - 1;
-  const std::string suffix = "_b" + std::to_string(bits);
-  f.act_step = need_tensor(file, key + "act_step" + suffix).to(torch::kFloat32).reshape({});
-  f.act_range = need_tensor(file, key + "act_range" + suffix).to(torch::kInt64);
-  f.scale = need_tensor(file, key + "scale" + suffix).to(torch::kFloat32);
-  f.bias = need_tensor(file, key + "bias" + suffix).to(torch::kFloat32);
-  TORCH_CHECK(f.scale.sizes() == layer.scale.sizes() && f.weight_step.sizes() == layer.weight_step.sizes() &&
-                  f.act_range.numel() == 2,
-              "'", file.path(), "': the tensors of layer '", name, "' do not fit the model");
-  fill(layer, f);
-}
-
-} // namespace
-
 void write_student(h5::File& file, const torch::nn::Module& student, const StudentConfig& config,
                    const ModelMeta& meta) {
   for (const auto& [name, tensor] : named_state(student)) file.write_tensor(name, tensor);
@@ -328,35 +273,5 @@ void save_student(const std::string& path, const torch::nn::Module& student, con
   h5::atomic_write(path, [&](h5::File& file) { write_student(file, student, config, meta); });
 }
 
-LoadedStudent load_student(const std::string& path) {
-  const h5::File file = h5::File::open_read(path);
-  const ExtractedFile x = read_extracted(file, /*allow_student=*/true);
-  LoadedStudent s{build(x.spec, QuantFactory(x.config)), x.spec, x.config, x.meta};
-  load_state(file, *s.model, {kTrainingStateGroup});  // a checkpoint's training state is not the model's
-  set_bits(*s.model, x.config.bits.front());
-  s.model->eval();
-  return s;
-}
-
-Classifier load_integer_model(const std::string& path, int64_t bits) {
-  const h5::File file = h5::File::open_read(path);
-  const ExtractedFile x = read_extracted(file);
-  if (x.format == kFixedFormat) {
-    TORCH_CHECK(bits == 0 || bits == x.bits, "'", path, "' is a fixed ", x.bits, "-bit model; --bits ", bits,
-                " needs the vertical-layered file");
-    Classifier model = build(x.spec, IntegerFactory(x.config, x.bits));
-    load_state(file, *model);
-    model->eval();
-    return model;
-  }
-  TORCH_CHECK(bits > 0, "'", path, "' is vertical-layered; choose a bit-width with --bits (one of ",
-              bits_text(x.config.bits), ")");
-  Classifier model = build(x.spec, IntegerFactory(x.config, bits));
-  for (const auto& item : model->named_modules()) {
-    if (auto* layer = dynamic_cast<IntLayerImpl*>(item.value().get())) fill_from_vertical(file, item.key(), *layer, bits);
-  }
-  model->eval();
-  return model;
-}
 
 } // namespace zsq::models

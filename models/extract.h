@@ -26,7 +26,18 @@ inline constexpr const char* kStudentFormat = "zsq-student";
 /// The group of a checkpoint (a zsq-student file) that holds the training
 /// state: optimizer, generator, RNG states, start codes (trainers/checkpoint.h).
 inline constexpr const char* kTrainingStateGroup = "train/";
-inline constexpr int64_t kExtractFormatVersion = 1;
+inline constexpr int64_t kExtractFormatVersion = 2;  // 2: fixed files hold bit-packed codes
+
+/// A quantized layer of the student with the BatchNorm that follows it (null when none), in module order.
+/// Every BatchNorm follows its convolution in registration order in every architecture of the zoo; the
+/// pairing is checked by channel count.
+struct LayerPair {
+  std::string name;
+  quant::QuantizedLayer* layer = nullptr;
+  torch::Tensor layer_bias;  ///< undefined when the layer has none
+  quant::SwitchableBatchNorm2dImpl* bn = nullptr;
+};
+std::vector<LayerPair> pair_layers(torch::nn::Module& student);
 
 /// Writes the whole student (latent weights, steps, every per-bit BN and
 /// input step) and how it was built, atomically, as a zsq-student file.
@@ -67,10 +78,16 @@ class IntegerFactory : public LayerFactory {
 Classifier extract_fixed(torch::nn::Module& student, const ModelSpec& spec, const StudentConfig& config,
                          int64_t bits);
 
-/// Writes an integer model as a zsq-fixed file (atomically). meta describes
-/// the input (arch, classes, shape, normalization).
+/// The integer model of `student` as its layers and BatchNorms are switched now (set_bits or a mix);
+/// `code_bits`: the model bit-width whose weight bits size the code type (the highest one in use).
+Classifier extract_as_set(torch::nn::Module& student, const ModelSpec& spec, const StudentConfig& config,
+                          int64_t code_bits);
+
+/// Writes an integer model as a zsq-fixed file (atomically; version 2: codes bit-packed). meta describes
+/// the input (arch, classes, shape, normalization). A mixed-precision model passes its mix (mix_text) and
+/// as `bits` the model bit-width that sized its codes (extract_as_set's code_bits).
 void save_fixed(const std::string& path, const Classifier& model, const ModelMeta& meta, const StudentConfig& config,
-                int64_t bits);
+                int64_t bits, const std::string& mix = "");
 
 /// Writes the vertical-layered form of `student` (shift nesting only).
 void save_vertical(const std::string& path, torch::nn::Module& student, const ModelSpec& spec,
@@ -82,7 +99,8 @@ struct ExtractedFile {
   ModelMeta meta;
   ModelSpec spec;
   StudentConfig config;
-  int64_t bits = 0;  ///< the fixed file's bit-width (0 for vertical files)
+  int64_t bits = 0;  ///< the fixed file's bit-width (0 for vertical files; a mixed file's widest)
+  std::string mix;   ///< a mixed-precision fixed file's configuration (mix_text), else empty
 };
 
 /// Reads and checks the attributes of a zsq-fixed or zsq-vertical file

@@ -16,6 +16,28 @@ torch::Tensor pack_bits(const torch::Tensor& bits) {
   return packed;
 }
 
+torch::Tensor pack_codes(const torch::Tensor& codes, int64_t bits) {
+  TORCH_CHECK(bits >= 1 && bits <= 16, "pack_codes: bits must be in [1, 16], got ", bits);
+  TORCH_CHECK(!codes.is_floating_point(), "pack_codes expects integer codes");
+  const int64_t half = int64_t(1) << (bits - 1);
+  const torch::Tensor flat = codes.reshape({-1}).to(torch::kInt64).contiguous();
+  if (flat.numel() > 0) {
+    const int64_t lo = flat.min().item<int64_t>(), hi = flat.max().item<int64_t>();
+    TORCH_CHECK(lo >= -half && hi < half, "pack_codes: codes in [", lo, ", ", hi, "] do not fit ", bits, " bits");
+  }
+  const torch::Tensor shifts = torch::arange(bits, torch::kInt64);
+  const torch::Tensor planes = (flat.unsqueeze(1) + half).bitwise_right_shift(shifts).bitwise_and(1);  // [n, bits]
+  return pack_bits(planes);
+}
+
+torch::Tensor unpack_codes(const torch::Tensor& packed, int64_t bits, int64_t count) {
+  TORCH_CHECK(bits >= 1 && bits <= 16, "unpack_codes: bits must be in [1, 16], got ", bits);
+  TORCH_CHECK(count >= 0, "unpack_codes: negative count");
+  const torch::Tensor planes = unpack_bits(packed, count * bits).to(torch::kInt64).reshape({count, bits});
+  const torch::Tensor weights = torch::ones({bits}, torch::kInt64).bitwise_left_shift(torch::arange(bits, torch::kInt64));
+  return ((planes * weights).sum(1) - (int64_t(1) << (bits - 1))).to(torch::kInt16);
+}
+
 torch::Tensor unpack_bits(const torch::Tensor& packed, int64_t count) {
   TORCH_CHECK(packed.scalar_type() == torch::kUInt8 && packed.dim() == 1, "unpack_bits expects uint8 [bytes]");
   TORCH_CHECK(count >= 0 && (count + 7) / 8 == packed.numel(), "unpack_bits: ", packed.numel(),

@@ -17,6 +17,13 @@ torch::Tensor pack_bits(const torch::Tensor& bits);
 /// Inverse of pack_bits: the first `count` bits as uint8 0/1 values.
 torch::Tensor unpack_bits(const torch::Tensor& packed, int64_t count);
 
+/// Packs signed `bits`-bit codes (any integer dtype, values in [-2^(bits-1), 2^(bits-1) - 1]) as `bits` bits
+/// each, value + 2^(bits-1) least significant bit first, one code after the other (numpy's
+/// packbits(bitorder='little') of the codes' bits): uint8 [ceil(n·bits/8)]. Throws when a code does not fit.
+torch::Tensor pack_codes(const torch::Tensor& codes, int64_t bits);
+/// Inverse of pack_codes: `count` codes as int16.
+torch::Tensor unpack_codes(const torch::Tensor& packed, int64_t bits, int64_t count);
+
 /// Codes of one layer at every bit-width from min_bits to top_bits, stored as
 /// layers. shape: the weight's shape.
 struct VerticalLayers {

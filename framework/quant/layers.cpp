@@ -49,6 +49,7 @@ void QuantizedLayer::register_quant_state(torch::nn::Module& module, const torch
   options.check();
   options_ = std::move(options);
   index_ = std::min(index_, options_.bits().size() - 1);
+  weight_index_ = std::min(weight_index_, options_.bits().size() - 1);
   weight_ = weight;
   weight_step_ = module.register_parameter("weight_step", torch::ones({weight.size(0)}) * 1e-2);
   act_steps_.clear();
@@ -91,7 +92,13 @@ void QuantizedLayer::register_quant_state(torch::nn::Module& module, const torch
   input_signed_.fill_(lo < 0);
 }
 
-void QuantizedLayer::set_bits(int64_t b) { index_ = options_.index_of(b); }
+void QuantizedLayer::set_bits(int64_t b) { index_ = weight_index_ = options_.index_of(b); }
+
+void QuantizedLayer::set_layer_bits(int64_t weight_b, int64_t act_b) {
+  const size_t w = options_.index_of(weight_b), a = options_.index_of(act_b);
+  weight_index_ = w;
+  index_ = a;
+}
 
 torch::Tensor positive_step(const torch::Tensor& step) { return step.abs().clamp_min(kMinStep); }
 
@@ -156,6 +163,11 @@ torch::Tensor mse_init_step(const torch::Tensor& x, const QuantRange& range) {
 } // namespace
 
 torch::Tensor QuantizedLayer::quantize_input(const torch::Tensor& x) {
+  if (last_input_sizes_.size() != static_cast<size_t>(x.dim()) || !std::equal(last_input_sizes_.begin(),
+                                                                               last_input_sizes_.end(),
+                                                                               x.sizes().begin())) {
+    last_input_sizes_ = x.sizes().vec();
+  }
   torch::Tensor& step = act_steps_[index_];
   if (calibrating_ && !input_fixed()) {
     torch::NoGradGuard no_grad;

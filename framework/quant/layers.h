@@ -114,9 +114,17 @@ class QuantizedLayer : public BitSwitchable {
  public:
   void set_bits(int64_t b) override;
   int64_t bits() const override { return options_.bits()[index_]; }
-  int64_t weight_bits() const { return options_.wbits()[index_]; }
+  /// Mixed precision: the weights at model bit-width `weight_b`'s weight bits, the input at model bit-width
+  /// `act_b`'s activation bits and step (each one of options().bits()); set_bits(b) is (b, b).
+  void set_layer_bits(int64_t weight_b, int64_t act_b);
+  /// The model bit-width whose weight bits the layer uses (bits() unless set_layer_bits split them).
+  int64_t weight_model_bits() const { return options_.bits()[weight_index_]; }
+  int64_t weight_bits() const { return options_.wbits()[weight_index_]; }
   int64_t activation_bits() const { return options_.abits()[index_]; }
   const QuantLayerOptions& quant_options() const { return options_; }
+  /// Sizes of the last input a forward quantized (empty before the first): what mixed precision counts
+  /// multiply-accumulates from.
+  const std::vector<int64_t>& last_input_sizes() const { return last_input_sizes_; }
 
   /// The fake-quantized weight at the current bit-width (differentiable).
   torch::Tensor quantized_weight() const;
@@ -157,7 +165,9 @@ class QuantizedLayer : public BitSwitchable {
   void register_quant_state(torch::nn::Module& module, const torch::Tensor& weight, QuantLayerOptions options);
 
   QuantLayerOptions options_;
-  size_t index_ = 0;
+  size_t index_ = 0;         ///< the activation's (and by default the weights') model bit-width
+  size_t weight_index_ = 0;  ///< the weights' model bit-width
+  std::vector<int64_t> last_input_sizes_;
   bool calibrating_ = false;
   std::vector<int64_t> input_zero_;   ///< per bit-width: codes below zero of a fixed input range (empty: not fixed)
   torch::Tensor weight_;        ///< the module's weight (same tensor)

@@ -13,7 +13,7 @@ STUDENT_FORMAT = "zsq-student"
 FIXED_FORMAT = "zsq-fixed"
 VERTICAL_FORMAT = "zsq-vertical"
 MODEL_FORMAT_VERSION = 1
-EXTRACT_FORMAT_VERSION = 1
+EXTRACT_FORMAT_VERSION = 2  # 2: fixed files hold bit-packed codes
 SAME_BITS = 0  # first/last layer or input bits: the middle layers' bits ("same")
 
 FIRST, MIDDLE, LAST = "first", "middle", "last"  # layer roles

@@ -126,6 +126,48 @@ def load_state(module, file, ignore_groups=()):
             tensor.copy_(value.to(tensor.dtype))
 
 
+def unpack_codes(packed, bits, count):
+    """Signed `bits`-bit codes packed by zsq (C++ quant::pack_codes): value + 2^(bits-1), least
+    significant bit first, one code after another, numpy's packbits(bitorder='little')."""
+    flat = np.unpackbits(np.asarray(packed, dtype=np.uint8), bitorder="little")
+    if len(packed) != (count * bits + 7) // 8:
+        raise ValueError(f"{len(packed)} bytes cannot hold exactly {count} codes of {bits} bits")
+    planes = flat[:count * bits].reshape(count, bits).astype(np.int64)
+    return (planes << np.arange(bits, dtype=np.int64)).sum(1) - (1 << (bits - 1))
+
+
+def load_packed_state(module, file):
+    """load_state for a version-2 zsq-fixed file: each `*.weight_codes` buffer from its bit-packed
+    `*.weight_codes_packed` and `*.weight_code_bits` (C++ load_packed_state)."""
+    state = module.state_dict(keep_vars=True)
+    expected = set()
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if not name.endswith("weight_codes"):
+                expected.add(name)
+                value = read_tensor(file, name)
+                if tuple(value.shape) != tuple(tensor.shape):
+                    raise ValueError(f"'{file.filename}': '{name}' has shape {list(value.shape)}, "
+                                     f"the model expects {list(tensor.shape)}")
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise ValueError(f"'{file.filename}': '{name}' holds values that are not finite (NaN or inf)")
+                tensor.copy_(value.to(tensor.dtype))
+                continue
+            prefix = name[:-len("weight_codes")]
+            expected.update((prefix + "weight_codes_packed", prefix + "weight_code_bits"))
+            bits = int(read_tensor(file, prefix + "weight_code_bits"))
+            if not 2 <= bits <= 16:
+                raise ValueError(f"'{file.filename}': '{prefix}weight_code_bits' is {bits}; expected 2..16")
+            try:
+                codes = unpack_codes(file[prefix + "weight_codes_packed"][()], bits, tensor.numel())
+            except (KeyError, ValueError) as err:
+                raise ValueError(f"'{file.filename}': '{prefix}weight_codes_packed': {err}") from None
+            tensor.copy_(torch.from_numpy(codes).reshape(tensor.shape).to(tensor.dtype))
+    for name in dataset_names(file):
+        if name not in expected:
+            raise ValueError(f"'{file.filename}' holds an unexpected tensor '{name}'")
+
+
 def check_output(path):
     """(path, folder) of an output file that can be written: not a folder, in
     a folder that exists and is writable; a ValueError naming it otherwise."""

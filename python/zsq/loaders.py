@@ -148,9 +148,12 @@ def load_extracted(path, bits=None):
             if bits not in (None, 0, fixed_bits):
                 raise ValueError(f"'{path}' is a fixed {fixed_bits}-bit model; bits={bits} needs the "
                                  "vertical-layered file")
+            mix = files.attr_str(file, "mix")
+            if mix and bits not in (None, 0):
+                raise ValueError(f"'{path}' is a mixed-precision model ({mix}); it has no bits to choose")
             factory = IntegerFactory(config, fixed_bits, path)
             model = _build(path, meta, channels, factory)
-            files.load_state(model, file)
+            (files.load_packed_state if meta.version >= 2 else files.load_state)(model, file)
             bits = fixed_bits
         else:
             if not bits:

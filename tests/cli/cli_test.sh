@@ -240,7 +240,10 @@ lo, hi = f["conv1.act_range"][()]
 assert lo < 0 and hi - lo == 15, (lo, hi)
 step = float(f["conv1.act_step"][()])
 assert lo * step <= -mean / std + 1e-6 and hi * step >= (1 - mean) / std - 1e-6, (lo, hi, step)
-assert f["conv1.weight_codes"][()].min() >= -8 and f["conv1.weight_codes"][()].max() <= 7
+bits = int(f["conv1.weight_code_bits"][()])
+planes = np.unpackbits(f["conv1.weight_codes_packed"][()], bitorder="little")
+codes = (planes[:len(planes) // bits * bits].reshape(-1, bits).astype(np.int64) << np.arange(bits)).sum(1) - (1 << (bits - 1))
+assert bits <= 4 and codes.min() >= -8 and codes.max() <= 7, (bits, codes.min(), codes.max())
 PY
 then ok "first-last-bits same: student attributes and the first layer's pixel-range codes"
 else bad "first-last-bits same: student attributes and the first layer's pixel-range codes"; fi

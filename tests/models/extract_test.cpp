@@ -3,45 +3,14 @@
 #include "framework/quant/integer.h"
 #include "models/extract.h"
 
-#include "tests/support.h"
+#include "tests/models/student_fixture.h"
 
 namespace zsq::models {
 namespace {
 
 using test::error_of;
 
-class ExtractTest : public test::SeedingFixture {
- protected:
-  // A teacher with meaningful BN statistics and a student initialised from it.
-  void make(const ModelSpec& spec, std::vector<int64_t> bits, int64_t size = 28) {
-    spec_ = spec;
-    config_.bits = std::move(bits);
-    teacher_ = build(spec, Fp32Factory());
-    {
-      torch::NoGradGuard no_grad;
-      for (int i = 0; i < 10; ++i) teacher_->forward(torch::randn({32, spec.in_channels, size, size}));
-    }
-    teacher_->eval();
-    student_ = build(spec, QuantFactory(config_));
-    init_student(*student_, *teacher_, torch::randn({64, spec.in_channels, size, size}));
-    student_->eval();
-    meta_.arch = spec.arch;
-    meta_.num_classes = spec.num_classes;
-    meta_.input_shape = {spec.in_channels, size, size};
-    meta_.input_mean = {0.5};
-    meta_.input_std = {0.25};
-    meta_.width = spec.width;
-  }
-  torch::Tensor student_logits(int64_t bits, const torch::Tensor& x) {
-    torch::NoGradGuard no_grad;
-    set_bits(*student_, bits);
-    return student_->forward(x);
-  }
-  ModelSpec spec_;
-  StudentConfig config_;
-  Classifier teacher_, student_;
-  ModelMeta meta_;
-};
+class ExtractTest : public test::StudentFixture {};
 
 TEST_F(ExtractTest, IntegerLayerByHand) {
   quant::IntLayer layer(quant::IntLayerOptions(2, 1).conv(false).weight_bits(3));
@@ -154,7 +123,7 @@ TEST_F(ExtractTest, FixedFilesRoundTrip) {
   EXPECT_TRUE(torch::equal(loaded->forward(x), integer->forward(x)));
   const h5::File file = h5::File::open_read(path("w4.h5"));
   EXPECT_EQ(file.attr_string("precision").value_or(""), "w4a4");
-  EXPECT_EQ(file.dtype("layer1.0.conv1.weight_codes"), torch::kInt8);
+  EXPECT_EQ(file.dtype("layer1.0.conv1.weight_codes_packed"), torch::kUInt8);
   EXPECT_NE(error_of([&] { load_integer_model(path("w4.h5"), 2); }).find("is a fixed 4-bit model"), std::string::npos);
 }
 
