@@ -17,7 +17,7 @@ row() {  # kind budget file extract-args...
   local kind=$1 budget=$2 file=$3; shift 3
   local j; j=$("$zsq" extract --checkpoint "$ckpt" --out "$file" --json "$@" | tail -1)
   local e; e=$("$zsq" eval --model "$file" --json | tail -1)
-  echo "$kind,$budget,$(echo "$j" | field weight_bytes),$(echo "$j" | field mean_wbits),$(echo "$j" | field bops),$(echo "$j" | field kl),$(echo "$e" | field top1),$(echo "$j" | field bytes),$(echo "$j" | field seconds),\"$(echo "$j" | field mix)\"" >> "$csv"
+  echo "$kind,$budget,$(echo "$j" | field weight_bytes),$(echo "$j" | field mean_wbits),$(echo "$j" | field bops),$(echo "$j" | field kl),$(echo "$e" | field top1),$(echo "$j" | field bytes),$(echo "$j" | field seconds),\"$(echo "$j" | sed -nE 's/.*"mix": "([^"]*)".*/\1/p')\"" >> "$csv"
   tail -1 "$csv" >&2
 }
 bits=$("$root"/build/zsq inspect "$ckpt" 2>/dev/null | sed -nE 's/^ *model_bits *[:=] *\[?([0-9, ]+)\]?.*/\1/p' | tr -d ' ' | head -1)

@@ -158,9 +158,15 @@ int extract_mixed(const po::variables_map& vm, const Common& common, const std::
               << " (base KL " << s.base << ")" << std::endl;
     const std::vector<trainers::FrontPoint> front = trainers::pareto_front(layers, s, budget->first);
     if (vm.count("front")) write_front_csv(get<std::string>(vm, "front"), front);
-    std::cout << "Pareto front: " << front.size() << " mixes from " << std::fixed << std::setprecision(0)
-              << front.front().cost.bytes << " to " << front.back().cost.bytes << " bytes" << std::defaultfloat
-              << std::endl;
+    // The front, thinned to about ten points: what each budget buys, as the sensitivity predicts it.
+    std::cout << "Pareto front (" << front.size() << " mixes; every " << std::max<size_t>(1, front.size() / 10)
+              << "th):\n  weight bytes  mean bits  GBOPs/image  predicted KL" << std::endl;
+    for (size_t i = 0; i < front.size(); i += std::max<size_t>(1, front.size() / 10)) {
+      const auto& c = front[i].cost;
+      std::cout << std::fixed << "  " << std::setw(12) << std::setprecision(0) << c.bytes << std::setw(11)
+                << std::setprecision(3) << c.mean_wbits << std::setw(13) << std::setprecision(4) << c.bops / 1e9
+                << std::setw(14) << std::setprecision(5) << front[i].predicted_kl << std::defaultfloat << std::endl;
+    }
     const trainers::FrontPoint& p = trainers::choose(front, budget->first, budget->second);
     mix = p.mix;
     predicted = p.predicted_kl;

@@ -1,5 +1,7 @@
 #include "trainers/engine.h"
 
+#include "models/quant_factory.h"
+
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -22,6 +24,26 @@ LoaderOptions training_loader(int64_t local_batch, uint64_t seed, int rank, int 
 
 void check_not_diverged(double loss, const std::string& what, const std::string& where, const std::string& note) {
   TORCH_CHECK(std::isfinite(loss), "training diverged: ", what, " is ", loss, " at ", where, "; ", note, "lower --lr");
+}
+
+NamedTensors trained_parameters(torch::nn::Module& module) {
+  NamedTensors out;
+  for (const auto& item : module.named_parameters()) {
+    if (item.value().requires_grad()) out.emplace_back(item.key(), item.value());
+  }
+  return out;
+}
+
+torch::Tensor frozen_logits(models::ClassifierImpl& student, int64_t bits, const torch::Tensor& images) {
+  std::vector<std::pair<torch::Tensor, bool>> saved;
+  for (auto& p : student.parameters()) {
+    saved.emplace_back(p, p.requires_grad());
+    p.set_requires_grad(false);
+  }
+  models::set_bits(student, bits);
+  torch::Tensor logits = student.forward(images);
+  for (auto& [p, on] : saved) p.set_requires_grad(on);
+  return logits;
 }
 
 } // namespace zsq::trainers

@@ -1,9 +1,11 @@
-// What both trainers' loops share (zsq train-teacher and zsq quantize): the
-// sharded loader's options, the wall clock behind progress lines, and the
-// divergence check.
+// What the trainers' loops share (zsq train-teacher and zsq quantize): the
+// sharded loader's options, the wall clock behind progress lines, the
+// divergence check, the parameters that train, a student frozen for one forward.
 #pragma once
 
 #include "framework/data.h"
+#include "framework/optim_state.h"  // NamedTensors
+#include "models/zoo.h"
 
 #include <chrono>
 #include <cstdint>
@@ -33,5 +35,12 @@ class Progress {
 /// Throws "training diverged: <what> is <loss> at <where>; <note>lower --lr"
 /// when `loss` is not finite.
 void check_not_diverged(double loss, const std::string& what, const std::string& where, const std::string& note = "");
+
+/// The parameters of `module` that require gradients, by name.
+NamedTensors trained_parameters(torch::nn::Module& module);
+
+/// The student's logits at bit-width `bits` with none of its parameters in the graph (the generator's
+/// adversarial term: the gradient reaches the images only).
+torch::Tensor frozen_logits(models::ClassifierImpl& student, int64_t bits, const torch::Tensor& images);
 
 } // namespace zsq::trainers

@@ -2,6 +2,7 @@
 
 #include "trainers/checkpoint.h"
 #include "trainers/engine.h"
+#include "trainers/mix_sampling.h"
 #include "trainers/weighting.h"
 
 #include "distributed/reducer.h"
@@ -23,29 +24,6 @@ namespace {
 // What the checkpoints of a run need from its options.
 CheckpointPlan plan_of(const QuantizeOptions& o) { return {o.checkpoint, o.steps, o.generator_warmup, o.checkpoint_hook}; }
 
-// The parameters that train (all, or the per-bit ones with --train per-bit).
-NamedTensors trained_parameters(torch::nn::Module& module) {
-  NamedTensors out;
-  for (const auto& item : module.named_parameters()) {
-    if (item.value().requires_grad()) out.emplace_back(item.key(), item.value());
-  }
-  return out;
-}
-
-// The student's logits at bit-width `bits` with none of its parameters in the graph (the generator's adversarial
-// term: the gradient reaches the images only).
-torch::Tensor frozen_logits(models::ClassifierImpl& student, int64_t bits, const torch::Tensor& images) {
-  std::vector<std::pair<torch::Tensor, bool>> saved;
-  for (auto& p : student.parameters()) {
-    saved.emplace_back(p, p.requires_grad());
-    p.set_requires_grad(false);
-  }
-  models::set_bits(student, bits);
-  torch::Tensor logits = student.forward(images);
-  for (auto& [p, on] : saved) p.set_requires_grad(on);
-  return logits;
-}
-
 // One quantize() call: the set-up in the constructor, then the student steps.
 class OfaTrainer {
  public:
@@ -63,8 +41,8 @@ class OfaTrainer {
   torch::Tensor calibration_images();
   std::pair<torch::Tensor, torch::Tensor> synthetic_batch(QuantizeStep* report);
   std::pair<torch::Tensor, torch::Tensor> training_batch(int64_t step, QuantizeStep* report);
-  std::vector<double> backward_bits(const torch::Tensor& images, const torch::Tensor& labels,
-                                    const std::vector<int64_t>& now, std::vector<torch::Tensor>* shared_gradients);
+  std::vector<double> backward_tasks(const torch::Tensor& images, const torch::Tensor& labels, int64_t step,
+                                     const std::vector<int64_t>& now, std::vector<torch::Tensor>* shared_gradients);
   void train_step(int64_t step, QuantizeStep* report);
   void finish_step(int64_t step, int64_t done_here, QuantizeStep* report);
   double value_at(const std::vector<double>& values, double unset, int64_t b) const;
@@ -81,6 +59,7 @@ class OfaTrainer {
   PixelClamp clamped_;  // --clamp-pixels (off: images as given)
   generators::Synthesizer* synth_ = nullptr;
   bool online_generator_ = false, adversary_ = false;
+  std::unique_ptr<MixSampler> mixes_;  // --mix-samples
   std::unique_ptr<BatchLoader> loader_;
   int64_t epoch_ = -1;
   std::unique_ptr<torch::optim::SGD> optimizer_;
@@ -128,6 +107,7 @@ OfaTrainer::OfaTrainer(models::ClassifierImpl& student, models::ClassifierImpl& 
   // Weight decay on the latent weights only (make_sgd spares every 1-D tensor: steps, BatchNorm, biases).
   optimizer_ = make_sgd(student, o.lr, 0.9, /*nesterov=*/true, o.weight_decay);
   select_trained();
+  mixes_ = std::make_unique<MixSampler>(student, o.mix_samples, o.seed);
   checkpointer_ = std::make_unique<Checkpointer>(plan_of(o), write_student, comm_);
 }
 
@@ -268,38 +248,47 @@ std::pair<torch::Tensor, torch::Tensor> OfaTrainer::training_batch(int64_t step,
 }
 
 // Forward and backward of every bit-width of `now` (highest first, so recursive distillation has the next higher
-// bit-width's logits); returns this rank's losses and each bit-width's gradient on the shared tensors.
-std::vector<double> OfaTrainer::backward_bits(const torch::Tensor& images, const torch::Tensor& labels,
-                                              const std::vector<int64_t>& now,
-                                              std::vector<torch::Tensor>* shared_gradients) {
+// bit-width's logits), then of the step's random mixes (--mix-samples); returns this rank's losses and each task's
+// gradient on the shared tensors, in that order.
+std::vector<double> OfaTrainer::backward_tasks(const torch::Tensor& images, const torch::Tensor& labels, int64_t step,
+                                               const std::vector<int64_t>& now,
+                                               std::vector<torch::Tensor>* shared_gradients) {
   torch::Tensor teacher_logits, teacher_features;
   {
     torch::NoGradGuard no_grad;
     teacher_features = teacher_.features(images);
     teacher_logits = teacher_.head(teacher_features);
   }
-  std::vector<double> losses(now.size());
-  shared_gradients->assign(now.size(), torch::Tensor());
+  const size_t uniform = now.size(), tasks = uniform + static_cast<size_t>(mixes_->samples());
+  std::vector<double> losses(tasks);
+  shared_gradients->assign(tasks, torch::Tensor());
   optimizer_->zero_grad();
   torch::Tensor shared_before = shared_.empty() ? torch::Tensor() : flat_gradient(shared_);
   torch::Tensor higher;  // logits of the next higher bit-width (recursive distillation)
-  for (size_t i = now.size(); i-- > 0;) {
-    models::set_bits(student_, now[i]);
+  for (size_t k = 0; k < tasks; ++k) {
+    const bool mixed = k >= uniform;
+    const size_t i = mixed ? k : uniform - 1 - k;
+    if (mixed) {
+      mixes_->apply(step, static_cast<int64_t>(k - uniform));
+    } else {
+      models::set_bits(student_, now[i]);
+    }
     const torch::Tensor features = student_.features(images);
     const torch::Tensor logits = student_.head(features);
-    torch::Tensor loss = kd_loss(logits, o_.recursive && higher.defined() ? higher : teacher_logits, o_.temperature);
-    const double ce = value_at(o_.ce_weight, 0.0, now[i]);
+    torch::Tensor loss = kd_loss(logits, o_.recursive && !mixed && higher.defined() ? higher : teacher_logits,
+                                 o_.temperature);
+    const double ce = mixed ? 0.0 : value_at(o_.ce_weight, 0.0, now[i]);
     if (ce > 0) loss = loss + ce * torch::cross_entropy_loss(logits, labels);
     if (o_.feature_weight > 0) loss = loss + o_.feature_weight * torch::mse_loss(features, teacher_features);
     losses[i] = loss.item<double>();
-    // Backward per bit-width: the graphs do not stay alive together; gradients accumulate.
-    (loss * value_at(o_.weights, 1.0, now[i])).backward();
+    // Backward per task: the graphs do not stay alive together; gradients accumulate.
+    (loss * (mixed ? o_.mix_weight : value_at(o_.weights, 1.0, now[i]))).backward();
     if (!shared_.empty()) {
       const torch::Tensor shared_now = flat_gradient(shared_);
       (*shared_gradients)[i] = shared_now - shared_before;
       shared_before = shared_now;
     }
-    higher = logits.detach();
+    if (!mixed) higher = logits.detach();
   }
   return losses;
 }
@@ -310,14 +299,15 @@ void OfaTrainer::train_step(int64_t step, QuantizeStep* report) {
   set_lr(*optimizer_, report->lr);
   report->bits = step_bits(bits_, o_.weighting, o_.seed, step);
   std::vector<torch::Tensor> shared_gradients;
-  std::vector<double> losses = backward_bits(images, labels, report->bits, &shared_gradients);
+  std::vector<double> losses = backward_tasks(images, labels, step, report->bits, &shared_gradients);
+  report->bits.resize(losses.size(), 0);  // 0: a random mix
   // Every rank decides on the same (global mean) losses, so a divergence stops all of them together.
   torch::Tensor global = torch::tensor(losses, torch::kFloat64);
   if (world_ > 1) comm_->all_reduce(global, distributed::ReduceOp::kAverage);
   for (size_t i = 0; i < losses.size(); ++i) {
     losses[i] = global[static_cast<int64_t>(i)].item<double>();
     if (std::isfinite(losses[i])) continue;  // the message is only built for a diverged loss
-    check_not_diverged(losses[i], "the " + std::to_string(report->bits[i]) + "-bit loss",
+    check_not_diverged(losses[i], report->bits[i] > 0 ? "the " + std::to_string(report->bits[i]) + "-bit loss" : "a mix's loss",
                        "step " + std::to_string(step + 1),
                        last_checkpoint_ >= 0 ? "the checkpoint of step " + std::to_string(last_checkpoint_) + " is kept; "
                                              : std::string("no checkpoint was written; "));

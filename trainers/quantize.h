@@ -36,6 +36,8 @@
 // 2-bit loss's gradient on a step is about 2^(top-2) times the 8-bit one's (its
 // levels are that many top-precision steps apart): under sum or pcgrad it can
 // collapse a channel's step, which kills the channel at every bit-width.
+// Trained for mixing (mix_samples > 0): each step also distils that many random per-layer mixes
+// (trainers/mix_sampling.h), each one more task for the weighting after the bit-widths, to the teacher.
 // Recursive distillation (recursive = true): the top bit-width learns from the
 // teacher, every other one from the student at the next higher bit-width in
 // this step's set (its logits detached).
@@ -109,6 +111,10 @@ struct QuantizeOptions {
   std::vector<double> weights;   ///< λ_b per bit-width in ascending bit order (empty: all 1)
   Weighting weighting = Weighting::kSum;
   bool recursive = false;        ///< each bit-width distilled from the next higher one
+  /// Random per-layer mixes distilled each step besides the uniform bit-widths (trainers/mix_sampling.h;
+  /// 0: none), each a task of its own in the weighting, with loss weight mix_weight
+  int64_t mix_samples = 0;
+  double mix_weight = 1;
   TrainScope train = TrainScope::kAll; ///< per-bit: only per-bit tensors (activation steps, switchable BN) train
   int64_t crop_padding = 2;      ///< augmentation of the pool's images
   bool horizontal_flip = true;
@@ -147,8 +153,8 @@ bool is_weight_step(const std::string& name);
 struct QuantizeStep {
   int64_t step = 0, steps = 0;   ///< student steps done / planned (0 during the generator warm-up)
   int64_t warmup_step = 0, warmup_steps = 0;
-  std::vector<int64_t> bits;     ///< the bit-widths trained this step
-  std::vector<double> losses;    ///< KD per bit-width of `bits` (global batch mean)
+  std::vector<int64_t> bits;     ///< the bit-widths trained this step, then a 0 per random mix (--mix-samples)
+  std::vector<double> losses;    ///< KD per entry of `bits` (global batch mean)
   std::vector<double> alphas;    ///< min-norm weights (empty otherwise)
   std::vector<double> grad_norms; ///< norm of each bit-width's gradient on the shared tensors (this process's batch; min-norm, normalized: global)
   double generator_loss = -1;    ///< online generation: the generator's loss (-1: none)

@@ -59,6 +59,11 @@ void QuantizeOptions::check() const {
   ZSQ_CHECK_OPTION(!step_weighting || (train == TrainScope::kAll && weight_step_lr > 0),
                    "--weight-step-grad needs the weight steps to train (--train all, --weight-step-lr > 0)");
   for (const double w : weights) ZSQ_CHECK_OPTION(w >= 0, "--bit-weights must be >= 0, got ", w);
+  ZSQ_CHECK_OPTION(mix_samples >= 0, "--mix-samples must be >= 0, got ", mix_samples);
+  ZSQ_CHECK_OPTION(mix_weight >= 0 && std::isfinite(mix_weight), "--mix-weight must be a finite number >= 0, got ",
+                   mix_weight);
+  ZSQ_CHECK_OPTION(mix_samples == 0 || (weighting != Weighting::kPcGrad && step_weighting != Weighting::kPcGrad),
+                   "--mix-samples does not combine with pcgrad (it orders the tasks by bit-width; a mix has none)");
   ZSQ_CHECK_OPTION(calib_count >= 1, "--calib-count must be >= 1, got ", calib_count);
   ZSQ_CHECK_OPTION(!bn_reestimate_end || !bn_bits.empty(),
                    "--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");

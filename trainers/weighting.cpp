@@ -8,16 +8,12 @@
 #include <cmath>
 
 namespace zsq::trainers {
-namespace {
-
 uint64_t splitmix(uint64_t x) {
   x += 0x9e3779b97f4a7c15ULL;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
 }
-
-} // namespace
 
 std::vector<int64_t> step_bits(const std::vector<int64_t>& bits, Weighting weighting, uint64_t seed, int64_t step) {
   if (weighting != Weighting::kSandwich || bits.size() <= 3) return bits;

@@ -23,6 +23,9 @@ enum class Weighting { kSum, kSandwich, kMinNorm, kNormalized, kPcGrad };
 const char* weighting_name(Weighting weighting);
 Weighting parse_weighting(const std::string& name);
 
+/// splitmix64's finalizer: the draws of a step (sandwich's middle bit-width, mixes) from (seed, step).
+uint64_t splitmix(uint64_t x);
+
 /// The bit-widths (ascending) trained at student step `step`: all of them, or
 /// with `sandwich` the lowest, the highest and one middle one drawn from
 /// (seed, step) only, so every rank and a resumed run draw the same.

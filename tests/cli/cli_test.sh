@@ -459,6 +459,38 @@ q_online=(quantize --teacher "$work/teacher.h5" --recipe gdfq --generator-warmup
   --calib-count 8 --checkpoint-every 2 --eval-data none --threads 2)
 expect_ok "$zsq" "${q_online[@]}" --out "$work/run-g"
 grep -q "generator warm-up 3/3" "$work/out" && ok "online run warms the generator up" || bad "warm-up: $(head -c 300 "$work/out")"
+# Mixed precision from the online run's checkpoint: sensitivity on its own generator's images, cached in the
+# run folder, a budget between the uniform 2- and 8-bit sizes, the file evaluated; the clear errors.
+expect_ok "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" --budget wbits=5 --images 32 --front "$work/front.csv" \
+  --out "$work/mixed.h5" --json
+grep -q "sensitivity of .* measured in" "$work/out" && [ -f "$work/run-g/sensitivity.h5" ] &&
+  ok "mixed: sensitivity measured and cached" || bad "mixed: $(head -c 400 "$work/out")"
+mean_wbits=$(tail -1 "$work/out" | sed -nE 's/.*"mean_wbits": ([0-9.]+).*/\1/p')
+awk -v m="$mean_wbits" 'BEGIN {exit !(m > 2 && m <= 5)}' && [ "$(wc -l <"$work/front.csv")" -gt 2 ] &&
+  ok "mixed: mean weight bits $mean_wbits within the budget; front written" || bad "mixed: mean bits '$mean_wbits'"
+expect_ok "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" --budget wbits=5 --images 32 --out "$work/mixed2.h5"
+grep -q "from the run folder's cache" "$work/out" && ok "mixed: second extraction reads the cache" ||
+  bad "mixed cache: $(head -c 300 "$work/out")"
+expect_ok "$zsq" eval --model "$work/mixed.h5" --limit 200
+grep -q "mixed " "$work/out" && ok "mixed model evaluates" || bad "mixed eval: $(head -c 300 "$work/out")"
+expect_ok "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" --mix 2 --images 16 --out "$work/mixed-u2.h5"
+expect_ok "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" --bits 2 --out "$work/fixed-u2.h5"
+"$zsq" eval --model "$work/mixed-u2.h5" --limit 200 --json | tail -1 | sed -E 's/.*"top1": ([0-9.]+).*/\1/' >"$work/a"
+"$zsq" eval --model "$work/fixed-u2.h5" --limit 200 --json | tail -1 | sed -E 's/.*"top1": ([0-9.]+).*/\1/' >"$work/b"
+cmp -s "$work/a" "$work/b" && ok "mixed: --mix 2 is the uniform 2-bit model" || bad "mixed --mix 2: $(cat "$work/a") vs $(cat "$work/b")"
+expect_fail 2 "--bits, --budget and --mix exclude each other" "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" \
+  --bits 2 --budget wbits=3 --out "$work/x.h5"
+expect_fail 2 "unit must be B, KB, MB, KiB or MiB" "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" \
+  --budget size=3kb --out "$work/x.h5"
+expect_fail 2 "--budget: no mix fits" "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" --budget wbits=1 \
+  --images 16 --out "$work/x.h5"
+expect_fail 2 "expected one of the model's bit-widths (2,8)" "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" \
+  --mix 2,5 --out "$work/x.h5"
+expect_fail 1 "holds no online generator" "$zsq" extract --checkpoint "$work/run/checkpoint.h5" --budget wbits=3 \
+  --out "$work/x.h5"
+expect_fail 2 "--front needs --budget" "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" --front "$work/f.csv" \
+  --out "$work/x.h5"
+[ ! -e "$work/x.h5" ] && ok "mixed: no output after an error" || bad "mixed: an output was written on error"
 expect_ok "$zsq" "${q_online[@]}" --stop-after 1 --out "$work/run-g2"
 expect_ok "$zsq" "${q_online[@]}" --resume --out "$work/run-g2"
 same_checkpoints "$work/run-g/checkpoint.h5" "$work/run-g2/checkpoint.h5" && ok "resumed online run = uninterrupted run" ||

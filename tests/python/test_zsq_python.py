@@ -197,6 +197,15 @@ class PythonAccessTest(FolderTest):
         self.assertTrue(torch.equal(self.python_logits(zsq.load_extracted(vertical, 4)), ours))
         theirs = self.binary_logits("--model", vertical, extra=("--bits", 2))
         self.assert_close(self.python_logits(zsq.load_extracted(vertical, 2)), theirs, "vertical at 2 bits")
+        mixed = self.path("mixed.h5")  # per-layer bit-widths, bit-packed codes of several widths
+        run_zsq("extract", "--checkpoint", self.student_a, "--budget", "wbits=3", "--pool", self.data, "--images", 32,
+                "--out", mixed)
+        model = zsq.load_extracted(mixed)
+        with h5py.File(mixed, "r") as f:
+            widths = {int(f[k][()]) for k in f if k.endswith(".weight_code_bits")}
+            self.assertIn("mix", f.attrs)
+        self.assertGreater(len(widths), 1, widths)
+        self.assert_close(self.python_logits(model), self.binary_logits("--model", mixed), "mixed precision")
         fixed_round = self.path("b-w2.h5")
         run_zsq("extract", "--checkpoint", self.student_b, "--bits", 2, "--out", fixed_round)
         self.assert_close(self.python_logits(zsq.load_extracted(fixed_round)),

@@ -10,9 +10,11 @@
 #include "framework/optim_state.h"
 #include "generators/synthesizer.h"
 #include "models/extract.h"
+#include "trainers/mix_sampling.h"
 #include "tests/support.h"
 
 #include <csignal>
+#include <map>
 #include <set>
 
 #include <unistd.h>
@@ -471,6 +473,69 @@ TEST_F(QuantizeTest, RecursiveAndFeatureDistillationTargets) {
     }
   }
   EXPECT_GT(gap, 0.05);
+}
+
+// Trained for mixing (--mix-samples): each step distils its random per-layer mixes after the bit-widths, each
+// mix's loss is the KD of the student in that mix to the teacher (checked by hand), and min-norm weighs them as
+// tasks of their own. The draws depend on (seed, step, sample) only and cover every bit-width.
+TEST_F(QuantizeTest, TrainedForMixingDistilsTheStepsRandomMixes) {
+  const std::vector<int64_t> bits = {2, 4, 8};
+  EXPECT_EQ(step_mix(9, bits, 5, 3, 1), step_mix(9, bits, 5, 3, 1));
+  EXPECT_NE(step_mix(9, bits, 5, 3, 1), step_mix(9, bits, 5, 3, 0));
+  EXPECT_NE(step_mix(9, bits, 5, 3, 1), step_mix(9, bits, 5, 4, 1));
+  EXPECT_NE(step_mix(9, bits, 5, 3, 1), step_mix(9, bits, 6, 3, 1));
+  std::map<int64_t, int> seen;
+  for (int64_t step = 0; step < 100; ++step) {
+    for (const int64_t b : step_mix(9, bits, 0, step, 0)) ++seen[b];
+  }
+  ASSERT_EQ(seen.size(), 3u);
+  for (const auto& [b, n] : seen) EXPECT_NEAR(n, 300, 60) << b << " bits";  // uniform over the bit-widths
+
+  Toy s = make_setup(bits);
+  {  // a confident teacher: the distillation losses well above float rounding
+    torch::NoGradGuard no_grad;
+    for (const auto& item : s.teacher->named_parameters()) {
+      if (item.key().rfind("fc.", 0) == 0) item.value().mul_(20);
+    }
+  }
+  torch::manual_seed(3);
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  QuantizeOptions o = small_options();
+  o.steps = 1;
+  o.batch_size = 64;
+  o.lr = 1e-12;
+  o.mix_samples = 2;
+  o.seed = 7;
+  o.weighting = parse_weighting("min-norm");
+  QuantizeStep report;
+  quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr,
+           [&](const QuantizeStep& r) { report = r; });
+  ASSERT_EQ(report.bits, (std::vector<int64_t>{2, 4, 8, 0, 0}));
+  ASSERT_EQ(report.losses.size(), 5u);
+  ASSERT_EQ(report.alphas.size(), 5u);
+  const torch::Tensor x = normalize(s.pool.images, s.norm);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor teacher_logits = s.teacher->forward(x);
+  const MixSampler sampler(*student, 2, 7);
+  std::set<std::vector<int64_t>> distinct;
+  for (int64_t j = 0; j < 2; ++j) {
+    const models::Mix mix = sampler.apply(0, j);
+    std::vector<int64_t> drawn;
+    for (const auto& l : mix) drawn.push_back(l.w);
+    EXPECT_EQ(drawn, step_mix(drawn.size(), bits, 7, 0, j));
+    distinct.insert(drawn);
+    const double expected = kd_loss(student->forward(x), teacher_logits, o.temperature).item<double>();
+    EXPECT_NEAR(report.losses[3 + j], expected, 1e-4 * expected) << "mix " << j;
+  }
+  EXPECT_EQ(distinct.size(), 2u);
+  models::set_bits(*student, 2);
+  const double uniform2 = kd_loss(student->forward(x), teacher_logits, o.temperature).item<double>();
+  EXPECT_NEAR(report.losses[0], uniform2, 1e-4 * uniform2);
+  o.weighting = parse_weighting("pcgrad");
+  EXPECT_NE(error_of([&] { o.check(); }).find("--mix-samples does not combine with pcgrad"), std::string::npos);
+  o.weighting = parse_weighting("sum");
+  o.mix_samples = -1;
+  EXPECT_NE(error_of([&] { o.check(); }).find("--mix-samples must be >= 0"), std::string::npos);
 }
 
 // Joint training of the shared weights (min-norm, every tensor trains) brings every bit-width closer to the
