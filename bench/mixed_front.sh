@@ -20,7 +20,7 @@ row() {  # kind budget file extract-args...
   echo "$kind,$budget,$(echo "$j" | field weight_bytes),$(echo "$j" | field mean_wbits),$(echo "$j" | field bops),$(echo "$j" | field kl),$(echo "$e" | field top1),$(echo "$j" | field bytes),$(echo "$j" | field seconds),\"$(echo "$j" | sed -nE 's/.*"mix": "([^"]*)".*/\1/p')\"" >> "$csv"
   tail -1 "$csv" >&2
 }
-bits=$("$root"/build/zsq inspect "$ckpt" 2>/dev/null | sed -nE 's/^ *model_bits *[:=] *\[?([0-9, ]+)\]?.*/\1/p' | tr -d ' ' | head -1)
+bits=$("$zsq" inspect "$ckpt" 2>/dev/null | sed -nE 's/^ *model_bits *[:=] *\[?([0-9, ]+)\]?.*/\1/p' | tr -d ' ' | head -1)
 bits=${bits:-2,3,4,8}
 for b in ${bits//,/ }; do row uniform "$b" "$out/uniform-$b.h5" --mix "$b" "$@"; done
 # Budgets: `points` evenly spaced between the lowest and the second-highest uniform point (where mixing
