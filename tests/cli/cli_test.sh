@@ -255,6 +255,9 @@ expect_fail 2 "--bn-reestimate-end on needs the bit-widths to re-estimate" "$zsq
   --teacher "$work/teacher.h5" --bn-reestimate-end on --bn-reestimate none
 expect_fail 2 "--bn-reestimate-end must be 'on' or 'off', got 'yes'" "$zsq" quantize --teacher "$work/teacher.h5" \
   --bn-reestimate-end yes
+expect_fail 2 "--mix-samples must be >= 0, got -1" "$zsq" quantize --teacher "$work/teacher.h5" --mix-samples -1
+expect_fail 2 "--mix-samples does not combine with pcgrad" "$zsq" quantize --teacher "$work/teacher.h5" \
+  --mix-samples 2 --weighting pcgrad
 only_bit_moved "$work/student.h5" "$work/student-bn.h5" 4 1e-3 1e-4 &&
   ok "--bn-reestimate 4 moves only the 4-bit BatchNorm statistics" || bad "--bn-reestimate: wrong statistics moved"
 expect_ok "$zsq" eval --checkpoint "$work/student.h5" --limit 500 --json --save-logits "$work/logits-student.h5"
