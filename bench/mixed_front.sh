@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The measured mixed-precision front of one once-for-all checkpoint against its uniform bit-widths:
 # every uniform bit-width, then `zsq extract --budget` at evenly spaced size budgets and BOPs budgets
-# between the lowest and the highest uniform point, each extracted model evaluated by `zsq eval` on
+# between the lowest and the highest uniform point, then at size and BOPs budgets together (the points of
+# the straight lines between neighbouring uniform points), each extracted model evaluated by `zsq eval` on
 # the Fashion-MNIST test set. Writes OUT/front.csv (and the extracted models); plot it with
 #   /usr/bin/python3 -m zsq.mixed_plot OUT/front.csv --out OUT/front.png   (PYTHONPATH=python)
 #   bench/mixed_front.sh RUN/checkpoint.h5 OUT [points per measure (6)] [extra zsq extract options...]
@@ -33,4 +34,12 @@ budgets() {  # column of front.csv
 }
 i=0; for size in $(budgets 3); do i=$((i + 1)); row size "$size" "$out/size-$i.h5" --budget "size=${size}B" "$@"; done
 i=0; for bops in $(budgets 5); do i=$((i + 1)); row bops "$bops" "$out/bops-$i.h5" --budget "bops=${bops}" "$@"; done
+# Both at once: at fractions t of the way between neighbouring uniform points, the size and the BOPs of the
+# straight line there, so that each of these mixes is compared with the line at equal size AND equal BOPs.
+joint() {
+  awk -F, 'NR > 1 && $1 == "uniform" {print $3, $5}' "$csv" | sort -g |
+    awk '{s[++k] = $1; o[k] = $2} END {for (i = 1; i < k; i++) { n = i < k - 1 ? 3 : 1
+      for (j = 1; j <= n; j++) { t = j / (n + 1); printf "%.0f,%.0f\n", s[i] + t * (s[i+1] - s[i]), o[i] + t * (o[i+1] - o[i]) } } }'
+}
+i=0; for pair in $(joint); do i=$((i + 1)); row joint "${pair/,/+}" "$out/joint-$i.h5" --budget "size=${pair%,*}B,bops=${pair#*,}" "$@"; done
 echo "wrote $csv" >&2

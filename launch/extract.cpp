@@ -104,12 +104,43 @@ void write_front_csv(const std::string& path, const std::vector<trainers::FrontP
   fs::rename(path + ".tmp", path);
 }
 
+// --budget: the sensitivity (from the run folder's cache when it is there), the exact front, the point
+// with the least predicted KL within the budget.
+trainers::FrontPoint allocate(const po::variables_map& vm, const std::string& checkpoint, const std::string& source,
+                              trainers::MixedPrecision& mp, const std::vector<models::MixLayer>& layers,
+                              trainers::BnAdapt bn, bool with_teacher,
+                              const std::vector<std::pair<trainers::Budget, double>>& budget) {
+  bool cached = false;
+  const std::string key = fs::absolute(checkpoint).string() + "|" +
+                          std::to_string(fs::last_write_time(checkpoint).time_since_epoch().count()) + "|" + source +
+                          "|seed " + std::to_string(get<int64_t>(vm, "seed")) + "|" + trainers::bn_adapt_name(bn) +
+                          "|" + (with_teacher ? get<std::string>(vm, "teacher") : "top");
+  const auto ts = Clock::now();
+  const trainers::Sensitivity s = cached_sensitivity(mp, checkpoint, key, bn, &cached);
+  std::cout << "sensitivity of " << layers.size() << " layers x " << s.bits.size() << " bit-widths: "
+            << (cached ? "from the run folder's cache" : "measured in " + std::to_string(seconds_since(ts)) + " s")
+            << " (base KL " << s.base << ")" << std::endl;
+  const std::vector<trainers::FrontPoint> front = trainers::pareto_front(
+      layers, s, budget.front().first, budget.size() > 1 ? std::make_optional(budget[1]) : std::nullopt);
+  if (vm.count("front")) write_front_csv(get<std::string>(vm, "front"), front);
+  // The front, thinned to about ten points: what each budget buys, as the sensitivity predicts it.
+  std::cout << "Pareto front (" << front.size() << " mixes; every " << std::max<size_t>(1, front.size() / 10)
+            << "th):\n  weight bytes  mean bits  GBOPs/image  predicted KL" << std::endl;
+  for (size_t i = 0; i < front.size(); i += std::max<size_t>(1, front.size() / 10)) {
+    const auto& c = front[i].cost;
+    std::cout << std::fixed << "  " << std::setw(12) << std::setprecision(0) << c.bytes << std::setw(11)
+              << std::setprecision(3) << c.mean_wbits << std::setw(13) << std::setprecision(4) << c.bops / 1e9
+              << std::setw(14) << std::setprecision(5) << front[i].predicted_kl << std::defaultfloat << std::endl;
+  }
+  return trainers::choose(front, budget.front().first, budget.front().second);
+}
+
 int extract_mixed(const po::variables_map& vm, const Common& common, const std::string& checkpoint,
                   const std::string& out) {
   const auto t0 = Clock::now();
   const trainers::BnAdapt bn = trainers::parse_bn_adapt(get<std::string>(vm, "mix-bn"));
-  std::optional<std::pair<trainers::Budget, double>> budget;
-  if (vm.count("budget")) budget = trainers::parse_budget(get<std::string>(vm, "budget"));
+  std::vector<std::pair<trainers::Budget, double>> budget;
+  if (vm.count("budget")) budget = trainers::parse_budgets(get<std::string>(vm, "budget"));
   if (vm.count("front")) check_output_folder(get<std::string>(vm, "front"));
   models::LoadedStudent student = models::load_student(checkpoint);
   const std::vector<models::MixLayer> layers = models::mix_layers(*student.model, student.meta.input_shape);
@@ -146,28 +177,7 @@ int extract_mixed(const po::variables_map& vm, const Common& common, const std::
   if (given) {
     mix = *given;
   } else {
-    bool cached = false;
-    const std::string key = fs::absolute(checkpoint).string() + "|" +
-                            std::to_string(fs::last_write_time(checkpoint).time_since_epoch().count()) + "|" + source +
-                            "|seed " + std::to_string(get<int64_t>(vm, "seed")) + "|" + trainers::bn_adapt_name(bn) +
-                            "|" + (teacher ? get<std::string>(vm, "teacher") : "top");
-    const auto ts = Clock::now();
-    const trainers::Sensitivity s = cached_sensitivity(mp, checkpoint, key, bn, &cached);
-    std::cout << "sensitivity of " << layers.size() << " layers x " << s.bits.size() << " bit-widths: "
-              << (cached ? "from the run folder's cache" : "measured in " + std::to_string(seconds_since(ts)) + " s")
-              << " (base KL " << s.base << ")" << std::endl;
-    const std::vector<trainers::FrontPoint> front = trainers::pareto_front(layers, s, budget->first);
-    if (vm.count("front")) write_front_csv(get<std::string>(vm, "front"), front);
-    // The front, thinned to about ten points: what each budget buys, as the sensitivity predicts it.
-    std::cout << "Pareto front (" << front.size() << " mixes; every " << std::max<size_t>(1, front.size() / 10)
-              << "th):\n  weight bytes  mean bits  GBOPs/image  predicted KL" << std::endl;
-    for (size_t i = 0; i < front.size(); i += std::max<size_t>(1, front.size() / 10)) {
-      const auto& c = front[i].cost;
-      std::cout << std::fixed << "  " << std::setw(12) << std::setprecision(0) << c.bytes << std::setw(11)
-                << std::setprecision(3) << c.mean_wbits << std::setw(13) << std::setprecision(4) << c.bops / 1e9
-                << std::setw(14) << std::setprecision(5) << front[i].predicted_kl << std::defaultfloat << std::endl;
-    }
-    const trainers::FrontPoint& p = trainers::choose(front, budget->first, budget->second);
+    const trainers::FrontPoint p = allocate(vm, checkpoint, source, mp, layers, bn, teacher.has_value(), budget);
     mix = p.mix;
     predicted = p.predicted_kl;
   }
@@ -206,7 +216,9 @@ int extract(int argc, char** argv) {
                                      "without it (and without --budget/--mix), the vertical-layered file of all of them")
       ("budget", po::value<std::string>(), "mixed precision: the per-layer bit-widths with the least predicted loss "
                                            "within size=40KB (B, KB, MB, KiB, MiB), wbits=3.5 (mean weight bits) or "
-                                           "bops=1.2G (weight x activation bits x MACs per image; K, M, G)")
+                                           "bops=1.2G (weight x activation bits x MACs per image; K, M, G), or two "
+                                           "of them at once, comma-separated (size=100KB,bops=0.3G: the front is "
+                                           "by the first, the second is a limit too)")
       ("mix", po::value<std::string>(), "mixed precision: the model bit-width of each quantized layer, in module "
                                         "order, comma-separated; 'w/a' splits weights and input (as a --front file "
                                         "lists them)")

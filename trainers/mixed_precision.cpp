@@ -177,6 +177,28 @@ std::pair<Budget, double> parse_budget(const std::string& text) {
   return {kind == "size" ? Budget::kBytes : kind == "bops" ? Budget::kBops : Budget::kMeanWeightBits, v * scale};
 }
 
+std::vector<std::pair<Budget, double>> parse_budgets(const std::string& text) {
+  std::vector<std::pair<Budget, double>> out;
+  size_t from = 0;
+  while (true) {
+    const size_t comma = text.find(',', from);
+    out.push_back(parse_budget(text.substr(from, comma == std::string::npos ? std::string::npos : comma - from)));
+    for (size_t k = 0; k + 1 < out.size(); ++k) {
+      if (out[k].first == out.back().first) {
+        throw OptionError("--budget: " + std::string(budget_name(out.back().first)) + " is given twice in '" + text + "'");
+      }
+    }
+    if (comma == std::string::npos) break;
+    from = comma + 1;
+  }
+  if (out.size() > 2) throw OptionError("--budget: at most two measures (e.g. size=100KB,bops=0.3G), got '" + text + "'");
+  return out;
+}
+
+const char* budget_name(Budget kind) {
+  return kind == Budget::kBytes ? "size" : kind == Budget::kBops ? "bops" : "wbits";
+}
+
 double budget_value(Budget kind, const models::MixCost& cost) {
   return kind == Budget::kBytes ? cost.bytes : kind == Budget::kBops ? cost.bops : cost.mean_wbits;
 }
@@ -197,51 +219,94 @@ Mix complete_mix(const std::vector<MixLayer>& layers, Mix mix) {
   return mix;
 }
 
-std::vector<FrontPoint> pareto_front(const std::vector<MixLayer>& layers, const Sensitivity& s, Budget kind) {
+namespace {
+
+// A partial mix over the free layers so far: its costs in the front's measure and the other one, its KL
+// increase, and a back pointer to rebuild it.
+struct State {
+  double cost, cost2, loss;
+  int64_t parent;
+  size_t choice;
+};
+
+// The states no other state dominates in (cost, cost2, loss), cheapest first: sorted by cost, a state is
+// dominated iff an earlier kept one has cost2 and loss no higher; `stair` holds, by cost2, the least loss
+// of the kept states up to it (losses strictly falling as cost2 rises).
+std::vector<State> non_dominated(std::vector<State> states) {
+  std::sort(states.begin(), states.end(), [](const State& a, const State& b) {
+    return a.cost != b.cost ? a.cost < b.cost : a.cost2 != b.cost2 ? a.cost2 < b.cost2 : a.loss < b.loss;
+  });
+  std::vector<State> kept;
+  std::map<double, double> stair;
+  for (const State& st : states) {
+    auto it = stair.upper_bound(st.cost2);
+    if (it != stair.begin() && std::prev(it)->second <= st.loss) continue;
+    kept.push_back(st);
+    for (it = stair.lower_bound(st.cost2); it != stair.end() && it->second >= st.loss;) it = stair.erase(it);
+    stair[st.cost2] = st.loss;
+  }
+  return kept;
+}
+
+// Layer i's cost in `kind` at model bit-width b; the mean weight bits are additive as weight-bits over
+// all weights.
+double layer_cost(const std::vector<MixLayer>& layers, size_t i, int64_t b, Budget kind, double total_weights) {
+  const models::MixCost c = models::mix_cost({layers[i]}, {models::LayerBits{b, b}});
+  return kind == Budget::kMeanWeightBits ? c.mean_wbits * static_cast<double>(layers[i].weights) / total_weights
+                                         : budget_value(kind, c);
+}
+
+} // namespace
+
+std::vector<FrontPoint> pareto_front(const std::vector<MixLayer>& layers, const Sensitivity& s, Budget kind,
+                                     std::optional<std::pair<Budget, double>> also) {
   TORCH_CHECK(s.layers.size() == layers.size(), "the sensitivity table has ", s.layers.size(), " layers, the model ",
               layers.size());
-  // A partial mix over the layers so far: (cost, KL increase), with a back pointer to rebuild it.
-  struct State {
-    double cost, loss;
-    int64_t parent;
-    size_t choice;
-  };
   const int64_t top = *std::max_element(s.bits.begin(), s.bits.end());
-  std::vector<std::vector<State>> stages;
-  std::vector<State> current{{0.0, 0.0, -1, 0}};
-  std::vector<size_t> free_layers;
-  // Cost is additive per layer except for the mean weight bits, which are additive in weight-bits.
   double total_weights = 0;
   for (const MixLayer& l : layers) total_weights += static_cast<double>(l.weights);
+  std::vector<size_t> free_layers;
+  // The other measure: the fixed layers' part, and the least the free layers after each one can add.
+  double fixed2 = 0;
   for (size_t i = 0; i < layers.size(); ++i) {
-    if (!layers[i].free) continue;
-    free_layers.push_back(i);
-    std::vector<State> next;
-    for (size_t k = 0; k < s.bits.size(); ++k) {
-      Mix one = models::uniform_mix(layers, s.bits[k]);
-      const models::MixCost c = models::mix_cost({layers[i]}, {one[i]});
-      const double cost = kind == Budget::kMeanWeightBits
-                              ? c.mean_wbits * static_cast<double>(layers[i].weights) / total_weights
-                              : budget_value(kind, c);
-      const double loss = s.bits[k] == top ? 0.0 : std::max(0.0, s.kl[i][k] - s.base);
-      for (size_t j = 0; j < current.size(); ++j) {
-        next.push_back({current[j].cost + cost, current[j].loss + loss, static_cast<int64_t>(j), k});
-      }
-    }
-    std::sort(next.begin(), next.end(), [](const State& a, const State& b) {
-      return a.cost < b.cost || (a.cost == b.cost && a.loss < b.loss);
-    });
-    std::vector<State> kept;
-    for (const State& st : next) {
-      if (kept.empty() || st.loss < kept.back().loss) kept.push_back(st);
-    }
-    stages.push_back(current);
-    current = std::move(kept);
+    if (layers[i].free) free_layers.push_back(i);
+    else if (also) fixed2 += layer_cost(layers, i, top, also->first, total_weights);
   }
   TORCH_CHECK(!free_layers.empty(), "mixed precision: no layer's bits vary with the model bit-width; nothing to mix");
+  std::vector<double> least_after(free_layers.size() + 1, 0.0);
+  for (size_t f = free_layers.size(); also && f-- > 0;) {
+    double least = std::numeric_limits<double>::infinity();
+    for (const int64_t b : s.bits) least = std::min(least, layer_cost(layers, free_layers[f], b, also->first, total_weights));
+    least_after[f] = least_after[f + 1] + least;
+  }
+  std::vector<std::vector<State>> stages;
+  std::vector<State> current{{0.0, 0.0, 0.0, -1, 0}};
+  for (size_t f = 0; f < free_layers.size(); ++f) {
+    const size_t i = free_layers[f];
+    std::vector<State> next;
+    for (size_t k = 0; k < s.bits.size(); ++k) {
+      const double cost = layer_cost(layers, i, s.bits[k], kind, total_weights);
+      const double cost2 = also ? layer_cost(layers, i, s.bits[k], also->first, total_weights) : 0.0;
+      const double loss = s.bits[k] == top ? 0.0 : std::max(0.0, s.kl[i][k] - s.base);
+      for (size_t j = 0; j < current.size(); ++j) {
+        const State st{current[j].cost + cost, current[j].cost2 + cost2, current[j].loss + loss, static_cast<int64_t>(j), k};
+        // Relative slack: the sums of the measure in another order may differ in the last bits.
+        if (!also || fixed2 + st.cost2 + least_after[f + 1] <= also->second * (1 + 1e-12)) next.push_back(st);
+      }
+    }
+    ZSQ_CHECK_OPTION(!next.empty(), "--budget: no mix fits ", budget_name(also->first), " ", also->second,
+                     ": the cheapest costs ", fixed2 + least_after[0]);
+    stages.push_back(std::move(current));
+    current = non_dominated(std::move(next));
+  }
   stages.push_back(current);
-  std::vector<FrontPoint> front;
+  // The (cost, KL) front of what is left: falling KL as the cost rises.
+  std::vector<size_t> front_states;
   for (size_t j = 0; j < current.size(); ++j) {
+    if (front_states.empty() || current[j].loss < current[front_states.back()].loss) front_states.push_back(j);
+  }
+  std::vector<FrontPoint> front;
+  for (const size_t j : front_states) {
     Mix mix = models::uniform_mix(layers, top);
     int64_t at = static_cast<int64_t>(j);
     for (size_t f = free_layers.size(); f-- > 0;) {

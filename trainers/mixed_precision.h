@@ -15,6 +15,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -80,7 +81,12 @@ enum class Budget { kBytes, kMeanWeightBits, kBops };
 /// "size=40KB" (B, KB, MB: powers of 1000; KiB, MiB), "wbits=3.5", "bops=1.2G" (K, M, G); throws naming
 /// what is wrong.
 std::pair<Budget, double> parse_budget(const std::string& text);
+/// One measure or two, comma-separated ("size=100KB,bops=0.3G": both hold); throws on a measure given
+/// twice or more than two.
+std::vector<std::pair<Budget, double>> parse_budgets(const std::string& text);
 double budget_value(Budget kind, const models::MixCost& cost);
+/// "size", "bops", "wbits".
+const char* budget_name(Budget kind);
 
 struct FrontPoint {
   models::Mix mix;
@@ -90,8 +96,12 @@ struct FrontPoint {
 
 /// The exact Pareto front of (cost in `kind`, predicted KL) over every mix whose free layers each take one
 /// model bit-width (weights and input alike; the others follow their free neighbour), by merging the
-/// layers' choices and keeping the non-dominated points; cheapest first.
-std::vector<FrontPoint> pareto_front(const std::vector<models::MixLayer>& layers, const Sensitivity& s, Budget kind);
+/// layers' choices and keeping the non-dominated points; cheapest first. With `also` = {measure, limit},
+/// only the mixes within that limit too: the merge then keeps the points no other dominates in (cost,
+/// the other measure, KL), drops the partial mixes that cannot end within the limit, and the front is
+/// that set's (cost, KL) front (still exact).
+std::vector<FrontPoint> pareto_front(const std::vector<models::MixLayer>& layers, const Sensitivity& s, Budget kind,
+                                     std::optional<std::pair<Budget, double>> also = std::nullopt);
 /// The point with the least predicted KL whose cost fits `budget`; throws when none does (naming the
 /// cheapest).
 const FrontPoint& choose(const std::vector<FrontPoint>& front, Budget kind, double budget);

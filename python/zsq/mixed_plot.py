@@ -85,10 +85,11 @@ def main(argv=None):
         for u in uniform:
             ax.annotate(f"W{u['budget']}A{u['budget']}", (u[key] / scale, 100 * u["top1"]), textcoords="offset points",
                         xytext=(4, -12))
-        for kind, style in (("size", "C0s-"), ("bops", "C1^-")):
+        for kind, style, name in (("size", "C0s-", "size budget"), ("bops", "C1^-", "BOPs budget"),
+                                  ("joint", "C2o-", "size and BOPs budget")):
             pts = sorted((r[key] / scale, 100 * r["top1"]) for r in rows if r["kind"] == kind)
             if pts:
-                ax.plot(*zip(*pts), style, label=f"mixed, {'size' if kind == 'size' else 'BOPs'} budget")
+                ax.plot(*zip(*pts), style, label=f"mixed, {name}")
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)

@@ -15,6 +15,7 @@ ROWS = (
     "size,150B,150,3,1500,0.2,0.88,0,0,\"4,2,4\"\n"
     "bops,2500,180,3.6,2500,0.1,0.89,0,0,\"4,4,2\"\n"
     "size,300B,300,8,9000,0.0,0.91,0,0,\"8\"\n"
+    "joint,150+2000,150,3,2000,0.2,0.87,0,0,\"4,2,2\"\n"
 )
 
 
@@ -30,7 +31,7 @@ class MixedPlotTest(unittest.TestCase):
 
     def test_margins_against_the_uniform_line(self):
         m = mixed_plot.margins(mixed_plot.read_front(self.csv))
-        self.assertEqual([r["kind"] for r, _, _ in m], ["size", "bops", "size"])
+        self.assertEqual([r["kind"] for r, _, _ in m], ["size", "bops", "size", "joint"])
         # 150 B lies halfway between 100 and 200 B: the line gives 0.85; 1500 BOPs a quarter: 0.825.
         self.assertAlmostEqual(m[0][1], 0.88 - 0.85)
         self.assertAlmostEqual(m[0][2], 0.88 - 0.825)
@@ -38,6 +39,8 @@ class MixedPlotTest(unittest.TestCase):
         self.assertAlmostEqual(m[1][2], 0.89 - 0.875)
         self.assertIsNone(m[2][1])  # beyond the highest uniform point: no line
         self.assertIsNone(m[2][2])
+        self.assertAlmostEqual(m[3][1], 0.87 - 0.85)  # halfway on both lines
+        self.assertAlmostEqual(m[3][2], 0.87 - 0.85)
 
     def test_prints_and_draws(self):
         out = io.StringIO()

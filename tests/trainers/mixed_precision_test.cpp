@@ -24,19 +24,55 @@ class MixedPrecisionTest : public test::StudentFixture {
   std::vector<models::MixLayer> layers_;
 };
 
-// A random sensitivity table; the exact front must hold, for every one of the 4^8 mixes of the free
-// layers, a point at most as costly with at most its predicted KL, and only points some mix reaches.
-TEST_F(MixedPrecisionTest, ParetoFrontIsExactAgainstBruteForce) {
+// A random sensitivity table (lower bits cost more KL) and every one of the 4^8 mixes of the free layers.
+Sensitivity random_table(const std::vector<models::MixLayer>& layers) {
   Sensitivity s;
   s.bits = {2, 3, 4, 8};
   s.base = 0.01;
   std::mt19937 rng(3);
   std::uniform_real_distribution<double> u(0, 1);
-  for (const auto& l : layers_) {
+  for (const auto& l : layers) {
     s.layers.push_back(l.name);
-    const double a = u(rng), b = u(rng);  // lower bits cost more KL
+    const double a = u(rng), b = u(rng);
     s.kl.push_back({s.base + a + b, s.base + a * 0.5 + b * 0.2, s.base + a * 0.1, s.base});
   }
+  return s;
+}
+
+struct Enumerated {
+  Mix mix;
+  models::MixCost cost;
+  double kl = 0;
+};
+
+std::vector<Enumerated> every_mix(const std::vector<models::MixLayer>& layers, const Sensitivity& s) {
+  std::vector<size_t> free;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (layers[i].free) free.push_back(i);
+  }
+  EXPECT_EQ(free.size(), 8u);
+  std::vector<Enumerated> out;
+  for (int64_t code = 0; code < 65536; ++code) {
+    Enumerated e;
+    e.mix = models::uniform_mix(layers, 8);
+    e.kl = s.base;
+    for (size_t f = 0; f < free.size(); ++f) {
+      const size_t k = (code >> (2 * f)) & 3;
+      e.mix[free[f]] = {s.bits[k], s.bits[k]};
+      e.kl += s.kl[free[f]][k] - s.base;
+    }
+    e.mix = complete_mix(layers, e.mix);
+    e.cost = models::mix_cost(layers, e.mix);
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+// The exact front must hold, for every mix, a point at most as costly with at most its predicted KL, and
+// only points some mix reaches (their predicted KL is the table's sum).
+TEST_F(MixedPrecisionTest, ParetoFrontIsExactAgainstBruteForce) {
+  const Sensitivity s = random_table(layers_);
+  const std::vector<Enumerated> all = every_mix(layers_, s);
   for (const Budget kind : {Budget::kBytes, Budget::kBops, Budget::kMeanWeightBits}) {
     SCOPED_TRACE(static_cast<int>(kind));
     const std::vector<FrontPoint> front = pareto_front(layers_, s, kind);
@@ -45,38 +81,68 @@ TEST_F(MixedPrecisionTest, ParetoFrontIsExactAgainstBruteForce) {
       EXPECT_GT(budget_value(kind, front[i].cost), budget_value(kind, front[i - 1].cost) - 1e-9);
       EXPECT_LT(front[i].predicted_kl, front[i - 1].predicted_kl);
     }
-    std::vector<size_t> free;
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      if (layers_[i].free) free.push_back(i);
+    for (const FrontPoint& p : front) {
+      const auto it = std::find_if(all.begin(), all.end(), [&](const Enumerated& e) { return e.mix == p.mix; });
+      ASSERT_TRUE(it != all.end()) << models::mix_text(p.mix);
+      EXPECT_NEAR(p.predicted_kl, it->kl, 1e-9);
     }
-    ASSERT_EQ(free.size(), 8u);
-    const auto predicted = [&](const Mix& mix) {
-      double kl = s.base;
-      for (const size_t i : free) kl += s.kl[i][std::find(s.bits.begin(), s.bits.end(), mix[i].w) - s.bits.begin()] - s.base;
-      return kl;
-    };
-    for (const FrontPoint& p : front) EXPECT_NEAR(p.predicted_kl, predicted(p.mix), 1e-9);
-    for (int64_t code = 0; code < 65536; ++code) {
-      Mix mix = models::uniform_mix(layers_, 8);
-      for (size_t f = 0; f < free.size(); ++f) {
-        const int64_t b = s.bits[(code >> (2 * f)) & 3];
-        mix[free[f]] = {b, b};
-      }
-      mix = complete_mix(layers_, mix);
-      const double cost = budget_value(kind, models::mix_cost(layers_, mix)), kl = predicted(mix);
+    for (const Enumerated& e : all) {
+      const double cost = budget_value(kind, e.cost);
       const bool covered = std::any_of(front.begin(), front.end(), [&](const FrontPoint& p) {
-        return budget_value(kind, p.cost) <= cost + 1e-9 && p.predicted_kl <= kl + 1e-12;
+        return budget_value(kind, p.cost) <= cost + 1e-9 && p.predicted_kl <= e.kl + 1e-12;
       });
-      ASSERT_TRUE(covered) << "mix " << models::mix_text(mix) << " beats the front";
+      ASSERT_TRUE(covered) << "mix " << models::mix_text(e.mix) << " beats the front";
     }
     // The choice under a budget: the least KL that fits; none below the cheapest.
     const double mid = (budget_value(kind, front.front().cost) + budget_value(kind, front.back().cost)) / 2;
     const FrontPoint& chosen = choose(front, kind, mid);
     EXPECT_LE(budget_value(kind, chosen.cost), mid);
     for (const FrontPoint& p : front) {
-      if (budget_value(kind, p.cost) <= mid) EXPECT_GE(p.predicted_kl, chosen.predicted_kl);
+      if (budget_value(kind, p.cost) <= mid) {
+        EXPECT_GE(p.predicted_kl, chosen.predicted_kl);
+      }
     }
     EXPECT_NE(error_of([&] { choose(front, kind, budget_value(kind, front.front().cost) * 0.5); }).find("no mix fits"),
+              std::string::npos);
+  }
+}
+
+// Two measures at once (size and BOPs, either first): the front holds only mixes within the second limit
+// and, for every mix within it, a point at most as costly in the first with at most its KL; a limit below
+// the cheapest mix is refused.
+TEST_F(MixedPrecisionTest, TwoMeasureFrontIsExactAgainstBruteForce) {
+  const Sensitivity s = random_table(layers_);
+  const std::vector<Enumerated> all = every_mix(layers_, s);
+  for (const auto& [kind, other] : {std::make_pair(Budget::kBytes, Budget::kBops),
+                                    std::make_pair(Budget::kBops, Budget::kBytes)}) {
+    SCOPED_TRACE(static_cast<int>(kind));
+    double lo = 1e300, hi = 0;
+    for (const Enumerated& e : all) {
+      lo = std::min(lo, budget_value(other, e.cost));
+      hi = std::max(hi, budget_value(other, e.cost));
+    }
+    for (const double fraction : {0.2, 0.5}) {
+      const double limit = lo + fraction * (hi - lo);
+      const std::vector<FrontPoint> front = pareto_front(layers_, s, kind, std::make_pair(other, limit));
+      const std::vector<FrontPoint> one = pareto_front(layers_, s, kind);
+      ASSERT_FALSE(front.empty());
+      for (const FrontPoint& p : front) EXPECT_LE(budget_value(other, p.cost), limit * (1 + 1e-9));
+      int64_t within = 0;
+      for (const Enumerated& e : all) {
+        if (budget_value(other, e.cost) > limit) continue;
+        ++within;
+        const double cost = budget_value(kind, e.cost);
+        const bool covered = std::any_of(front.begin(), front.end(), [&](const FrontPoint& p) {
+          return budget_value(kind, p.cost) <= cost + 1e-9 && p.predicted_kl <= e.kl + 1e-12;
+        });
+        ASSERT_TRUE(covered) << "mix " << models::mix_text(e.mix) << " within the limit beats the front";
+      }
+      EXPECT_GT(within, 0);
+      EXPECT_LT(within, static_cast<int64_t>(all.size()));
+      // The limit binds: the unconstrained front's least KL is out of reach.
+      EXPECT_GT(front.back().predicted_kl, one.back().predicted_kl);
+    }
+    EXPECT_NE(error_of([&] { pareto_front(layers_, s, kind, std::make_pair(other, lo * 0.9)); }).find("no mix fits"),
               std::string::npos);
   }
 }
@@ -92,6 +158,14 @@ TEST_F(MixedPrecisionTest, BudgetsParseWithUnitsAndRefuseTheRest) {
   EXPECT_NE(error_of([] { parse_budget("wbits=-1"); }).find("must be positive"), std::string::npos);
   EXPECT_NE(error_of([] { parse_budget("wbits=3bits"); }).find("expected size=40KB"), std::string::npos);
   EXPECT_THROW(parse_budget("size"), OptionError);
+  const auto two = parse_budgets("size=100KB,bops=0.3G");
+  ASSERT_EQ(two.size(), 2u);
+  EXPECT_EQ(two[0], std::make_pair(Budget::kBytes, 1e5));
+  EXPECT_EQ(two[1], std::make_pair(Budget::kBops, 3e8));
+  EXPECT_EQ(parse_budgets("wbits=3").size(), 1u);
+  EXPECT_NE(error_of([] { parse_budgets("size=1KB,size=2KB"); }).find("size is given twice"), std::string::npos);
+  EXPECT_NE(error_of([] { parse_budgets("size=1KB,bops=1G,wbits=3"); }).find("at most two measures"), std::string::npos);
+  EXPECT_NE(error_of([] { parse_budgets("size=1KB,"); }).find("expected size=40KB"), std::string::npos);
   EXPECT_THROW(parse_bn_adapt("both"), OptionError);
 }
 
