@@ -474,6 +474,14 @@ awk -v m="$mean_wbits" 'BEGIN {exit !(m > 2 && m <= 5)}' && [ "$(wc -l <"$work/f
 expect_ok "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" --budget wbits=5 --images 32 --out "$work/mixed2.h5"
 grep -q "from the run folder's cache" "$work/out" && ok "mixed: second extraction reads the cache" ||
   bad "mixed cache: $(head -c 300 "$work/out")"
+expect_ok "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" --budget wbits=5,bops=100G --images 32 \
+  --out "$work/mixed3.h5" --json
+mix_of() { "$zsq" eval --model "$1" --limit 10 | grep -o "mixed [0-9,/]*"; }
+grep -q "from the run folder's cache" "$work/out" && [ -n "$(mix_of "$work/mixed3.h5")" ] &&
+  [ "$(mix_of "$work/mixed3.h5")" = "$(mix_of "$work/mixed.h5")" ] &&
+  ok "mixed: two budgets at once (a loose second one changes nothing)" || bad "mixed two budgets: $(head -c 300 "$work/out")"
+expect_fail 2 "--budget: wbits is given twice" "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" \
+  --budget wbits=5,wbits=4 --out "$work/x.h5"
 expect_ok "$zsq" eval --model "$work/mixed.h5" --limit 200
 grep -q "mixed " "$work/out" && ok "mixed model evaluates" || bad "mixed eval: $(head -c 300 "$work/out")"
 expect_ok "$zsq" extract --checkpoint "$work/run-g/checkpoint.h5" --mix 2 --images 16 --out "$work/mixed-u2.h5"
