@@ -6,6 +6,7 @@
 # the Fashion-MNIST test set. Writes OUT/front.csv (and the extracted models); plot it with
 #   /usr/bin/python3 -m zsq.mixed_plot OUT/front.csv --out OUT/front.png   (PYTHONPATH=python)
 #   bench/mixed_front.sh RUN/checkpoint.h5 OUT [points per measure (6)] [extra zsq extract options...]
+# KINDS="size bops joint" (default) picks the budget rows.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 zsq=${ZSQ:-$root/build/zsq}
@@ -32,8 +33,9 @@ budgets() {  # column of front.csv
       for (i = 1; i <= n; i++) printf "%.0f\n", lo + i / (n + 1) * (mid - lo)
       for (i = 1; i <= 2; i++) printf "%.0f\n", mid + i / 3 * (hi - mid)}'
 }
-i=0; for size in $(budgets 3); do i=$((i + 1)); row size "$size" "$out/size-$i.h5" --budget "size=${size}B" "$@"; done
-i=0; for bops in $(budgets 5); do i=$((i + 1)); row bops "$bops" "$out/bops-$i.h5" --budget "bops=${bops}" "$@"; done
+kinds=" ${KINDS:-size bops joint} "
+[[ $kinds == *" size "* ]] && { i=0; for size in $(budgets 3); do i=$((i + 1)); row size "$size" "$out/size-$i.h5" --budget "size=${size}B" "$@"; done; }
+[[ $kinds == *" bops "* ]] && { i=0; for bops in $(budgets 5); do i=$((i + 1)); row bops "$bops" "$out/bops-$i.h5" --budget "bops=${bops}" "$@"; done; }
 # Both at once: at fractions t of the way between neighbouring uniform points, the size and the BOPs of the
 # straight line there, so that each of these mixes is compared with the line at equal size AND equal BOPs.
 joint() {
@@ -41,5 +43,5 @@ joint() {
     awk '{s[++k] = $1; o[k] = $2} END {for (i = 1; i < k; i++) { n = i < k - 1 ? 3 : 1
       for (j = 1; j <= n; j++) { t = j / (n + 1); printf "%.0f,%.0f\n", s[i] + t * (s[i+1] - s[i]), o[i] + t * (o[i+1] - o[i]) } } }'
 }
-i=0; for pair in $(joint); do i=$((i + 1)); row joint "${pair/,/+}" "$out/joint-$i.h5" --budget "size=${pair%,*}B,bops=${pair#*,}" "$@"; done
+[[ $kinds == *" joint "* ]] && { i=0; for pair in $(joint); do i=$((i + 1)); row joint "${pair/,/+}" "$out/joint-$i.h5" --budget "size=${pair%,*}B,bops=${pair#*,}" "$@"; done; }
 echo "wrote $csv" >&2
