@@ -227,9 +227,10 @@ int extract(int argc, char** argv) {
                                          "default: sample the run's own online generator from the checkpoint")
       ("teacher", po::value<std::string>(), "mixed precision: the FP32 teacher as the reference (default: the "
                                             "student at its top bit-width)")
-      ("mix-bn", po::value<std::string>()->default_value("relative"),
-       "mixed precision BatchNorm statistics: relative (each layer's BatchNorm of its bit-width, moved by how the "
-       "mix changes its input), absolute (the images' statistics) or keep")
+      ("mix-bn", po::value<std::string>()->default_value("keep"),
+       "mixed precision BatchNorm statistics: keep (each layer's BatchNorm of its bit-width as it is; measured best "
+       "on two seeds), relative (moved by how the mix changes its input on the synthetic images) or absolute (the "
+       "images' statistics)")
       ("front", po::value<std::string>(), "mixed precision with --budget: write the whole Pareto front here (CSV)")
       ("seed", po::value<int64_t>()->default_value(0), "mixed precision: seed of the generator's images")
       ("out", po::value<std::string>(), "file to write");
