@@ -69,6 +69,23 @@ QuantizeOptions small_options() {
   return o;
 }
 
+// A teacher with 20 times larger logits: distillation losses well above float rounding.
+void make_confident(Toy& s) {
+  torch::NoGradGuard no_grad;
+  for (const auto& item : s.teacher->named_parameters()) {
+    if (item.key().rfind("fc.", 0) == 0) item.value().mul_(20);
+  }
+}
+
+// One step at a negligible rate on the whole 64-image pool: the losses it reports are the start's.
+QuantizeOptions probe_options() {
+  QuantizeOptions o = small_options();
+  o.steps = 1;
+  o.batch_size = 64;
+  o.lr = 1e-12;
+  return o;
+}
+
 TEST_F(QuantizeTest, TrainingLowersTheSummedLoss) {
   Toy s = make_setup({4, 8});
   auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
@@ -422,12 +439,7 @@ TEST_F(QuantizeTest, BatchNormReestimatedAtTheEndOnlyAtItsBitWidths) {
 // batch mean) with a learning rate so small that the step changes nothing measurable.
 TEST_F(QuantizeTest, RecursiveAndFeatureDistillationTargets) {
   Toy s = make_setup({2, 4, 8});
-  {  // a confident teacher: the distillation losses well above float rounding
-    torch::NoGradGuard no_grad;
-    for (const auto& item : s.teacher->named_parameters()) {
-      if (item.key().rfind("fc.", 0) == 0) item.value().mul_(20);
-    }
-  }
+  make_confident(s);
   const std::vector<int64_t> bits = {2, 4, 8};
   const torch::Tensor x = normalize(s.pool.images, s.norm);
   torch::Tensor teacher_features, teacher_logits;
@@ -441,10 +453,7 @@ TEST_F(QuantizeTest, RecursiveAndFeatureDistillationTargets) {
     for (const double feature_weight : {0.0, 0.5}) {
       torch::manual_seed(3);
       auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
-      QuantizeOptions o = small_options();
-      o.steps = 1;
-      o.batch_size = 64;
-      o.lr = 1e-12;
+      QuantizeOptions o = probe_options();
       o.recursive = recursive;
       o.feature_weight = feature_weight;
       std::vector<double> reported;
@@ -492,18 +501,10 @@ TEST_F(QuantizeTest, TrainedForMixingDistilsTheStepsRandomMixes) {
   for (const auto& [b, n] : seen) EXPECT_NEAR(n, 300, 60) << b << " bits";  // uniform over the bit-widths
 
   Toy s = make_setup(bits);
-  {  // a confident teacher: the distillation losses well above float rounding
-    torch::NoGradGuard no_grad;
-    for (const auto& item : s.teacher->named_parameters()) {
-      if (item.key().rfind("fc.", 0) == 0) item.value().mul_(20);
-    }
-  }
+  make_confident(s);
   torch::manual_seed(3);
   auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
-  QuantizeOptions o = small_options();
-  o.steps = 1;
-  o.batch_size = 64;
-  o.lr = 1e-12;
+  QuantizeOptions o = probe_options();
   o.mix_samples = 2;
   o.seed = 7;
   o.weighting = parse_weighting("min-norm");
