@@ -124,9 +124,10 @@ trainers::FrontPoint allocate(const po::variables_map& vm, const std::string& ch
       layers, s, budget.front().first, budget.size() > 1 ? std::make_optional(budget[1]) : std::nullopt);
   if (vm.count("front")) write_front_csv(get<std::string>(vm, "front"), front);
   // The front, thinned to about ten points: what each budget buys, as the sensitivity predicts it.
-  std::cout << "Pareto front (" << front.size() << " mixes; every " << std::max<size_t>(1, front.size() / 10)
+  const size_t every = std::max<size_t>(1, front.size() / 10);
+  std::cout << "Pareto front (" << front.size() << " mixes; every " << every
             << "th):\n  weight bytes  mean bits  GBOPs/image  predicted KL" << std::endl;
-  for (size_t i = 0; i < front.size(); i += std::max<size_t>(1, front.size() / 10)) {
+  for (size_t i = 0; i < front.size(); i += every) {
     const auto& c = front[i].cost;
     std::cout << std::fixed << "  " << std::setw(12) << std::setprecision(0) << c.bytes << std::setw(11)
               << std::setprecision(3) << c.mean_wbits << std::setw(13) << std::setprecision(4) << c.bops / 1e9
