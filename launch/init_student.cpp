@@ -8,6 +8,7 @@
 #include "models/quant_factory.h"
 #include "models/zoo.h"
 #include "trainers/evaluate.h"
+#include "trainers/quantize.h"  // bn_modes_text
 
 #include <filesystem>
 #include <iostream>
@@ -39,7 +40,7 @@ int init_student(int argc, char** argv) {
   if (!vm.count("teacher")) throw UsageError("--teacher is required");
   models::StudentConfig config = read_student_config(vm);
   const models::QuantizerInit quant_init = read_quant_init(vm);
-  const auto [bn_bits, bn_mode] = read_bn_options(vm, config);
+  const BnOptions bn = read_bn_options(vm, config);
   const int64_t count = get<int64_t>(vm, "calib-count");
   if (count < 1) throw UsageError("--calib-count must be >= 1");
   const std::string out = get<std::string>(vm, "out");
@@ -62,14 +63,16 @@ int init_student(int argc, char** argv) {
                          teacher.meta.width > 0 ? teacher.meta.width : 16};
   set_input_range(vm, teacher.norm(), &config);
   models::Classifier student = models::build(spec, models::QuantFactory(config));
-  models::init_student(*student, *teacher.model, images, bn_bits, bn_mode == "shift", quant_init);
+  models::init_student(*student, *teacher.model, images, bn.bits, bn.modes, quant_init);
   ModelMeta meta = teacher.meta;
   meta.recipe = resolved_config(desc, vm);
   models::save_student(out, *student, config, meta);
   std::cout << "student " << spec.arch << " at bits " << models::bits_text(config.bits) << " from "
             << get<std::string>(vm, "teacher") << ", steps calibrated on " << images.size(0) << " "
             << (calib == "noise" ? "noise images (data-free)" : "images of " + calib)
-            << (bn_bits.empty() ? "" : ", BatchNorm re-estimated (" + bn_mode + ") at bits " + models::bits_text(bn_bits))
+            << (bn.bits.empty() ? ""
+                                : ", BatchNorm re-estimated (" + trainers::bn_modes_text(bn.modes, bn.bits) + ") at bits " +
+                                      models::bits_text(bn.bits))
             << "; wrote " << out << std::endl;
   if (common.json) {
     std::cout << Json().add("command", "init-student").add("out", out).add("bits", config.bits).str() << std::endl;

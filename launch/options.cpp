@@ -153,8 +153,10 @@ void add_bn_options(po::options_description& desc, const char* reestimate, const
        "bit-widths whose BatchNorm running statistics calibration re-estimates on its images through the "
        "quantized network: none, all, auto (the bit-widths of 2 or fewer) or a comma-separated list (e.g. 2)")
       ("bn-mode", po::value<std::string>()->default_value(mode),
-       "re-estimation: shift (the teacher's statistics moved by the quantized network's difference to the teacher "
-       "on the images) or absolute (the images' own statistics)");
+       "re-estimation, one mode for every --bn-reestimate bit-width or one per bit-width (e.g. absolute,align): "
+       "shift (the teacher's statistics moved by the quantized network's difference to the teacher "
+       "on the images), absolute (the images' own statistics) or align (per channel, the statistics whose normalized "
+       "features are the least-squares fit of the teacher's on the same images)");
 }
 
 std::vector<int64_t> read_bit_list(const po::variables_map& vm, const std::string& name,
@@ -214,13 +216,28 @@ std::vector<double> read_per_bit_values(const po::variables_map& vm, const std::
   return out;
 }
 
-std::pair<std::vector<int64_t>, std::string> read_bn_options(const po::variables_map& vm,
-                                                             const models::StudentConfig& config) {
-  const std::vector<int64_t> bits = get<std::string>(vm, "bn-reestimate") == "auto" ? low_bits(config)
-                                                                                  : read_bit_list(vm, "bn-reestimate", config);
-  const std::string mode = get<std::string>(vm, "bn-mode");
-  if (mode != "shift" && mode != "absolute") throw UsageError("--bn-mode must be 'shift' or 'absolute', got '" + mode + "'");
-  return {bits, mode};
+BnOptions read_bn_options(const po::variables_map& vm, const models::StudentConfig& config) {
+  BnOptions bn;
+  bn.bits = get<std::string>(vm, "bn-reestimate") == "auto" ? low_bits(config) : read_bit_list(vm, "bn-reestimate", config);
+  const std::string text = get<std::string>(vm, "bn-mode");
+  std::vector<std::string> names;
+  std::stringstream in(text);
+  for (std::string name; std::getline(in, name, ',');) names.push_back(name);
+  if (names.empty()) names.push_back("");
+  for (const auto& name : names) {
+    if (name != "shift" && name != "absolute" && name != "align") {
+      throw UsageError("--bn-mode must be 'shift', 'absolute' or 'align' (or one per --bn-reestimate bit-width), got '" +
+                       text + "'");
+    }
+    bn.modes.push_back(name == "shift"   ? models::BnEstimate::kShift
+                       : name == "align" ? models::BnEstimate::kAlign
+                                         : models::BnEstimate::kAbsolute);
+  }
+  if (bn.modes.size() != 1 && bn.modes.size() != bn.bits.size()) {
+    throw UsageError("--bn-mode gives " + std::to_string(bn.modes.size()) + " modes for " +
+                     std::to_string(bn.bits.size()) + " --bn-reestimate bit-widths (give one, or one per bit-width)");
+  }
+  return bn;
 }
 
 

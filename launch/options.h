@@ -77,8 +77,13 @@ std::string ce_text(const std::vector<double>& weights, std::vector<int64_t> bit
 std::vector<double> read_per_bit_values(const po::variables_map& vm, const std::string& name,
                                         const models::StudentConfig& config, bool one_for_all);
 
-std::pair<std::vector<int64_t>, std::string> read_bn_options(const po::variables_map& vm,
-                                                             const models::StudentConfig& config);
+// --bn-reestimate and --bn-mode: the bit-widths, and how each re-estimates (one mode for all of them, or
+// one per bit-width in --bn-reestimate's order).
+struct BnOptions {
+  std::vector<int64_t> bits;
+  std::vector<models::BnEstimate> modes;
+};
+BnOptions read_bn_options(const po::variables_map& vm, const models::StudentConfig& config);
 
 void add_synth_options(po::options_description& desc, const std::string& prefix);
 

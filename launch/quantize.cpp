@@ -144,7 +144,8 @@ void print_plan(const models::ModelSpec& spec, const models::StudentConfig& conf
             << (q.mix_samples > 0 ? ", " + std::to_string(q.mix_samples) + " random mix(es) per step" : "")
             << (q.train == trainers::TrainScope::kPerBit ? ", shared weights frozen (per-bit training)" : "")
             << (q.bn_bits.empty() ? ""
-                                  : ", BatchNorm re-estimated (" + std::string(trainers::bn_mode_name(q.bn_mode)) + ") at bits " + models::bits_text(q.bn_bits) +
+                                  : ", BatchNorm re-estimated (" + trainers::bn_modes_text(q.bn_modes, q.bn_bits) +
+                                        ") at bits " + models::bits_text(q.bn_bits) +
                                         (q.bn_reestimate_end ? " at the start and the end" : ""))
             << (q.bn_train.empty() ? "" : ", BatchNorm on batch statistics at bits " + models::bits_text(q.bn_train))
             << ce_text(q.ce_weight, config.bits)

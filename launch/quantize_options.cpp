@@ -102,9 +102,9 @@ trainers::QuantizeOptions read_quantize_options(const po::variables_map& vm, con
   q.bn_reestimate_end = read_switch(vm, "bn-reestimate-end");
   q.train = trainers::parse_train_scope(get<std::string>(vm, "train"));
   q.weights = read_per_bit_values(vm, "bit-weights", config, /*one_for_all=*/false);
-  std::string bn_mode;
-  std::tie(q.bn_bits, bn_mode) = read_bn_options(vm, config);
-  q.bn_mode = trainers::parse_bn_mode(bn_mode);
+  const BnOptions bn = read_bn_options(vm, config);
+  q.bn_bits = bn.bits;
+  q.bn_modes = bn.modes;
   q.bn_train = read_bit_list(vm, "bn-train", config);
   q.generator_warmup = get<int64_t>(vm, "generator-warmup");
   return q;

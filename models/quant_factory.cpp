@@ -198,8 +198,47 @@ std::vector<torch::Tensor> fixed_input_steps(const torch::nn::Module& model) {
   return out;
 }
 
+namespace {
+
+// What calibrate() needs of the reference network on the calibration images, by BatchNorm name: the
+// input moments of each BatchNorm, or (align) its normalized input itself.
+struct ReferenceTaps {
+  std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> moments;
+  std::map<std::string, torch::Tensor> targets;
+};
+
+ReferenceTaps reference_taps(torch::nn::Module& reference, const torch::Tensor& images, bool align) {
+  // Moments always; the normalized inputs (the size of the images' activations) only when aligning.
+  auto* ref = dynamic_cast<ClassifierImpl*>(&reference);
+  TORCH_CHECK(ref, "calibrate: the reference is not a zoo classifier");
+  ReferenceTaps taps;
+  const bool ref_training = ref->is_training();
+  ref->eval();
+  set_bn_taps(*ref, true);
+  try {
+    ref->forward(images);
+    for (const auto& [name, bn] : batch_norms(*ref)) {
+      TORCH_CHECK(bn->tap_mean().defined(), "calibrate: the reference's BatchNorm '", name, "' saw no input");
+      taps.moments[name] = {bn->tap_mean().detach(), bn->tap_var().detach()};
+      if (align) {
+        taps.targets[name] = (bn->tap_input().detach() - bn->running_mean.view({1, -1, 1, 1})) /
+                             (bn->running_var.view({1, -1, 1, 1}) + bn->options.eps()).sqrt();
+      }
+    }
+  } catch (...) {
+    set_bn_taps(*ref, false);
+    ref->train(ref_training);
+    throw;
+  }
+  set_bn_taps(*ref, false);
+  ref->train(ref_training);
+  return taps;
+}
+
+} // namespace
+
 void calibrate(torch::nn::Module& student, const torch::Tensor& images, const std::vector<int64_t>& bn_bits,
-               torch::nn::Module* reference, bool activation_steps) {
+               torch::nn::Module* reference, bool activation_steps, const std::vector<BnEstimate>& estimates) {
   const auto layers = quantized_layers(student);
   TORCH_CHECK(!layers.empty(), "calibrate: the model has no quantized layers");
   TORCH_CHECK(images.dim() == 4 && images.size(0) > 0, "calibrate: expected a non-empty N×C×H×W batch, got ",
@@ -214,40 +253,35 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images, const st
     TORCH_CHECK(std::find(bits.begin(), bits.end(), b) != bits.end(), "BatchNorm re-estimation at ", b,
                 " bits: the model has no such bit-width");
   }
+  TORCH_CHECK(estimates.size() == 1 || estimates.size() == bn_bits.size(), "calibrate: ", estimates.size(),
+              " BatchNorm estimates for ", bn_bits.size(), " bit-widths (give one, or one per bit-width)");
+  const auto estimate_at = [&](int64_t b) {
+    const size_t i = std::find(bn_bits.begin(), bn_bits.end(), b) - bn_bits.begin();
+    return estimates.size() == 1 ? estimates.front() : estimates[i];
+  };
+  const bool relative = std::any_of(bn_bits.begin(), bn_bits.end(),
+                                    [&](int64_t b) { return estimate_at(b) != BnEstimate::kAbsolute; });
+  TORCH_CHECK(!relative || reference, "calibrate: shift and align BatchNorm estimates need a reference network");
   std::vector<std::pair<std::string, quant::SwitchableBatchNorm2dImpl*>> norms;
   for (const auto& item : student.named_modules("", /*include_self=*/false)) {
     if (auto* n = item.value()->as<quant::SwitchableBatchNorm2dImpl>()) norms.emplace_back(item.key(), n);
   }
-  // The reference network's BatchNorm input moments on the same images, by module name.
-  std::map<std::string, std::pair<torch::Tensor, torch::Tensor>> moments;
-  if (reference && !bn_bits.empty()) {
-    auto* ref = dynamic_cast<ClassifierImpl*>(reference);
-    TORCH_CHECK(ref, "calibrate: the reference is not a zoo classifier");
-    const bool ref_training = ref->is_training();
-    ref->eval();
-    set_bn_taps(*ref, true);
-    try {
-      ref->forward(images);
-      for (const auto& [name, bn] : batch_norms(*ref)) {
-        TORCH_CHECK(bn->tap_mean().defined(), "calibrate: the reference's BatchNorm '", name, "' saw no input");
-        moments[name] = {bn->tap_mean().detach(), bn->tap_var().detach()};
-      }
-    } catch (...) {
-      set_bn_taps(*ref, false);
-      ref->train(ref_training);
-      throw;
-    }
-    set_bn_taps(*ref, false);
-    ref->train(ref_training);
+  ReferenceTaps ref;
+  if (relative) {
+    const bool align = std::any_of(bn_bits.begin(), bn_bits.end(),
+                                   [&](int64_t b) { return estimate_at(b) == BnEstimate::kAlign; });
+    ref = reference_taps(*reference, images, align);
     for (const auto& [name, n] : norms) {
-      TORCH_CHECK(moments.count(name), "calibrate: the reference has no BatchNorm '", name, "'");
+      TORCH_CHECK(ref.moments.count(name), "calibrate: the reference has no BatchNorm '", name, "'");
     }
   }
-  const auto set_modes = [&](bool calibrating, bool reestimating) {
+  const auto set_modes = [&](bool calibrating, bool reestimating, BnEstimate estimate) {
     for (auto* layer : layers) layer->set_calibrating(calibrating && activation_steps);
     for (auto& [name, n] : norms) {
-      if (reestimating && moments.count(name)) {
-        n->set_reestimating(true, moments[name].first, moments[name].second);
+      if (reestimating && estimate == BnEstimate::kAlign) {
+        n->set_aligning(ref.targets.at(name));
+      } else if (reestimating && estimate == BnEstimate::kShift) {
+        n->set_reestimating(true, ref.moments[name].first, ref.moments[name].second);
       } else {
         n->set_reestimating(reestimating);
       }
@@ -258,20 +292,21 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images, const st
       const bool reestimate = std::find(bn_bits.begin(), bn_bits.end(), b) != bn_bits.end();
       if (!activation_steps && !reestimate) continue;
       set_bits(student, b);
-      set_modes(true, reestimate);
+      set_modes(true, reestimate, reestimate ? estimate_at(b) : BnEstimate::kAbsolute);
       classifier->forward(images);
     }
   } catch (...) {
-    set_modes(false, false);
+    set_modes(false, false, BnEstimate::kAbsolute);
     throw;
   }
-  set_modes(false, false);
+  set_modes(false, false, BnEstimate::kAbsolute);
   set_bits(student, bits.front());
   student.train(was_training);
 }
 
 void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const torch::Tensor& images,
-                  const std::vector<int64_t>& bn_bits, bool bn_relative, const QuantizerInit& init) {
+                  const std::vector<int64_t>& bn_bits, const std::vector<BnEstimate>& estimates,
+                  const QuantizerInit& init) {
   std::map<std::string, torch::Tensor> source;
   for (const auto& [name, t] : named_state(teacher)) source[name] = t;
   std::map<std::string, bool> used;
@@ -311,7 +346,7 @@ void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const 
     TORCH_CHECK(false, msg.str());
   }
   for (auto* layer : quantized_layers(student)) layer->init_weight_step(init.weight_init);
-  calibrate(student, images, bn_bits, bn_relative ? &teacher : nullptr);
+  calibrate(student, images, bn_bits, &teacher, /*activation_steps=*/true, estimates);
 }
 
 } // namespace zsq::models

@@ -111,6 +111,11 @@ std::vector<std::pair<std::string, torch::Tensor>> top_weight_codes(const torch:
 double changed_code_share(const torch::nn::Module& model,
                           const std::vector<std::pair<std::string, torch::Tensor>>& start);
 
+/// How calibration re-estimates BatchNorm statistics (--bn-mode): the images'
+/// own moments, the teacher's moved by the student-teacher difference on the
+/// images, or aligned to the teacher's normalized features (least squares).
+enum class BnEstimate { kAbsolute, kShift, kAlign };
+
 /// Initialises `student` from `teacher` (same architecture, FP32): latent
 /// weights and biases are the teacher's, every per-bit BatchNorm is the
 /// teacher's BatchNorm, weight steps follow LSQ's per-channel init at the top
@@ -118,24 +123,30 @@ double changed_code_share(const torch::nn::Module& model,
 /// N×C×H×W) at every bit-width, in eval mode. Throws listing every tensor
 /// that does not match. Leaves the student at its first bit-width, in the
 /// training mode it had.
-/// `bn_bits` as in calibrate(), with the teacher as the reference when
-/// `bn_relative`; weight steps as `init` says.
+/// `bn_bits` and `estimates` as in calibrate(), with the teacher as the
+/// reference; weight steps as `init` says.
 void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const torch::Tensor& images,
-                  const std::vector<int64_t>& bn_bits = {}, bool bn_relative = true, const QuantizerInit& init = {});
+                  const std::vector<int64_t>& bn_bits = {}, const std::vector<BnEstimate>& estimates = {BnEstimate::kShift},
+                  const QuantizerInit& init = {});
 
 /// Runs `images` through `student` at every bit-width with calibration on
 /// (activation steps set from the data), in eval mode, without gradients.
 /// At the bit-widths in `bn_bits` the switchable BatchNorms also re-estimate
 /// their running statistics from the same forward (each layer from the
-/// quantized network below it), before the layers after them calibrate:
-/// without `reference`, set to the images' statistics; with it (the FP32
-/// network of the same architecture, eval mode), shifted by the difference
+/// quantized network below it), before the layers after them calibrate, as
+/// `estimates` says (one for every bit-width of `bn_bits`, or one per
+/// bit-width in their order): kAbsolute, the images' statistics; with
+/// `reference` (the FP32 network of the same architecture, eval mode; needed
+/// by the others), kShift: the reference's statistics shifted by the difference
 /// between the student's and the reference's statistics on the images (see
 /// SwitchableBatchNorm2dImpl::set_reestimating), which keeps the part of the
-/// statistics the images got wrong out.
+/// statistics the images got wrong out; with `estimate` kAlign, chosen so that
+/// the student's normalized features match the reference's on the same images
+/// (SwitchableBatchNorm2dImpl::set_aligning).
 /// With `activation_steps` false only the BatchNorms of `bn_bits` are
 /// re-estimated (e.g. after training moved the weights); the steps stay.
 void calibrate(torch::nn::Module& student, const torch::Tensor& images, const std::vector<int64_t>& bn_bits = {},
-               torch::nn::Module* reference = nullptr, bool activation_steps = true);
+               torch::nn::Module* reference = nullptr, bool activation_steps = true,
+               const std::vector<BnEstimate>& estimates = {BnEstimate::kShift});
 
 } // namespace zsq::models

@@ -196,7 +196,7 @@ void OfaTrainer::start() {
     synthetic_batch(&report);
     if (on_step_) on_step_(report);
   }
-  models::init_student(student_, teacher_, calibration_images(), o_.bn_bits, o_.bn_mode == BnMode::kShift, o_.quant_init);
+  models::init_student(student_, teacher_, calibration_images(), o_.bn_bits, o_.bn_modes, o_.quant_init);
   if (world_ > 1) distributed::broadcast_state(*comm_, student_);  // rank 0's calibration for every rank
   initial_codes_ = models::top_weight_codes(student_);
 }
@@ -340,8 +340,7 @@ void OfaTrainer::finish_step(int64_t step, int64_t done_here, QuantizeStep* repo
   const bool last = step + 1 == o_.steps;
   if (last && o_.bn_reestimate_end) {
     // The weights moved since the start: the bn_bits' statistics again, through the trained network.
-    models::calibrate(student_, calibration_images(), o_.bn_bits, o_.bn_mode == BnMode::kShift ? &teacher_ : nullptr,
-                      /*activation_steps=*/false);
+    models::calibrate(student_, calibration_images(), o_.bn_bits, &teacher_, /*activation_steps=*/false, o_.bn_modes);
     if (world_ > 1) distributed::broadcast_state(*comm_, student_);
   }
   if (!o_.checkpoint.empty() && (last || stop || (o_.checkpoint_every > 0 && (step + 1) % o_.checkpoint_every == 0))) {

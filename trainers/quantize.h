@@ -84,15 +84,16 @@ namespace zsq::trainers {
 
 /// What trains (--train): everything, or only each bit-width's own tensors.
 enum class TrainScope { kAll, kPerBit };
-/// BatchNorm re-estimation (--bn-mode): the teacher's statistics shifted by the
-/// student-teacher difference on the images, or the images' own statistics.
-enum class BnMode { kShift, kAbsolute };
-/// "all" / "per-bit" and "shift" / "absolute", and back; the parsers throw
+/// BatchNorm re-estimation (--bn-mode): models::BnEstimate.
+using BnMode = models::BnEstimate;
+/// "all" / "per-bit" and "shift" / "absolute" / "align", and back; the parsers throw
 /// zsq::OptionError naming the flag.
 const char* train_scope_name(TrainScope scope);
 TrainScope parse_train_scope(const std::string& name);
 const char* bn_mode_name(BnMode mode);
 BnMode parse_bn_mode(const std::string& name);
+/// The re-estimation of `bits` for a summary: "absolute" or "absolute at 2, align at 3".
+std::string bn_modes_text(const std::vector<BnMode>& modes, const std::vector<int64_t>& bits);
 
 struct QuantizeOptions {
   int64_t steps = 1000;          ///< student optimizer steps
@@ -120,7 +121,7 @@ struct QuantizeOptions {
   bool horizontal_flip = true;
   int64_t calib_count = 256;     ///< images that calibrate the activation steps at the start
   std::vector<int64_t> bn_bits;  ///< bit-widths whose BatchNorm statistics calibration re-estimates
-  BnMode bn_mode = BnMode::kShift;
+  std::vector<BnMode> bn_modes{BnMode::kShift};  ///< how: one for every bn_bits bit-width, or one per bit-width
   bool bn_reestimate_end = false; ///< re-estimate bn_bits' BatchNorm statistics again after the last step (fresh calibration images)
   std::vector<int64_t> bn_train; ///< bit-widths whose BatchNorms use batch statistics while training (running ones updated)
   models::QuantizerInit quant_init; ///< how the weight steps start

@@ -32,11 +32,23 @@ TrainScope parse_train_scope(const std::string& name) {
   return name == "all" ? TrainScope::kAll : TrainScope::kPerBit;
 }
 
-const char* bn_mode_name(BnMode mode) { return mode == BnMode::kShift ? "shift" : "absolute"; }
+const char* bn_mode_name(BnMode mode) {
+  return mode == BnMode::kShift ? "shift" : mode == BnMode::kAlign ? "align" : "absolute";
+}
 
 BnMode parse_bn_mode(const std::string& name) {
-  ZSQ_CHECK_OPTION(name == "shift" || name == "absolute", "--bn-mode must be 'shift' or 'absolute', got '", name, "'");
-  return name == "shift" ? BnMode::kShift : BnMode::kAbsolute;
+  ZSQ_CHECK_OPTION(name == "shift" || name == "absolute" || name == "align",
+                   "--bn-mode must be 'shift', 'absolute' or 'align', got '", name, "'");
+  return name == "shift" ? BnMode::kShift : name == "align" ? BnMode::kAlign : BnMode::kAbsolute;
+}
+
+std::string bn_modes_text(const std::vector<BnMode>& modes, const std::vector<int64_t>& bits) {
+  if (modes.size() == 1) return bn_mode_name(modes.front());
+  std::string text;
+  for (size_t i = 0; i < modes.size() && i < bits.size(); ++i) {
+    text += (i ? ", " : "") + std::string(bn_mode_name(modes[i])) + " at " + std::to_string(bits[i]);
+  }
+  return text;
 }
 
 void QuantizeOptions::check() const {
@@ -65,6 +77,8 @@ void QuantizeOptions::check() const {
   ZSQ_CHECK_OPTION(mix_samples == 0 || (weighting != Weighting::kPcGrad && step_weighting != Weighting::kPcGrad),
                    "--mix-samples does not combine with pcgrad (it orders the tasks by bit-width; a mix has none)");
   ZSQ_CHECK_OPTION(calib_count >= 1, "--calib-count must be >= 1, got ", calib_count);
+  ZSQ_CHECK_OPTION(bn_modes.size() == 1 || bn_modes.size() == bn_bits.size(), "--bn-mode gives ", bn_modes.size(),
+                   " modes for ", bn_bits.size(), " --bn-reestimate bit-widths (give one, or one per bit-width)");
   ZSQ_CHECK_OPTION(!bn_reestimate_end || !bn_bits.empty(),
                    "--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");
   ZSQ_CHECK_OPTION(generator_warmup >= 0, "--generator-warmup must be >= 0, got ", generator_warmup);

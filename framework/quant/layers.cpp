@@ -322,7 +322,9 @@ torch::Tensor SwitchableBatchNorm2dImpl::forward(const torch::Tensor& x) {
     TORCH_CHECK(x.dim() == 4 && x.size(1) == num_features_ && x.size(0) * x.size(2) * x.size(3) > 1,
                 "BatchNorm re-estimation needs N×", num_features_, "×H×W input with more than one value per channel, got ",
                 x.sizes());
-    if (reference_mean_.defined()) {
+    if (target_.defined()) {
+      align_statistics(x);
+    } else if (reference_mean_.defined()) {
       const auto [var, mean] = torch::var_mean(x, {0, 2, 3}, /*unbiased=*/false);
       norm->running_mean.add_(mean - reference_mean_);
       // A channel the reference hardly uses (variance below BatchNorm's eps) gives no usable ratio: keep it.
@@ -346,9 +348,35 @@ void SwitchableBatchNorm2dImpl::set_reestimating(bool on, torch::Tensor referenc
                 num_features_, "-channel BatchNorm");
   }
   reestimating_ = on;
+  target_ = torch::Tensor();
   const bool relative = on && reference_mean.defined();
   reference_mean_ = relative ? reference_mean.detach().reshape({num_features_}) : torch::Tensor();
   reference_var_ = relative ? reference_var.detach().reshape({num_features_}) : torch::Tensor();
+}
+
+void SwitchableBatchNorm2dImpl::set_aligning(torch::Tensor target) {
+  TORCH_CHECK(target.defined() && target.dim() == 4 && target.size(1) == num_features_,
+              "BatchNorm alignment: the target must be N×", num_features_, "×H×W");
+  set_reestimating(true);
+  target_ = target.detach();
+}
+
+// Per channel, the least-squares line target ≈ a·x + c, then the statistics that normalize x by it:
+// 1 / sqrt(var + eps) = a, mean = -c / a.
+void SwitchableBatchNorm2dImpl::align_statistics(const torch::Tensor& x) {
+  TORCH_CHECK(x.sizes() == target_.sizes(), "BatchNorm alignment: input ", x.sizes(), " against a target of ",
+              target_.sizes(), " (the same images through both networks)");
+  auto norm = current();
+  const auto [var_x, mean_x] = torch::var_mean(x, {0, 2, 3}, /*unbiased=*/false);
+  const auto mean_t = target_.mean({0, 2, 3});
+  const auto shape = std::vector<int64_t>{1, num_features_, 1, 1};
+  const auto cov = ((x - mean_x.view(shape)) * (target_ - mean_t.view(shape))).mean({0, 2, 3});
+  const auto slope = cov / var_x.clamp_min(1e-12);
+  const auto usable = slope > 1e-6;
+  const auto a = slope.clamp_min(1e-6);
+  const double eps = norm->options.eps();
+  norm->running_var.copy_(torch::where(usable, (a.pow(-2) - eps).clamp_min(0), norm->running_var));
+  norm->running_mean.copy_(torch::where(usable, mean_x - mean_t / a, norm->running_mean));
 }
 
 void SwitchableBatchNorm2dImpl::set_bits(int64_t b) { index_ = bit_index(bits_, b); }

@@ -252,14 +252,23 @@ class SwitchableBatchNorm2dImpl : public torch::nn::Cloneable<SwitchableBatchNor
   /// reference var (biased), so a mismatch between the images and the data the
   /// running statistics came from cancels.
   void set_reestimating(bool on, torch::Tensor reference_mean = {}, torch::Tensor reference_var = {});
+  /// Re-estimation (until set_reestimating(false)) aligned to `target`, the
+  /// reference network's normalized input of this BatchNorm on the same images
+  /// ((x - running mean) / sqrt(running var + eps), N×C×H×W): per channel, the
+  /// running mean and variance that make the normalized input the least-squares
+  /// fit of the target, (x - m) / sqrt(v + eps) ≈ target. A channel whose input
+  /// does not rise with the target (slope <= 1e-6) keeps its statistics.
+  void set_aligning(torch::Tensor target);
 
  private:
   int64_t num_features_;
   std::vector<int64_t> bits_;
   std::vector<nn::BatchNorm2d> norms_;
   size_t index_ = 0;
+  void align_statistics(const torch::Tensor& x);
+
   bool reestimating_ = false;
-  torch::Tensor reference_mean_, reference_var_;
+  torch::Tensor reference_mean_, reference_var_, target_;
 };
 TORCH_MODULE(SwitchableBatchNorm2d);
 

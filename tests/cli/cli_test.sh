@@ -211,12 +211,19 @@ expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-co
 grep -q "noise images (data-free)" "$work/out" && ok "init-student says how it calibrated" || bad "init-student output"
 expect_fail 2 "--bn-reestimate 3: not one of the model's bit-widths (4,8)" "$zsq" init-student \
   --teacher "$work/teacher.h5" --bits 4,8 --bn-reestimate 3 --out "$work/student-bn.h5"
-expect_fail 2 "--bn-mode must be 'shift' or 'absolute', got 'relative'" "$zsq" init-student \
+expect_fail 2 "--bn-mode must be 'shift', 'absolute' or 'align' (or one per --bn-reestimate bit-width), got 'relative'" "$zsq" init-student \
   --teacher "$work/teacher.h5" --bits 4,8 --bn-reestimate 4 --bn-mode relative --out "$work/student-bn.h5"
 expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-count 64 --bn-reestimate 4 \
   --bn-mode absolute --out "$work/student-bn.h5"
 grep -q "BatchNorm re-estimated (absolute) at bits 4" "$work/out" && ok "init-student says it re-estimated BatchNorm" ||
   bad "init-student --bn-reestimate output: $(cat "$work/out")"
+expect_fail 2 "--bn-mode gives 2 modes for 1 --bn-reestimate bit-widths" "$zsq" init-student \
+  --teacher "$work/teacher.h5" --bits 4,8 --bn-reestimate 4 --bn-mode absolute,align --out "$work/student-bn2.h5"
+[ ! -e "$work/student-bn2.h5" ] && ok "a refused --bn-mode writes nothing" || bad "a refused --bn-mode wrote a student"
+expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-count 64 --bn-reestimate 4,8 \
+  --bn-mode absolute,align --out "$work/student-bn2.h5"
+grep -q "BatchNorm re-estimated (absolute at 4, align at 8) at bits 4,8" "$work/out" &&
+  ok "init-student says how each bit-width re-estimated" || bad "init-student per-bit --bn-mode: $(cat "$work/out")"
 expect_fail 2 "--first-last-bits takes N, 'same' or FIRST,LAST" "$zsq" init-student --teacher "$work/teacher.h5" \
   --first-last-bits 1
 expect_fail 2 "--first-last-bits takes N, 'same' or FIRST,LAST" "$zsq" init-student --teacher "$work/teacher.h5" \

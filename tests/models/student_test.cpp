@@ -169,6 +169,73 @@ TEST_F(StudentTest, BatchNormReestimationSetsTheImagesStatisticsOrShiftsTheTeach
             std::string::npos);
 }
 
+TEST_F(StudentTest, BatchNormAlignmentFitsTheReferencesNormalizedFeatures) {
+  quant::SwitchableBatchNorm2d bn(3, std::vector<int64_t>{2, 4});
+  bn->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = torch::randn({16, 3, 6, 6}) * 2 + 1;
+  // Channels 0 and 1: the target is a line of x (slopes 0.5 and 2); channel 2 falls as x rises.
+  const torch::Tensor slope = torch::tensor({0.5, 2.0, -1.0}).view({1, 3, 1, 1});
+  const torch::Tensor target = x * slope + torch::tensor({0.3, -1.0, 0.0}).view({1, 3, 1, 1});
+  bn->set_bits(2);
+  const auto& b2 = bn->norms()[0];
+  b2->running_mean.copy_(torch::tensor({0.0, 0.0, 7.0}));
+  b2->running_var.copy_(torch::tensor({1.0, 1.0, 9.0}));
+  bn->set_aligning(target);
+  bn->forward(x);
+  bn->set_reestimating(false);
+  const torch::Tensor y = bn->forward(x);  // normalized by what alignment set
+  EXPECT_TRUE(torch::allclose(y.narrow(1, 0, 2), target.narrow(1, 0, 2), 1e-4, 1e-4));
+  EXPECT_FLOAT_EQ(b2->running_mean[2].item<float>(), 7.0F);  // no usable slope: kept
+  EXPECT_FLOAT_EQ(b2->running_var[2].item<float>(), 9.0F);
+  EXPECT_TRUE(torch::equal(bn->norms()[1]->running_var, torch::ones({3})));  // the other bit-width untouched
+  // Noise in the target does not scale the features up to its spread (least squares, not matching moments):
+  // a target of x plus noise of x's own variance leaves the slope near 1 (variance near 1), where matching
+  // the target's moments would halve the variance.
+  const torch::Tensor noisy = x + torch::randn(x.sizes()) * 2;
+  bn->set_aligning(noisy);
+  bn->forward(x);
+  bn->set_reestimating(false);
+  EXPECT_NEAR(b2->running_var[0].item<double>(), 1.0, 0.2);
+  EXPECT_NE(error_of([&] { bn->set_aligning(torch::zeros({16, 2, 6, 6})); }).find("the target must be N×3×H×W"),
+            std::string::npos);
+  bn->set_aligning(torch::zeros({4, 3, 6, 6}));
+  EXPECT_NE(error_of([&] { bn->forward(x); }).find("the same images through both networks"), std::string::npos);
+  bn->set_reestimating(false);
+}
+
+TEST_F(StudentTest, BatchNormEstimatesPerBitWidth) {
+  auto teacher = small_teacher();
+  const torch::Tensor calib = torch::randn({64, 1, 28, 28}) * 0.5 + 0.3;
+  const auto make = [&](const std::vector<BnEstimate>& estimates) {
+    auto s = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 3, 8})));
+    init_student(*s, *teacher, calib, {2, 3}, estimates);
+    std::map<std::string, torch::Tensor> out;
+    for (const auto& b : s->named_buffers()) out[b.key()] = b.value();
+    return out;
+  };
+  const auto mixed = make({BnEstimate::kAbsolute, BnEstimate::kAlign});
+  const auto absolute = make({BnEstimate::kAbsolute});
+  const auto aligned = make({BnEstimate::kAlign});
+  int compared = 0;
+  for (const auto& [name, t] : mixed) {
+    if (name.find("running_") == std::string::npos || name.find(".b8.") != std::string::npos) continue;
+    const bool at2 = name.find(".b2.") != std::string::npos;
+    EXPECT_TRUE(torch::equal(t, (at2 ? absolute : aligned).at(name))) << name;
+    EXPECT_FALSE(torch::allclose(t, (at2 ? aligned : absolute).at(name), 1e-3, 1e-4)) << name;
+    ++compared;
+  }
+  EXPECT_GT(compared, 0);
+  auto s = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 3, 8})));
+  EXPECT_NE(error_of([&] { init_student(*s, *teacher, calib, {2, 3}, {BnEstimate::kAbsolute, BnEstimate::kAlign,
+                                                                      BnEstimate::kShift}); })
+                .find("3 BatchNorm estimates for 2 bit-widths"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { calibrate(*s, calib, {3}, nullptr, true, {BnEstimate::kAlign}); })
+                .find("need a reference network"),
+            std::string::npos);
+}
+
 TEST_F(StudentTest, CalibrationReestimatesOnlyTheChosenBitWidthsBatchNorms) {
   auto teacher = small_teacher();  // statistics of randn images
   const torch::Tensor calib = torch::randn({64, 1, 28, 28}) * 0.5 + 0.3;  // not the teacher's data
@@ -177,7 +244,7 @@ TEST_F(StudentTest, CalibrationReestimatesOnlyTheChosenBitWidthsBatchNorms) {
   auto shifted = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 8})));
   init_student(*shifted, *teacher, calib, {2});
   auto absolute = build({"resnet8", 1, 10, 8}, QuantFactory(config({2, 8})));
-  init_student(*absolute, *teacher, calib, {2}, /*bn_relative=*/false);
+  init_student(*absolute, *teacher, calib, {2}, {BnEstimate::kAbsolute});
   const auto state = [](Classifier& m) {
     std::map<std::string, torch::Tensor> out;
     for (const auto& b : m->named_buffers()) out[b.key()] = b.value();
@@ -205,7 +272,7 @@ TEST_F(StudentTest, CalibrationReestimatesOnlyTheChosenBitWidthsBatchNorms) {
   const torch::Tensor like = torch::randn({256, 1, 28, 28});
   init_student(*plain, *teacher, like);
   init_student(*shifted, *teacher, like, {2});
-  init_student(*absolute, *teacher, like, {2}, /*bn_relative=*/false);
+  init_student(*absolute, *teacher, like, {2}, {BnEstimate::kAbsolute});
   torch::NoGradGuard no_grad;
   const torch::Tensor x = torch::randn({64, 1, 28, 28});
   const torch::Tensor want = teacher->forward(x);
@@ -377,7 +444,7 @@ TEST_F(StudentTest, MseWeightStepsQuantizeWithLessErrorThanLsq) {
   init_student(*lsq, *teacher, calib);
   QuantizerInit init;
   init.weight_init = quant::WeightInit::kMse;
-  init_student(*mse, *teacher, calib, {}, true, init);
+  init_student(*mse, *teacher, calib, {}, {BnEstimate::kShift}, init);
   // Per channel, the squared error summed over the bit-widths that share the step.
   const auto error = [](const Classifier& model, const std::string& name) {
     auto* layer = dynamic_cast<quant::QuantizedLayer*>(model->named_modules()[name].get());
@@ -403,7 +470,7 @@ TEST_F(StudentTest, MseWeightStepsQuantizeWithLessErrorThanLsq) {
   StudentConfig four = config({4});
   four.first_bits = four.last_bits = StudentConfig::kSameBits;
   auto single = build({"resnet8", 1, 10, 8}, QuantFactory(four));
-  init_student(*single, *teacher, calib, {}, true, init);
+  init_student(*single, *teacher, calib, {}, {BnEstimate::kShift}, init);
   auto* conv1 = dynamic_cast<quant::QuantizedLayer*>(single->named_modules()["conv1"].get());
   const torch::Tensor w = single->named_modules()["conv1"]->named_parameters()["weight"].detach();
   const auto err = [&](const torch::Tensor& step) {
