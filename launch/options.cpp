@@ -6,6 +6,7 @@
 #include "models/extract.h"
 #include "models/quant_factory.h"
 #include "trainers/evaluate.h"
+#include "trainers/quantize.h"  // parse_bn_mode
 
 #include <filesystem>
 #include <iomanip>
@@ -155,8 +156,9 @@ void add_bn_options(po::options_description& desc, const char* reestimate, const
       ("bn-mode", po::value<std::string>()->default_value(mode),
        "re-estimation, one mode for every --bn-reestimate bit-width or one per bit-width (e.g. absolute,align): "
        "shift (the teacher's statistics moved by the quantized network's difference to the teacher "
-       "on the images), absolute (the images' own statistics) or align (per channel, the statistics whose normalized "
-       "features are the least-squares fit of the teacher's on the same images)");
+       "on the images), absolute (the images' own statistics), align (per channel, the statistics whose normalized "
+       "features are the least-squares fit of the teacher's on the same images) or center (the images' variance, and "
+       "the mean that puts the normalized features' mean where the teacher's is on the same images)");
 }
 
 std::vector<int64_t> read_bit_list(const po::variables_map& vm, const std::string& name,
@@ -225,13 +227,11 @@ BnOptions read_bn_options(const po::variables_map& vm, const models::StudentConf
   for (std::string name; std::getline(in, name, ',');) names.push_back(name);
   if (names.empty()) names.push_back("");
   for (const auto& name : names) {
-    if (name != "shift" && name != "absolute" && name != "align") {
-      throw UsageError("--bn-mode must be 'shift', 'absolute' or 'align' (or one per --bn-reestimate bit-width), got '" +
-                       text + "'");
+    if (name != "shift" && name != "absolute" && name != "align" && name != "center") {
+      throw UsageError("--bn-mode must be 'shift', 'absolute', 'align' or 'center' (or one per --bn-reestimate "
+                       "bit-width), got '" + text + "'");
     }
-    bn.modes.push_back(name == "shift"   ? models::BnEstimate::kShift
-                       : name == "align" ? models::BnEstimate::kAlign
-                                         : models::BnEstimate::kAbsolute);
+    bn.modes.push_back(trainers::parse_bn_mode(name));
   }
   if (bn.modes.size() != 1 && bn.modes.size() != bn.bits.size()) {
     throw UsageError("--bn-mode gives " + std::to_string(bn.modes.size()) + " modes for " +

@@ -269,7 +269,8 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images, const st
   ReferenceTaps ref;
   if (relative) {
     const bool align = std::any_of(bn_bits.begin(), bn_bits.end(),
-                                   [&](int64_t b) { return estimate_at(b) == BnEstimate::kAlign; });
+                                   [&](int64_t b) { return estimate_at(b) == BnEstimate::kAlign ||
+                                                           estimate_at(b) == BnEstimate::kCenter; });
     ref = reference_taps(*reference, images, align);
     for (const auto& [name, n] : norms) {
       TORCH_CHECK(ref.moments.count(name), "calibrate: the reference has no BatchNorm '", name, "'");
@@ -278,8 +279,8 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images, const st
   const auto set_modes = [&](bool calibrating, bool reestimating, BnEstimate estimate) {
     for (auto* layer : layers) layer->set_calibrating(calibrating && activation_steps);
     for (auto& [name, n] : norms) {
-      if (reestimating && estimate == BnEstimate::kAlign) {
-        n->set_aligning(ref.targets.at(name));
+      if (reestimating && (estimate == BnEstimate::kAlign || estimate == BnEstimate::kCenter)) {
+        n->set_aligning(ref.targets.at(name), /*fit_slope=*/estimate == BnEstimate::kAlign);
       } else if (reestimating && estimate == BnEstimate::kShift) {
         n->set_reestimating(true, ref.moments[name].first, ref.moments[name].second);
       } else {

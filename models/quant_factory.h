@@ -113,8 +113,10 @@ double changed_code_share(const torch::nn::Module& model,
 
 /// How calibration re-estimates BatchNorm statistics (--bn-mode): the images'
 /// own moments, the teacher's moved by the student-teacher difference on the
-/// images, or aligned to the teacher's normalized features (least squares).
-enum class BnEstimate { kAbsolute, kShift, kAlign };
+/// images, aligned to the teacher's normalized features (least squares), or
+/// the images' variance with the mean that centers the features where the
+/// teacher's normalized features are on the same images.
+enum class BnEstimate { kAbsolute, kShift, kAlign, kCenter };
 
 /// Initialises `student` from `teacher` (same architecture, FP32): latent
 /// weights and biases are the teacher's, every per-bit BatchNorm is the

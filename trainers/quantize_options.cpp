@@ -33,13 +33,17 @@ TrainScope parse_train_scope(const std::string& name) {
 }
 
 const char* bn_mode_name(BnMode mode) {
-  return mode == BnMode::kShift ? "shift" : mode == BnMode::kAlign ? "align" : "absolute";
+  return mode == BnMode::kShift    ? "shift"
+         : mode == BnMode::kAlign  ? "align"
+         : mode == BnMode::kCenter ? "center"
+                                   : "absolute";
 }
 
 BnMode parse_bn_mode(const std::string& name) {
-  ZSQ_CHECK_OPTION(name == "shift" || name == "absolute" || name == "align",
-                   "--bn-mode must be 'shift', 'absolute' or 'align', got '", name, "'");
-  return name == "shift" ? BnMode::kShift : name == "align" ? BnMode::kAlign : BnMode::kAbsolute;
+  ZSQ_CHECK_OPTION(name == "shift" || name == "absolute" || name == "align" || name == "center",
+                   "--bn-mode must be 'shift', 'absolute', 'align' or 'center', got '", name, "'");
+  return name == "shift" ? BnMode::kShift : name == "align" ? BnMode::kAlign : name == "center" ? BnMode::kCenter
+                                                                                                : BnMode::kAbsolute;
 }
 
 std::string bn_modes_text(const std::vector<BnMode>& modes, const std::vector<int64_t>& bits) {

@@ -354,15 +354,16 @@ void SwitchableBatchNorm2dImpl::set_reestimating(bool on, torch::Tensor referenc
   reference_var_ = relative ? reference_var.detach().reshape({num_features_}) : torch::Tensor();
 }
 
-void SwitchableBatchNorm2dImpl::set_aligning(torch::Tensor target) {
+void SwitchableBatchNorm2dImpl::set_aligning(torch::Tensor target, bool fit_slope) {
   TORCH_CHECK(target.defined() && target.dim() == 4 && target.size(1) == num_features_,
               "BatchNorm alignment: the target must be N×", num_features_, "×H×W");
   set_reestimating(true);
   target_ = target.detach();
+  fit_slope_ = fit_slope;
 }
 
 // Per channel, the least-squares line target ≈ a·x + c, then the statistics that normalize x by it:
-// 1 / sqrt(var + eps) = a, mean = -c / a.
+// 1 / sqrt(var + eps) = a, mean = -c / a. Without fit_slope_, a = 1 / sqrt(var(x) + eps): x's own spread.
 void SwitchableBatchNorm2dImpl::align_statistics(const torch::Tensor& x) {
   TORCH_CHECK(x.sizes() == target_.sizes(), "BatchNorm alignment: input ", x.sizes(), " against a target of ",
               target_.sizes(), " (the same images through both networks)");
@@ -370,11 +371,16 @@ void SwitchableBatchNorm2dImpl::align_statistics(const torch::Tensor& x) {
   const auto [var_x, mean_x] = torch::var_mean(x, {0, 2, 3}, /*unbiased=*/false);
   const auto mean_t = target_.mean({0, 2, 3});
   const auto shape = std::vector<int64_t>{1, num_features_, 1, 1};
+  const double eps = norm->options.eps();
+  if (!fit_slope_) {
+    norm->running_var.copy_(var_x);
+    norm->running_mean.copy_(mean_x - mean_t * (var_x + eps).sqrt());
+    return;
+  }
   const auto cov = ((x - mean_x.view(shape)) * (target_ - mean_t.view(shape))).mean({0, 2, 3});
   const auto slope = cov / var_x.clamp_min(1e-12);
   const auto usable = slope > 1e-6;
   const auto a = slope.clamp_min(1e-6);
-  const double eps = norm->options.eps();
   norm->running_var.copy_(torch::where(usable, (a.pow(-2) - eps).clamp_min(0), norm->running_var));
   norm->running_mean.copy_(torch::where(usable, mean_x - mean_t / a, norm->running_mean));
 }

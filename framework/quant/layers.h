@@ -258,7 +258,9 @@ class SwitchableBatchNorm2dImpl : public torch::nn::Cloneable<SwitchableBatchNor
   /// running mean and variance that make the normalized input the least-squares
   /// fit of the target, (x - m) / sqrt(v + eps) ≈ target. A channel whose input
   /// does not rise with the target (slope <= 1e-6) keeps its statistics.
-  void set_aligning(torch::Tensor target);
+  /// Without `fit_slope`: v is the input's own (biased) variance and only m is
+  /// fitted, so that the normalized input's mean is the target's.
+  void set_aligning(torch::Tensor target, bool fit_slope = true);
 
  private:
   int64_t num_features_;
@@ -267,7 +269,7 @@ class SwitchableBatchNorm2dImpl : public torch::nn::Cloneable<SwitchableBatchNor
   size_t index_ = 0;
   void align_statistics(const torch::Tensor& x);
 
-  bool reestimating_ = false;
+  bool reestimating_ = false, fit_slope_ = true;
   torch::Tensor reference_mean_, reference_var_, target_;
 };
 TORCH_MODULE(SwitchableBatchNorm2d);

@@ -211,7 +211,7 @@ expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-co
 grep -q "noise images (data-free)" "$work/out" && ok "init-student says how it calibrated" || bad "init-student output"
 expect_fail 2 "--bn-reestimate 3: not one of the model's bit-widths (4,8)" "$zsq" init-student \
   --teacher "$work/teacher.h5" --bits 4,8 --bn-reestimate 3 --out "$work/student-bn.h5"
-expect_fail 2 "--bn-mode must be 'shift', 'absolute' or 'align' (or one per --bn-reestimate bit-width), got 'relative'" "$zsq" init-student \
+expect_fail 2 "--bn-mode must be 'shift', 'absolute', 'align' or 'center' (or one per --bn-reestimate bit-width), got 'relative'" "$zsq" init-student \
   --teacher "$work/teacher.h5" --bits 4,8 --bn-reestimate 4 --bn-mode relative --out "$work/student-bn.h5"
 expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-count 64 --bn-reestimate 4 \
   --bn-mode absolute --out "$work/student-bn.h5"

@@ -197,6 +197,12 @@ TEST_F(StudentTest, BatchNormAlignmentFitsTheReferencesNormalizedFeatures) {
   bn->forward(x);
   bn->set_reestimating(false);
   EXPECT_NEAR(b2->running_var[0].item<double>(), 1.0, 0.2);
+  // Centering only: the input's own variance, and the mean that puts the normalized input's mean at the target's.
+  bn->set_aligning(target, /*fit_slope=*/false);
+  bn->forward(x);
+  bn->set_reestimating(false);
+  EXPECT_TRUE(torch::allclose(b2->running_var, x.var({0, 2, 3}, /*unbiased=*/false), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(bn->forward(x).mean({0, 2, 3}), target.mean({0, 2, 3}), 1e-4, 1e-4));
   EXPECT_NE(error_of([&] { bn->set_aligning(torch::zeros({16, 2, 6, 6})); }).find("the target must be N×3×H×W"),
             std::string::npos);
   bn->set_aligning(torch::zeros({4, 3, 6, 6}));

@@ -617,7 +617,7 @@ TEST_F(QuantizeTest, PerBitTrainingLeavesTheSharedWeightsAlone) {
   EXPECT_EQ(result.changed_codes, 0.0);
   EXPECT_GT(own, 0);     // activation steps and per-bit BatchNorm train
   EXPECT_THROW_WITH(parse_train_scope("some"), "--train must be 'all' or 'per-bit'");
-  EXPECT_THROW_WITH(parse_bn_mode("both"), "--bn-mode must be 'shift', 'absolute' or 'align'");
+  EXPECT_THROW_WITH(parse_bn_mode("both"), "--bn-mode must be 'shift', 'absolute', 'align' or 'center'");
   EXPECT_EQ(parse_train_scope(train_scope_name(TrainScope::kPerBit)), TrainScope::kPerBit);
   EXPECT_EQ(parse_bn_mode(bn_mode_name(BnMode::kAbsolute)), BnMode::kAbsolute);
 }
