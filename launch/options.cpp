@@ -152,13 +152,14 @@ void add_bn_options(po::options_description& desc, const char* reestimate, const
   desc.add_options()
       ("bn-reestimate", po::value<std::string>()->default_value(reestimate),
        "bit-widths whose BatchNorm running statistics calibration re-estimates on its images through the "
-       "quantized network: none, all, auto (the bit-widths of 2 or fewer) or a comma-separated list (e.g. 2)")
+       "quantized network: none, all, auto (the bit-widths of 3 or fewer) or a comma-separated list (e.g. 2)")
       ("bn-mode", po::value<std::string>()->default_value(mode),
        "re-estimation, one mode for every --bn-reestimate bit-width or one per bit-width (e.g. absolute,align): "
        "shift (the teacher's statistics moved by the quantized network's difference to the teacher "
        "on the images), absolute (the images' own statistics), align (per channel, the statistics whose normalized "
-       "features are the least-squares fit of the teacher's on the same images) or center (the images' variance, and "
-       "the mean that puts the normalized features' mean where the teacher's is on the same images)");
+       "features are the least-squares fit of the teacher's on the same images) center (the images' variance, and "
+       "the mean that puts the normalized features' mean where the teacher's is on the same images) or auto (center "
+       "at 2 bits or fewer, align above)");
 }
 
 std::vector<int64_t> read_bit_list(const po::variables_map& vm, const std::string& name,
@@ -181,10 +182,10 @@ std::vector<int64_t> read_bit_list(const po::variables_map& vm, const std::strin
   return bits;
 }
 
-std::vector<int64_t> low_bits(const models::StudentConfig& config) {
+std::vector<int64_t> low_bits(const models::StudentConfig& config, int64_t max_bits) {
   std::vector<int64_t> out;
   for (const int64_t b : config.bits) {
-    if (b <= 2) out.push_back(b);
+    if (b <= max_bits) out.push_back(b);
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -220,16 +221,22 @@ std::vector<double> read_per_bit_values(const po::variables_map& vm, const std::
 
 BnOptions read_bn_options(const po::variables_map& vm, const models::StudentConfig& config) {
   BnOptions bn;
-  bn.bits = get<std::string>(vm, "bn-reestimate") == "auto" ? low_bits(config) : read_bit_list(vm, "bn-reestimate", config);
+  bn.bits = get<std::string>(vm, "bn-reestimate") == "auto" ? low_bits(config, kBnAutoMaxBits)
+                                                            : read_bit_list(vm, "bn-reestimate", config);
   const std::string text = get<std::string>(vm, "bn-mode");
+  if (text == "auto") {
+    for (const int64_t b : bn.bits) bn.modes.push_back(b <= 2 ? models::BnEstimate::kCenter : models::BnEstimate::kAlign);
+    if (bn.modes.empty()) bn.modes.push_back(models::BnEstimate::kAlign);
+    return bn;
+  }
   std::vector<std::string> names;
   std::stringstream in(text);
   for (std::string name; std::getline(in, name, ',');) names.push_back(name);
   if (names.empty()) names.push_back("");
   for (const auto& name : names) {
     if (name != "shift" && name != "absolute" && name != "align" && name != "center") {
-      throw UsageError("--bn-mode must be 'shift', 'absolute', 'align' or 'center' (or one per --bn-reestimate "
-                       "bit-width), got '" + text + "'");
+      throw UsageError("--bn-mode must be 'shift', 'absolute', 'align', 'center' or 'auto' (or one per "
+                       "--bn-reestimate bit-width), got '" + text + "'");
     }
     bn.modes.push_back(trainers::parse_bn_mode(name));
   }

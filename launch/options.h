@@ -64,10 +64,12 @@ void add_bn_options(po::options_description& desc, const char* reestimate = "non
 std::vector<int64_t> read_bit_list(const po::variables_map& vm, const std::string& name,
                                    const models::StudentConfig& config);
 
-// `auto` of --bn-reestimate and --ce-weight: the model's bit-widths of 2 or fewer. Their quantized network's
-// BatchNorm inputs are far from the teacher's statistics and its classes drift (measured on ResNet-20: 2-bit
-// re-estimation 84.7 vs 73.4 % calibrated, 2-bit cross-entropy +1.1 points); at 3 bits and above both cost.
-std::vector<int64_t> low_bits(const models::StudentConfig& config);
+// The model's bit-widths of `max_bits` or fewer. `auto` of --ce-weight: 2 or fewer (2-bit cross-entropy +1.1
+// points on ResNet-20, 3-bit -0.4). `auto` of --bn-reestimate: kBnAutoMaxBits or fewer, with --bn-mode auto
+// (center at 2 bits, align at 3: on ResNet-20 data-free, +2.0/+1.4 at W2A2 and +0.8/+1.4 at W3A3 over absolute
+// re-estimation at 2 bits only, seeds 0/1, docs/RESULTS.md); the images' own statistics at 3 bits cost 3 points.
+std::vector<int64_t> low_bits(const models::StudentConfig& config, int64_t max_bits = 2);
+inline constexpr int64_t kBnAutoMaxBits = 3;
 
 // ", cross-entropy ×w at bits ..." for the header line ("" when off everywhere); weights in ascending bit order.
 std::string ce_text(const std::vector<double>& weights, std::vector<int64_t> bits);

@@ -48,7 +48,7 @@ void add_quantize_options(po::options_description& desc) {
   add_student_options(student);
   add_quant_init_options(student);
   add_training_options(training);
-  add_bn_options(training, "auto", "absolute");
+  add_bn_options(training, "auto", "auto");
   add_synth_options(generator, "gen-");
   run.add_options()
       ("out", po::value<std::string>()->default_value("run"),

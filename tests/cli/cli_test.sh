@@ -211,7 +211,7 @@ expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-co
 grep -q "noise images (data-free)" "$work/out" && ok "init-student says how it calibrated" || bad "init-student output"
 expect_fail 2 "--bn-reestimate 3: not one of the model's bit-widths (4,8)" "$zsq" init-student \
   --teacher "$work/teacher.h5" --bits 4,8 --bn-reestimate 3 --out "$work/student-bn.h5"
-expect_fail 2 "--bn-mode must be 'shift', 'absolute', 'align' or 'center' (or one per --bn-reestimate bit-width), got 'relative'" "$zsq" init-student \
+expect_fail 2 "--bn-mode must be 'shift', 'absolute', 'align', 'center' or 'auto' (or one per --bn-reestimate bit-width), got 'relative'" "$zsq" init-student \
   --teacher "$work/teacher.h5" --bits 4,8 --bn-reestimate 4 --bn-mode relative --out "$work/student-bn.h5"
 expect_ok "$zsq" init-student --teacher "$work/teacher.h5" --bits 4,8 --calib-count 64 --bn-reestimate 4 \
   --bn-mode absolute --out "$work/student-bn.h5"
@@ -445,8 +445,8 @@ expect_fail 2 "--ce-weight must be >= 0" "$zsq" "${q_pool[@]}" --ce-weight 1,-1,
 expect_fail 2 "--feature-weight must be >= 0" "$zsq" "${q_pool[@]}" --feature-weight -1 --out "$work/run-c"
 expect_fail 2 "--train must be 'all' or 'per-bit'" "$zsq" "${q_pool[@]}" --train some --out "$work/run-c"
 expect_ok "$zsq" "${q_pool[@]}" --train per-bit --out "$work/run-p"
-grep -q "BatchNorm re-estimated (absolute) at bits 2" "$work/out" &&
-  ok "quantize re-estimates the 2-bit BatchNorm by default (--bn-reestimate auto) and says so" ||
+grep -q "BatchNorm re-estimated (center) at bits 2" "$work/out" &&
+  ok "quantize re-estimates the 2-bit BatchNorm by default (--bn-reestimate auto: 3 bits or fewer, centred) and says so" ||
   bad "quantize default re-estimation: $(head -c 400 "$work/out")"
 expect_ok "$zsq" "${q_pool[@]}" --train per-bit --bn-reestimate none --out "$work/run-bn0"
 grep -q "BatchNorm re-estimated" "$work/out" && bad "re-estimation announced with --bn-reestimate none" ||
