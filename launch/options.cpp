@@ -157,7 +157,7 @@ void add_bn_options(po::options_description& desc, const char* reestimate, const
        "re-estimation, one mode for every --bn-reestimate bit-width or one per bit-width (e.g. absolute,align): "
        "shift (the teacher's statistics moved by the quantized network's difference to the teacher "
        "on the images), absolute (the images' own statistics), align (per channel, the statistics whose normalized "
-       "features are the least-squares fit of the teacher's on the same images) center (the images' variance, and "
+       "features are the least-squares fit of the teacher's on the same images), center (the images' variance, and "
        "the mean that puts the normalized features' mean where the teacher's is on the same images) or auto (center "
        "at 2 bits or fewer, align above)");
 }
