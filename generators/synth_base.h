@@ -55,8 +55,8 @@ class Base : public Synthesizer {
   // soft: optional N × classes target distribution (Qimera), used by the cross-entropy instead of labels.
   torch::Tensor loss(const torch::Tensor& images, const torch::Tensor& labels, StepReport* report,
                      const torch::Tensor& soft = torch::Tensor()) {
-    torch::Tensor input = images;
-    if (recipe_.lor && torch::rand({1}, gen_).item<float>() < 0.5f) input = crop_and_flip(images);
+    torch::Tensor input = options_.loss_clamp(images);
+    if (recipe_.lor && torch::rand({1}, gen_).item<float>() < 0.5f) input = crop_and_flip(input);
     models::set_bn_taps(*teacher_, true);
     const torch::Tensor features = teacher_->features(input);
     const torch::Tensor logits = teacher_->head(features);

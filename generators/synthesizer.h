@@ -57,6 +57,7 @@
 #pragma once
 
 #include "distributed/communicator.h"
+#include "framework/data.h"
 #include "framework/optim_state.h"
 #include "generators/bns_loss.h"
 #include "models/zoo.h"
@@ -93,6 +94,10 @@ struct SynthesizerOptions {
   bool external_adversary = false;
   /// The teacher's architecture (needed by genie, which builds a swinging copy).
   models::ModelSpec teacher_spec{"", 1, 10, 16};
+  /// What the losses see of an image (zsq quantize --gen-clamp-pixels): the generated images clamped to the
+  /// pixel range, as the teacher and student see them after --clamp-pixels; the clamp passes no gradient to
+  /// the clipped pixels. Default-constructed: the images as generated (GDFQ's code, which clamps nowhere).
+  PixelClamp loss_clamp;
   uint64_t seed = 0;
 };
 

@@ -50,6 +50,10 @@ void add_quantize_options(po::options_description& desc) {
   add_training_options(training);
   add_bn_options(training, "auto", "auto");
   add_synth_options(generator, "gen-");
+  generator.add_options()
+      ("gen-clamp-pixels", po::value<std::string>()->default_value("off"),
+       "on: the generator's losses see its images clamped to the pixel range [0, 1], as the teacher and the student "
+       "see them (needs --clamp-pixels on); off: the images as generated (GDFQ)");
   run.add_options()
       ("out", po::value<std::string>()->default_value("run"),
        "run folder (created): checkpoint.h5, metrics.jsonl, result.json")
@@ -71,6 +75,9 @@ generators::SynthesizerOptions read_online_options(const po::variables_map& vm, 
   read_synth_options(vm, "gen-", &so);
   so.seed = q->seed;
   so.external_adversary = true;  // online, --gen-adversarial works against the student being quantized
+  if (read_switch(vm, "gen-clamp-pixels") && !q->clamp_pixels) {
+    throw UsageError("--gen-clamp-pixels on needs --clamp-pixels on: the generator would fit images the student never sees");
+  }
   try {
     const generators::Recipe recipe = generators::resolve_recipe(so);
     if (recipe.variables != "generator") q->generator_warmup = 0;  // only a trained generator warms up
@@ -127,6 +134,7 @@ Source load_source(const po::variables_map& vm, generators::SynthesizerOptions s
   }
   so.batch_size = q.batch_size / comm->size();
   so.teacher_spec = spec;
+  if (read_switch(vm, "gen-clamp-pixels")) so.loss_clamp = PixelClamp(teacher.norm());
   // The synthesizer gets its own copy of the teacher: its BN taps must not disturb the distillation.
   models::Classifier copy = models::build(spec, models::Fp32Factory());
   load_state(h5::File::open_read(get<std::string>(vm, "teacher")), *copy);
@@ -135,9 +143,10 @@ Source load_source(const po::variables_map& vm, generators::SynthesizerOptions s
 }
 
 void print_plan(const models::ModelSpec& spec, const models::StudentConfig& config, const Source& source,
-                const trainers::QuantizeOptions& q, int processes) {
+                const trainers::QuantizeOptions& q, int processes, bool gen_clamp) {
   std::cout << "quantize: " << spec.arch << " at bits " << models::bits_text(config.bits) << " on "
-            << (source.synth ? "images generated online (" + source.synth->recipe().describe() + ")"
+            << (source.synth ? "images generated online (" + source.synth->recipe().describe() +
+                                   (gen_clamp ? ", its losses on clamped images" : "") + ")"
                              : source.pool->name + " (" + std::to_string(source.pool->size()) + " images)")
             << ", " << q.steps << " steps, batch " << q.batch_size << ", lr " << q.lr << ", T " << q.temperature
             << ", weighting " << trainers::weighting_name(q.weighting) << (q.recursive ? " (recursive)" : "")
@@ -280,7 +289,7 @@ int quantize(int argc, char** argv) {
   };
   if (root) {
     run.open(resumed.step);
-    print_plan(spec, config, source, q, comm->size());
+    print_plan(spec, config, source, q, comm->size(), online && read_switch(vm, "gen-clamp-pixels"));
   }
   trainers::QuantizeData data;
   data.pool = source.pool ? &*source.pool : nullptr;

@@ -118,6 +118,37 @@ TEST_F(SynthTest, GdfqTrainingLowersBns) {
   EXPECT_EQ(labels.sizes(), torch::IntArrayRef({32}));
 }
 
+// --gen-clamp-pixels: the losses see the generated images clamped to the pixel range, the images handed on are as
+// generated (the trainer clamps them itself).
+TEST_F(SynthTest, GeneratorLossesSeeTheClampedImages) {
+  SynthesizerOptions o;
+  o.recipe = "gdfq";
+  o.batch_size = 16;
+  o.latent_dim = 16;
+  o.bns_weight = 1;
+  o.ce_weight = 0;
+  o.seed = 3;
+  const PixelClamp clamp(Normalization{{0.5}, {0.25}});  // pixels [0, 1] are [-2, 2]: N(0, 1) images clip a little
+  const auto bns_of = [&](const torch::Tensor& x) {
+    torch::NoGradGuard no_grad;
+    tap(x);
+    const double v = bns_loss(bns_, {BnsVariant::kGdfq, 0}).total.item<double>();
+    models::set_bn_taps(*teacher_, false);
+    return v;
+  };
+  for (const bool clamped : {false, true}) {
+    SCOPED_TRACE(clamped);
+    o.loss_clamp = clamped ? clamp : PixelClamp();
+    auto synth = make_synthesizer(teacher_, {1, 28, 28}, 10, o);
+    StepReport report;
+    const torch::Tensor images = synth->train_step(&report).first;
+    const torch::Tensor inside = clamp(images);
+    ASSERT_GT((inside != images).sum().item<int64_t>(), 0) << "the test needs pixels outside the range";
+    EXPECT_NEAR(report.bns, bns_of(clamped ? inside : images), 1e-5 * report.bns);
+    EXPECT_GT(std::abs(bns_of(inside) - bns_of(images)), 1e-3 * report.bns);
+  }
+}
+
 TEST_F(SynthTest, ZeroqLowersBns) {
   SynthesizerOptions o;
   o.recipe = "zeroq";
