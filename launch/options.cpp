@@ -2,6 +2,7 @@
 #include "launch/options.h"
 
 #include "framework/data.h"
+#include "framework/errors.h"
 #include "generators/synthesizer.h"
 #include "models/extract.h"
 #include "models/quant_factory.h"
@@ -234,11 +235,12 @@ BnOptions read_bn_options(const po::variables_map& vm, const models::StudentConf
   for (std::string name; std::getline(in, name, ',');) names.push_back(name);
   if (names.empty()) names.push_back("");
   for (const auto& name : names) {
-    if (name != "shift" && name != "absolute" && name != "align" && name != "center") {
+    try {
+      bn.modes.push_back(trainers::parse_bn_mode(name));  // the names' one owner
+    } catch (const OptionError&) {
       throw UsageError("--bn-mode must be 'shift', 'absolute', 'align', 'center' or 'auto' (or one per "
                        "--bn-reestimate bit-width), got '" + text + "'");
     }
-    bn.modes.push_back(trainers::parse_bn_mode(name));
   }
   if (bn.modes.size() != 1 && bn.modes.size() != bn.bits.size()) {
     throw UsageError("--bn-mode gives " + std::to_string(bn.modes.size()) + " modes for " +

@@ -21,6 +21,7 @@
 #include <iomanip>
 #include <iostream>
 #include <optional>
+#include <sstream>
 #include <set>
 
 namespace zsq::cli {
@@ -155,7 +156,10 @@ void print_plan(const models::ModelSpec& spec, const models::StudentConfig& conf
             << (q.bn_bits.empty() ? ""
                                   : ", BatchNorm re-estimated (" + trainers::bn_modes_text(q.bn_modes, q.bn_bits) +
                                         ") at bits " + models::bits_text(q.bn_bits) +
-                                        (q.bn_reestimate_end ? " at the start and the end" : ""))
+                                        (q.bn_reestimate_end ? " at the start and the end" : "") +
+                                        (q.bn_track > 0 ? ", tracked while training (--bn-track " +
+                                                              (std::ostringstream() << q.bn_track).str() + ")"
+                                                        : ""))
             << (q.bn_train.empty() ? "" : ", BatchNorm on batch statistics at bits " + models::bits_text(q.bn_train))
             << ce_text(q.ce_weight, config.bits)
             << (processes > 1 ? ", " + std::to_string(processes) + " processes" : std::string()) << std::endl;

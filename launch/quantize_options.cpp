@@ -51,6 +51,9 @@ void add_training_options(po::options_description& desc) {
       ("bn-reestimate-end", po::value<std::string>()->default_value("off"),
        "on: after the last step the --bn-reestimate bit-widths' BatchNorm statistics are re-estimated again "
        "(--bn-mode, --calib-count fresh images) through the trained network; off: only at the start")
+      ("bn-track", po::value<double>()->default_value(0),
+       "after every step, move the --bn-reestimate bit-widths' BatchNorm statistics this far (0 to 1) towards their "
+       "re-estimate (--bn-mode) on the step's images through the network as trained so far; 0: off")
       ("bn-train", po::value<std::string>()->default_value("none"),
        "bit-widths whose BatchNorms use batch statistics while training and update their running statistics: "
        "none, all, or a comma-separated list");
@@ -100,6 +103,7 @@ trainers::QuantizeOptions read_quantize_options(const po::variables_map& vm, con
   q.mix_weight = get<double>(vm, "mix-weight");
   q.clamp_pixels = read_switch(vm, "clamp-pixels");
   q.bn_reestimate_end = read_switch(vm, "bn-reestimate-end");
+  q.bn_track = get<double>(vm, "bn-track");
   q.train = trainers::parse_train_scope(get<std::string>(vm, "train"));
   q.weights = read_per_bit_values(vm, "bit-weights", config, /*one_for_all=*/false);
   const BnOptions bn = read_bn_options(vm, config);

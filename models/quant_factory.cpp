@@ -238,7 +238,8 @@ ReferenceTaps reference_taps(torch::nn::Module& reference, const torch::Tensor& 
 } // namespace
 
 void calibrate(torch::nn::Module& student, const torch::Tensor& images, const std::vector<int64_t>& bn_bits,
-               torch::nn::Module* reference, bool activation_steps, const std::vector<BnEstimate>& estimates) {
+               torch::nn::Module* reference, bool activation_steps, const std::vector<BnEstimate>& estimates,
+               double momentum) {
   const auto layers = quantized_layers(student);
   TORCH_CHECK(!layers.empty(), "calibrate: the model has no quantized layers");
   TORCH_CHECK(images.dim() == 4 && images.size(0) > 0, "calibrate: expected a non-empty N×C×H×W batch, got ",
@@ -253,6 +254,7 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images, const st
     TORCH_CHECK(std::find(bits.begin(), bits.end(), b) != bits.end(), "BatchNorm re-estimation at ", b,
                 " bits: the model has no such bit-width");
   }
+  TORCH_CHECK(momentum > 0 && momentum <= 1, "calibrate: the BatchNorm momentum must be in (0, 1], got ", momentum);
   TORCH_CHECK(estimates.size() == 1 || estimates.size() == bn_bits.size(), "calibrate: ", estimates.size(),
               " BatchNorm estimates for ", bn_bits.size(), " bit-widths (give one, or one per bit-width)");
   const auto estimate_at = [&](int64_t b) {
@@ -279,6 +281,7 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images, const st
   const auto set_modes = [&](bool calibrating, bool reestimating, BnEstimate estimate) {
     for (auto* layer : layers) layer->set_calibrating(calibrating && activation_steps);
     for (auto& [name, n] : norms) {
+      n->set_estimate_momentum(reestimating ? momentum : 1);
       if (reestimating && (estimate == BnEstimate::kAlign || estimate == BnEstimate::kCenter)) {
         n->set_aligning(ref.targets.at(name), /*fit_slope=*/estimate == BnEstimate::kAlign);
       } else if (reestimating && estimate == BnEstimate::kShift) {

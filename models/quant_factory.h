@@ -147,8 +147,11 @@ void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const 
 /// (SwitchableBatchNorm2dImpl::set_aligning).
 /// With `activation_steps` false only the BatchNorms of `bn_bits` are
 /// re-estimated (e.g. after training moved the weights); the steps stay.
+/// `momentum` < 1 moves the statistics only that far towards the estimates
+/// (SwitchableBatchNorm2dImpl::set_estimate_momentum), e.g. every step of a
+/// network that keeps training.
 void calibrate(torch::nn::Module& student, const torch::Tensor& images, const std::vector<int64_t>& bn_bits = {},
                torch::nn::Module* reference = nullptr, bool activation_steps = true,
-               const std::vector<BnEstimate>& estimates = {BnEstimate::kShift});
+               const std::vector<BnEstimate>& estimates = {BnEstimate::kShift}, double momentum = 1);
 
 } // namespace zsq::models

@@ -216,14 +216,15 @@ void OfaTrainer::install_adversary() {
 
 // --bn-train: these bit-widths' BatchNorms normalize with batch statistics and update their running ones (momentum
 // 0.1) while training; under mpirun each rank uses its own batch's statistics and the running ones are averaged
-// over the ranks after every step, so the replicas stay identical.
+// over the ranks after every step, so the replicas stay identical. --bn-track's statistics are averaged alike.
 void OfaTrainer::enable_bn_train() {
+  const std::vector<int64_t>& moving = o_.bn_track > 0 ? o_.bn_bits : o_.bn_train;  // never both (QuantizeOptions)
   for (const auto& m : student_.modules()) {
     auto* n = m->as<quant::SwitchableBatchNorm2dImpl>();
     if (!n) continue;
-    for (const int64_t b : o_.bn_train) {
+    for (const int64_t b : moving) {
       nn::BatchNorm2d norm = n->norm_at(b);
-      norm->train(true);
+      if (o_.bn_track == 0) norm->train(true);
       bn_running_.push_back(norm->running_mean);
       bn_running_.push_back(norm->running_var);
     }
@@ -328,6 +329,9 @@ void OfaTrainer::train_step(int64_t step, QuantizeStep* report) {
     }
   }
   optimizer_->step();
+  if (o_.bn_track > 0) {
+    models::calibrate(student_, images, o_.bn_bits, &teacher_, /*activation_steps=*/false, o_.bn_modes, o_.bn_track);
+  }
   if (world_ > 1 && !bn_running_.empty()) {
     torch::NoGradGuard no_grad;
     for (auto& t : bn_running_) comm_->all_reduce(t, distributed::ReduceOp::kAverage);

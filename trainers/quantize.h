@@ -123,6 +123,9 @@ struct QuantizeOptions {
   std::vector<int64_t> bn_bits;  ///< bit-widths whose BatchNorm statistics calibration re-estimates
   std::vector<BnMode> bn_modes{BnMode::kShift};  ///< how: one for every bn_bits bit-width, or one per bit-width
   bool bn_reestimate_end = false; ///< re-estimate bn_bits' BatchNorm statistics again after the last step (fresh calibration images)
+  /// > 0: after every step the bn_bits' statistics move this far towards their re-estimate (bn_modes) on the
+  /// step's images through the network as it is now (the statistics track the training weights); 0: off.
+  double bn_track = 0;
   std::vector<int64_t> bn_train; ///< bit-widths whose BatchNorms use batch statistics while training (running ones updated)
   models::QuantizerInit quant_init; ///< how the weight steps start
   bool clamp_pixels = false;     ///< images (training and calibration) clamped to pixels in [0, 1] under data.norm

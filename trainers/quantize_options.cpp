@@ -85,6 +85,10 @@ void QuantizeOptions::check() const {
                    " modes for ", bn_bits.size(), " --bn-reestimate bit-widths (give one, or one per bit-width)");
   ZSQ_CHECK_OPTION(!bn_reestimate_end || !bn_bits.empty(),
                    "--bn-reestimate-end on needs the bit-widths to re-estimate (--bn-reestimate)");
+  ZSQ_CHECK_OPTION(bn_track >= 0 && bn_track <= 1, "--bn-track must be in [0, 1], got ", bn_track);
+  ZSQ_CHECK_OPTION(bn_track == 0 || !bn_bits.empty(), "--bn-track needs the bit-widths to re-estimate (--bn-reestimate)");
+  ZSQ_CHECK_OPTION(bn_track == 0 || bn_train.empty(),
+                   "--bn-track and --bn-train both move BatchNorm statistics while training: use one of them");
   ZSQ_CHECK_OPTION(generator_warmup >= 0, "--generator-warmup must be >= 0, got ", generator_warmup);
   ZSQ_CHECK_OPTION(checkpoint_every >= 0, "--checkpoint-every must be >= 0, got ", checkpoint_every);
   ZSQ_CHECK_OPTION(stop_after >= 0, "--stop-after must be >= 0, got ", stop_after);

@@ -322,21 +322,31 @@ torch::Tensor SwitchableBatchNorm2dImpl::forward(const torch::Tensor& x) {
     TORCH_CHECK(x.dim() == 4 && x.size(1) == num_features_ && x.size(0) * x.size(2) * x.size(3) > 1,
                 "BatchNorm re-estimation needs N×", num_features_, "×H×W input with more than one value per channel, got ",
                 x.sizes());
-    if (target_.defined()) {
-      align_statistics(x);
-    } else if (reference_mean_.defined()) {
-      const auto [var, mean] = torch::var_mean(x, {0, 2, 3}, /*unbiased=*/false);
-      norm->running_mean.add_(mean - reference_mean_);
-      // A channel the reference hardly uses (variance below BatchNorm's eps) gives no usable ratio: keep it.
-      const double eps = norm->options.eps();
-      norm->running_var.mul_(torch::where(reference_var_ > eps, var.clamp_min(eps) / reference_var_, torch::ones_like(var)));
-    } else {
-      const auto [var, mean] = torch::var_mean(x, {0, 2, 3}, /*unbiased=*/true);
-      norm->running_mean.copy_(mean);
-      norm->running_var.copy_(var);
+    const auto [mean, var] = estimate_statistics(x);
+    for (auto [running, estimate] : {std::pair{norm->running_mean, mean}, std::pair{norm->running_var, var}}) {
+      if (momentum_ == 1) running.copy_(estimate); else running.lerp_(estimate, momentum_);
     }
   }
   return norm->forward(x);
+}
+
+std::pair<torch::Tensor, torch::Tensor> SwitchableBatchNorm2dImpl::estimate_statistics(const torch::Tensor& x) const {
+  const nn::BatchNorm2d& norm = norms_[index_];
+  if (target_.defined()) return align_statistics(x);
+  if (!reference_mean_.defined()) {
+    const auto [var, mean] = torch::var_mean(x, {0, 2, 3}, /*unbiased=*/true);
+    return {mean, var};
+  }
+  const auto [var, mean] = torch::var_mean(x, {0, 2, 3}, /*unbiased=*/false);
+  // A channel the reference hardly uses (variance below BatchNorm's eps) gives no usable ratio: keep it.
+  const double eps = norm->options.eps();
+  return {norm->running_mean + (mean - reference_mean_),
+          norm->running_var * torch::where(reference_var_ > eps, var.clamp_min(eps) / reference_var_, torch::ones_like(var))};
+}
+
+void SwitchableBatchNorm2dImpl::set_estimate_momentum(double m) {
+  TORCH_CHECK(m > 0 && m <= 1, "BatchNorm re-estimation momentum must be in (0, 1], got ", m);
+  momentum_ = m;
 }
 
 void SwitchableBatchNorm2dImpl::set_reestimating(bool on, torch::Tensor reference_mean, torch::Tensor reference_var) {
@@ -364,7 +374,7 @@ void SwitchableBatchNorm2dImpl::set_aligning(torch::Tensor target, bool fit_slop
 
 // Per channel, the least-squares line target ≈ a·x + c, then the statistics that normalize x by it:
 // 1 / sqrt(var + eps) = a, mean = -c / a. Without fit_slope_, a = 1 / sqrt(var(x) + eps): x's own spread.
-void SwitchableBatchNorm2dImpl::align_statistics(const torch::Tensor& x) {
+std::pair<torch::Tensor, torch::Tensor> SwitchableBatchNorm2dImpl::align_statistics(const torch::Tensor& x) const {
   TORCH_CHECK(x.sizes() == target_.sizes(), "BatchNorm alignment: input ", x.sizes(), " against a target of ",
               target_.sizes(), " (the same images through both networks)");
   auto norm = current();
@@ -372,17 +382,13 @@ void SwitchableBatchNorm2dImpl::align_statistics(const torch::Tensor& x) {
   const auto mean_t = target_.mean({0, 2, 3});
   const auto shape = std::vector<int64_t>{1, num_features_, 1, 1};
   const double eps = norm->options.eps();
-  if (!fit_slope_) {
-    norm->running_var.copy_(var_x);
-    norm->running_mean.copy_(mean_x - mean_t * (var_x + eps).sqrt());
-    return;
-  }
+  if (!fit_slope_) return {mean_x - mean_t * (var_x + eps).sqrt(), var_x};
   const auto cov = ((x - mean_x.view(shape)) * (target_ - mean_t.view(shape))).mean({0, 2, 3});
   const auto slope = cov / var_x.clamp_min(1e-12);
   const auto usable = slope > 1e-6;
   const auto a = slope.clamp_min(1e-6);
-  norm->running_var.copy_(torch::where(usable, (a.pow(-2) - eps).clamp_min(0), norm->running_var));
-  norm->running_mean.copy_(torch::where(usable, mean_x - mean_t / a, norm->running_mean));
+  return {torch::where(usable, mean_x - mean_t / a, norm->running_mean),
+          torch::where(usable, (a.pow(-2) - eps).clamp_min(0), norm->running_var)};
 }
 
 void SwitchableBatchNorm2dImpl::set_bits(int64_t b) { index_ = bit_index(bits_, b); }

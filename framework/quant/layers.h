@@ -261,15 +261,20 @@ class SwitchableBatchNorm2dImpl : public torch::nn::Cloneable<SwitchableBatchNor
   /// Without `fit_slope`: v is the input's own (biased) variance and only m is
   /// fitted, so that the normalized input's mean is the target's.
   void set_aligning(torch::Tensor target, bool fit_slope = true);
+  /// How far each re-estimation moves the running statistics towards its estimate: 1 (the default) all the
+  /// way; m < 1: running = (1 - m)·running + m·estimate (statistics that track a network still training).
+  void set_estimate_momentum(double m);
 
  private:
   int64_t num_features_;
   std::vector<int64_t> bits_;
   std::vector<nn::BatchNorm2d> norms_;
   size_t index_ = 0;
-  void align_statistics(const torch::Tensor& x);
+  std::pair<torch::Tensor, torch::Tensor> estimate_statistics(const torch::Tensor& x) const;  ///< mean, variance
+  std::pair<torch::Tensor, torch::Tensor> align_statistics(const torch::Tensor& x) const;
 
   bool reestimating_ = false, fit_slope_ = true;
+  double momentum_ = 1;
   torch::Tensor reference_mean_, reference_var_, target_;
 };
 TORCH_MODULE(SwitchableBatchNorm2d);

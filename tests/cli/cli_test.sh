@@ -262,6 +262,11 @@ expect_fail 2 "--bn-reestimate-end on needs the bit-widths to re-estimate" "$zsq
   --teacher "$work/teacher.h5" --bn-reestimate-end on --bn-reestimate none
 expect_fail 2 "--bn-reestimate-end must be 'on' or 'off', got 'yes'" "$zsq" quantize --teacher "$work/teacher.h5" \
   --bn-reestimate-end yes
+expect_fail 2 "--bn-track must be in [0, 1], got 1.5" "$zsq" quantize --teacher "$work/teacher.h5" --bn-track 1.5
+expect_fail 2 "--bn-track and --bn-train both move" "$zsq" quantize --teacher "$work/teacher.h5" --bn-track 0.1 \
+  --bn-train 8
+expect_fail 2 "--gen-clamp-pixels on needs --clamp-pixels on" "$zsq" quantize --teacher "$work/teacher.h5" \
+  --gen-clamp-pixels on --clamp-pixels off
 expect_fail 2 "--mix-samples must be >= 0, got -1" "$zsq" quantize --teacher "$work/teacher.h5" --mix-samples -1
 expect_fail 2 "--mix-samples does not combine with pcgrad" "$zsq" quantize --teacher "$work/teacher.h5" \
   --mix-samples 2 --weighting pcgrad

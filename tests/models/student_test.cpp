@@ -210,6 +210,37 @@ TEST_F(StudentTest, BatchNormAlignmentFitsTheReferencesNormalizedFeatures) {
   bn->set_reestimating(false);
 }
 
+// A momentum below 1 moves the running statistics that part of the way to what a full re-estimation sets.
+TEST_F(StudentTest, BatchNormEstimateMomentumMovesPartOfTheWay) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor x = torch::randn({8, 3, 5, 5}) * 3 + 2;
+  const torch::Tensor target = x * 0.5 - 1;
+  const auto statistics_after = [&](double momentum, bool align) {
+    quant::SwitchableBatchNorm2d bn(3, std::vector<int64_t>{2, 4});
+    bn->eval();
+    bn->set_bits(2);
+    bn->current()->running_mean.fill_(0.5);
+    bn->current()->running_var.fill_(4.0);
+    if (align) bn->set_aligning(target, /*fit_slope=*/false); else bn->set_reestimating(true);
+    bn->set_estimate_momentum(momentum);
+    bn->forward(x);
+    bn->set_reestimating(false);
+    return std::pair{bn->current()->running_mean.clone(), bn->current()->running_var.clone()};
+  };
+  for (const bool align : {false, true}) {
+    SCOPED_TRACE(align);
+    const auto [full_mean, full_var] = statistics_after(1.0, align);
+    const auto [mean, var] = statistics_after(0.25, align);
+    EXPECT_FALSE(torch::allclose(full_mean, torch::full({3}, 0.5)));
+    EXPECT_TRUE(torch::allclose(mean, 0.75 * 0.5 + 0.25 * full_mean, 1e-5, 1e-6));
+    EXPECT_TRUE(torch::allclose(var, 0.75 * 4.0 + 0.25 * full_var, 1e-5, 1e-6));
+  }
+  quant::SwitchableBatchNorm2d bn(3, std::vector<int64_t>{2});
+  for (const double bad : {0.0, -0.1, 1.5}) {
+    EXPECT_NE(error_of([&] { bn->set_estimate_momentum(bad); }).find("momentum must be in (0, 1]"), std::string::npos);
+  }
+}
+
 TEST_F(StudentTest, BatchNormEstimatesPerBitWidth) {
   auto teacher = small_teacher();
   const torch::Tensor calib = torch::randn({64, 1, 28, 28}) * 0.5 + 0.3;

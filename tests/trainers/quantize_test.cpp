@@ -433,6 +433,45 @@ TEST_F(QuantizeTest, BatchNormReestimatedAtTheEndOnlyAtItsBitWidths) {
                     "--bn-reestimate-end on needs");
 }
 
+// bn_track: after every step the bn_bits' statistics move towards their re-estimate on the step's images; the
+// other bit-widths' statistics stay where calibration put them. Refused without bn_bits or beside bn_train.
+TEST_F(QuantizeTest, BatchNormTrackedWhileTrainingOnlyAtItsBitWidths) {
+  Toy s = make_setup({2, 8});
+  auto run = [&](double track) {
+    torch::manual_seed(7);
+    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+    QuantizeOptions o = small_options();
+    o.steps = 3;
+    o.bn_bits = {2};
+    o.bn_modes = {BnMode::kCenter};
+    o.bn_track = track;
+    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr);
+    std::map<std::string, torch::Tensor> out;
+    for (const auto& item : student->named_buffers()) out[item.key()] = item.value().detach().clone();
+    return out;
+  };
+  const auto plain = run(0), tracked = run(0.5);
+  int64_t moved = 0;
+  for (const auto& [name, value] : plain) {
+    if (name.find("running_") == std::string::npos) continue;
+    if (name.find(".b2.") != std::string::npos) {
+      moved += !torch::allclose(tracked.at(name), value, 1e-4, 1e-6);
+    } else {
+      EXPECT_TRUE(torch::equal(tracked.at(name), value)) << name;
+    }
+  }
+  EXPECT_GT(moved, 0);
+  QuantizeOptions o = small_options();
+  o.bn_track = 0.1;
+  EXPECT_THROW_WITH(o.check(), "--bn-track needs the bit-widths to re-estimate");
+  o.bn_bits = {2};
+  o.bn_train = {8};
+  EXPECT_THROW_WITH(o.check(), "--bn-track and --bn-train both move");
+  o.bn_train.clear();
+  o.bn_track = 2;
+  EXPECT_THROW_WITH(o.check(), "--bn-track must be in [0, 1]");
+}
+
 // Recursive distillation: each bit-width's target is the next higher one's logits on the same images, the
 // highest one's the teacher's; feature distillation adds the MSE of the penultimate features to the
 // teacher's. Checked by hand on the first step's batch (the whole pool, in another order; the loss is a
