@@ -13,6 +13,7 @@
 #include "framework/quant/layers.h"
 #include "models/extract.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -38,7 +39,7 @@ class OfaTrainer {
   void start();
   void install_adversary();
   void enable_bn_train();
-  torch::Tensor calibration_images();
+  torch::Tensor calibration_images(uint64_t stream = 0);
   std::pair<torch::Tensor, torch::Tensor> synthetic_batch(QuantizeStep* report);
   std::pair<torch::Tensor, torch::Tensor> training_batch(int64_t step, QuantizeStep* report);
   std::vector<double> backward_tasks(const torch::Tensor& images, const torch::Tensor& labels, int64_t step,
@@ -150,12 +151,16 @@ double OfaTrainer::value_at(const std::vector<double>& values, double unset, int
   return values[std::find(bits_.begin(), bits_.end(), b) - bits_.begin()];
 }
 
-// Images that calibrate the student: a random pick of the pool, or fresh synthetic batches.
-torch::Tensor OfaTrainer::calibration_images() {
+// Images that calibrate the student: a random pick of the pool, or fresh synthetic batches. `stream` picks another
+// set of the pool (the end's re-estimation).
+torch::Tensor OfaTrainer::calibration_images(uint64_t stream) {
   torch::Tensor calibration;
   if (data_.pool) {
-    const torch::Tensor pick =
-        torch::randperm(data_.pool->size()).narrow(0, 0, std::min(o_.calib_count, data_.pool->size()));
+    // Its own random stream (the seed's), not the global one: the same pick whatever ran before.
+    const torch::Tensor pick = torch::randperm(data_.pool->size(),
+                                               at::make_generator<at::CPUGeneratorImpl>(o_.seed + stream),
+                                               torch::kLong)
+                                   .narrow(0, 0, std::min(o_.calib_count, data_.pool->size()));
     calibration = normalize(data_.pool->images.index_select(0, pick), data_.norm);
   } else {
     torch::NoGradGuard no_grad;
@@ -187,7 +192,6 @@ void OfaTrainer::start() {
     last_checkpoint_ = first_;
     return;
   }
-  torch::manual_seed(o_.seed);
   for (int64_t w = 0; w < o_.generator_warmup; ++w) {
     QuantizeStep report;
     report.warmup_step = w + 1;
@@ -344,7 +348,8 @@ void OfaTrainer::finish_step(int64_t step, int64_t done_here, QuantizeStep* repo
   const bool last = step + 1 == o_.steps;
   if (last && o_.bn_reestimate_end) {
     // The weights moved since the start: the bn_bits' statistics again, through the trained network.
-    models::calibrate(student_, calibration_images(), o_.bn_bits, &teacher_, /*activation_steps=*/false, o_.bn_modes);
+    models::calibrate(student_, calibration_images(/*stream=*/1), o_.bn_bits, &teacher_, /*activation_steps=*/false,
+                      o_.bn_modes);
     if (world_ > 1) distributed::broadcast_state(*comm_, student_);
   }
   if (!o_.checkpoint.empty() && (last || stop || (o_.checkpoint_every > 0 && (step + 1) % o_.checkpoint_every == 0))) {
