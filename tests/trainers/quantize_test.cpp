@@ -396,23 +396,28 @@ TEST_F(QuantizeTest, WeightStepGradSumMovesTheStepsAsTheSumDoes) {
   EXPECT_THROW_WITH(q.check(), "--weight-step-grad needs the weight steps to train");
 }
 
+// A fresh resnet8 student (seeded alike) trained on the pool with `o`: its buffers and parameters afterwards.
+std::map<std::string, torch::Tensor> trained_state(Toy& s, const QuantizeOptions& o) {
+  torch::manual_seed(7);
+  auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+  quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr);
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& item : student->named_buffers()) out[item.key()] = item.value().detach().clone();
+  for (const auto& item : student->named_parameters()) out[item.key()] = item.value().detach().clone();
+  return out;
+}
+
 // bn_reestimate_end: after the last step only the bn_bits' BatchNorm statistics change (through the trained
 // network); every trained tensor and the other bit-widths' statistics are those of the same run without it.
 TEST_F(QuantizeTest, BatchNormReestimatedAtTheEndOnlyAtItsBitWidths) {
   Toy s = make_setup({2, 8});
   auto run = [&](bool at_end) {
-    torch::manual_seed(7);
-    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
     QuantizeOptions o = small_options();
     o.steps = 4;
     o.bn_bits = {2};
     o.bn_modes = {BnMode::kAbsolute};
     o.bn_reestimate_end = at_end;
-    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr);
-    std::map<std::string, torch::Tensor> out;
-    for (const auto& item : student->named_buffers()) out[item.key()] = item.value().detach().clone();
-    for (const auto& item : student->named_parameters()) out[item.key()] = item.value().detach().clone();
-    return out;
+    return trained_state(s, o);
   };
   const auto plain = run(false), reestimated = run(true);
   int64_t moved = 0;
@@ -438,17 +443,12 @@ TEST_F(QuantizeTest, BatchNormReestimatedAtTheEndOnlyAtItsBitWidths) {
 TEST_F(QuantizeTest, BatchNormTrackedWhileTrainingOnlyAtItsBitWidths) {
   Toy s = make_setup({2, 8});
   auto run = [&](double track) {
-    torch::manual_seed(7);
-    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
     QuantizeOptions o = small_options();
     o.steps = 3;
     o.bn_bits = {2};
     o.bn_modes = {BnMode::kCenter};
     o.bn_track = track;
-    quantize(*student, *s.teacher, {&s.pool, s.norm, nullptr}, o, nullptr, nullptr, nullptr);
-    std::map<std::string, torch::Tensor> out;
-    for (const auto& item : student->named_buffers()) out[item.key()] = item.value().detach().clone();
-    return out;
+    return trained_state(s, o);
   };
   const auto plain = run(0), tracked = run(0.5);
   int64_t moved = 0;
