@@ -76,9 +76,6 @@ generators::SynthesizerOptions read_online_options(const po::variables_map& vm, 
   read_synth_options(vm, "gen-", &so);
   so.seed = q->seed;
   so.external_adversary = true;  // online, --gen-adversarial works against the student being quantized
-  if (read_switch(vm, "gen-clamp-pixels") && !q->clamp_pixels) {
-    throw UsageError("--gen-clamp-pixels on needs --clamp-pixels on: the generator would fit images the student never sees");
-  }
   try {
     const generators::Recipe recipe = generators::resolve_recipe(so);
     if (recipe.variables != "generator") q->generator_warmup = 0;  // only a trained generator warms up
@@ -118,7 +115,8 @@ struct Source {
   std::unique_ptr<generators::Synthesizer> synth;
 };
 
-Source load_source(const po::variables_map& vm, generators::SynthesizerOptions so, const trainers::QuantizeOptions& q,
+Source load_source(const po::variables_map& vm, generators::SynthesizerOptions so, bool gen_clamp,
+                   const trainers::QuantizeOptions& q,
                    const trainers::LoadedModel& teacher, const models::ModelSpec& spec,
                    const std::shared_ptr<distributed::Communicator>& comm) {
   Source s;
@@ -135,7 +133,7 @@ Source load_source(const po::variables_map& vm, generators::SynthesizerOptions s
   }
   so.batch_size = q.batch_size / comm->size();
   so.teacher_spec = spec;
-  if (read_switch(vm, "gen-clamp-pixels")) so.loss_clamp = PixelClamp(teacher.norm());
+  if (gen_clamp) so.loss_clamp = PixelClamp(teacher.norm());
   // The synthesizer gets its own copy of the teacher: its BN taps must not disturb the distillation.
   models::Classifier copy = models::build(spec, models::Fp32Factory());
   load_state(h5::File::open_read(get<std::string>(vm, "teacher")), *copy);
@@ -259,6 +257,10 @@ int quantize(int argc, char** argv) {
   const bool online = !vm.count("pool");
   const generators::SynthesizerOptions so = online ? read_online_options(vm, &q) : generators::SynthesizerOptions{};
   if (!online) q.generator_warmup = 0;
+  const bool gen_clamp = read_switch(vm, "gen-clamp-pixels") && online;  // the value checked either way
+  if (gen_clamp && !q.clamp_pixels) {
+    throw UsageError("--gen-clamp-pixels on needs --clamp-pixels on: the generator would fit images the student never sees");
+  }
 
   trainers::RunFolder run(get<std::string>(vm, "out"), q.resume);
   q.checkpoint = run.checkpoint();
@@ -284,7 +286,7 @@ int quantize(int argc, char** argv) {
   const auto& shape = teacher.meta.input_shape;
   const models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
                                teacher.meta.width > 0 ? teacher.meta.width : 16};
-  Source source = load_source(vm, so, q, teacher, spec, comm);
+  Source source = load_source(vm, so, gen_clamp, q, teacher, spec, comm);
   models::Classifier student = models::build(spec, models::QuantFactory(config));
   ModelMeta meta = teacher.meta;
   meta.recipe = recipe_text;
@@ -293,7 +295,7 @@ int quantize(int argc, char** argv) {
   };
   if (root) {
     run.open(resumed.step);
-    print_plan(spec, config, source, q, comm->size(), online && read_switch(vm, "gen-clamp-pixels"));
+    print_plan(spec, config, source, q, comm->size(), gen_clamp);
   }
   trainers::QuantizeData data;
   data.pool = source.pool ? &*source.pool : nullptr;

@@ -254,7 +254,6 @@ void calibrate(torch::nn::Module& student, const torch::Tensor& images, const st
     TORCH_CHECK(std::find(bits.begin(), bits.end(), b) != bits.end(), "BatchNorm re-estimation at ", b,
                 " bits: the model has no such bit-width");
   }
-  TORCH_CHECK(momentum > 0 && momentum <= 1, "calibrate: the BatchNorm momentum must be in (0, 1], got ", momentum);
   TORCH_CHECK(estimates.size() == 1 || estimates.size() == bn_bits.size(), "calibrate: ", estimates.size(),
               " BatchNorm estimates for ", bn_bits.size(), " bit-widths (give one, or one per bit-width)");
   const auto estimate_at = [&](int64_t b) {
