@@ -69,42 +69,26 @@ class GeneratorSynthesizer : public Base {
   bool trains_while_sampling() const override { return static_cast<bool>(student_); }
   models::Classifier proxy_student() const override { return student_; }
 
+  // The generator's tensors ("generator.") and its optimizer's state ("adam.", once it stepped).
   NamedTensors state() override {
-    NamedTensors out;
-    for (const auto& [name, t] : named_state(*generator_)) out.emplace_back("generator." + name, t);
+    NamedTensors out = with_prefix("generator.", ModuleState(*generator_, "generator").state());
     if (adam_) {
-      NamedTensors params;
-      for (const auto& item : generator_->named_parameters()) params.emplace_back(item.key(), item.value());
-      for (const auto& [name, t] : optimizer_state(*adam_, params)) out.emplace_back("adam." + name, t);
+      const NamedTensors adam = with_prefix("adam.", OptimizerState(*adam_, named_parameters()).state());
+      out.insert(out.end(), adam.begin(), adam.end());
     }
     return out;
   }
 
-  void load_state(const std::map<std::string, torch::Tensor>& state) override {
-    std::map<std::string, torch::Tensor> adam;
-    size_t found = 0;
-    torch::NoGradGuard no_grad;
-    for (const auto& [name, t] : named_state(*generator_)) {
-      const auto it = state.find("generator." + name);
-      TORCH_CHECK(it != state.end(), "the checkpoint has no generator tensor '", name, "'");
-      TORCH_CHECK(it->second.sizes() == t.sizes(), "the checkpoint's generator tensor '", name, "' has shape ",
-                  it->second.sizes(), ", the recipe's generator ", t.sizes());
-      t.copy_(it->second);
-      ++found;
-    }
+  void load_state(const TensorMap& state) override {
+    const TensorMap generator = under_prefix(state, "generator."), adam = under_prefix(state, "adam.");
     for (const auto& [name, t] : state) {
-      if (name.rfind("adam.", 0) == 0) {
-        adam.emplace(name.substr(5), t);
-      } else {
-        TORCH_CHECK(name.rfind("generator.", 0) == 0, "unexpected synthesizer state '", name, "'");
-      }
+      TORCH_CHECK(name.rfind("generator.", 0) == 0 || name.rfind("adam.", 0) == 0, "unexpected synthesizer state '",
+                  name, "'");
     }
-    TORCH_CHECK(found + adam.size() == state.size(), "the checkpoint's generator does not match the recipe's");
+    ModuleState(*generator_, "generator").load_state(generator);
     if (!adam.empty()) {
       train_step_setup();
-      NamedTensors params;
-      for (const auto& item : generator_->named_parameters()) params.emplace_back(item.key(), item.value());
-      load_optimizer_state(*adam_, params, adam);
+      OptimizerState(*adam_, named_parameters()).load_state(adam);
     }
   }
 
@@ -127,6 +111,12 @@ class GeneratorSynthesizer : public Base {
   }
 
  private:
+  NamedTensors named_parameters() const {
+    NamedTensors params;
+    for (const auto& item : generator_->named_parameters()) params.emplace_back(item.key(), item.value());
+    return params;
+  }
+
   void train_step_setup() {
     if (adam_) return;
     adam_ = std::make_unique<torch::optim::Adam>(generator_->parameters(),

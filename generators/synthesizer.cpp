@@ -104,7 +104,7 @@ std::pair<torch::Tensor, torch::Tensor> Synthesizer::train_step(StepReport*) {
   TORCH_CHECK(false, "recipe '", recipe_.name, "' trains no generator; only gdfq and qimera alternate with the student");
 }
 
-void Synthesizer::load_state(const std::map<std::string, torch::Tensor>& state) {
+void Synthesizer::load_state(const TensorMap& state) {
   TORCH_CHECK(state.empty(), "recipe '", recipe_.name, "' keeps no state, the checkpoint has ", state.size(),
               " synthesizer tensors");
 }

@@ -58,7 +58,7 @@
 
 #include "distributed/communicator.h"
 #include "framework/data.h"
-#include "framework/optim_state.h"
+#include "framework/state.h"
 #include "generators/bns_loss.h"
 #include "models/zoo.h"
 
@@ -136,7 +136,7 @@ struct StepReport {
   double student_kd = 0;   ///< the proxy student's distillation loss after this step (adversarial recipe)
 };
 
-class Synthesizer {
+class Synthesizer : public Stateful {
  public:
   virtual ~Synthesizer() = default;
   /// Trains what the recipe learns once (the generator); no-op otherwise.
@@ -157,8 +157,8 @@ class Synthesizer {
   virtual std::pair<torch::Tensor, torch::Tensor> train_step(StepReport* report);
   /// What a checkpoint needs to continue bit-for-bit: the generator's tensors
   /// and its optimizer's state (identical on every rank), by name.
-  virtual NamedTensors state() { return {}; }
-  virtual void load_state(const std::map<std::string, torch::Tensor>& state);
+  NamedTensors state() override { return {}; }
+  void load_state(const TensorMap& state) override;
   /// This rank's random stream (uint8 tensor), for checkpoints.
   virtual torch::Tensor rng_state() const = 0;
   virtual void set_rng_state(const torch::Tensor& state) = 0;

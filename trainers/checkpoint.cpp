@@ -7,51 +7,73 @@
 #include "framework/optim_state.h"
 #include "models/extract.h"
 
+#include <algorithm>
 #include <map>
 
 namespace zsq::trainers {
-namespace {
 
-constexpr const char* kOptimizerGroup = "train/optimizer/";
-constexpr const char* kSynthesizerGroup = "train/synthesizer/";
-constexpr const char* kRngGroup = "train/rng/";
-constexpr const char* kInitialCodesGroup = "train/initial_codes/";
+void write_part(h5::File& file, const std::string& group, Stateful& part) {
+  for (const auto& [name, t] : part.state()) file.write_tensor(group + name, t);
+}
 
-} // namespace
+void load_part(const h5::File& file, const std::string& group, Stateful& part) {
+  part.load_state(read_group(file, group));
+}
+
+NamedTensors RankStreams::state() {
+  const int world = comm_ ? comm_->size() : 1;
+  const torch::Tensor mine = synth_.rng_state().contiguous();
+  const torch::Tensor all = world > 1 ? comm_->all_gather(mine) : mine.unsqueeze(0);
+  NamedTensors out;
+  for (int r = 0; r < world; ++r) out.emplace_back("rank" + std::to_string(r), all[r]);
+  return out;
+}
+
+void RankStreams::load_state(const TensorMap& state) {
+  TORCH_CHECK(!state.empty(), "the checkpoint has no random states (it was made from a pool, not with online "
+              "generation)");
+  const int rank = comm_ ? comm_->rank() : 0;
+  const auto it = state.find("rank" + std::to_string(rank));
+  TORCH_CHECK(it != state.end() || rank >= static_cast<int>(state.size()), "the checkpoint has no random state for "
+              "rank ", rank);
+  if (it != state.end()) synth_.set_rng_state(it->second);
+}
+
+RunState::RunState(torch::optim::Optimizer& optimizer, const NamedTensors& params, NamedTensors* initial_codes,
+                   generators::Synthesizer* synth, distributed::Communicator* comm)
+    : optimizer_(optimizer, params), codes_(initial_codes) {
+  parts_ = {{kOptimizerGroup, &optimizer_}, {kInitialCodesGroup, &codes_}};
+  if (synth) {
+    streams_ = std::make_unique<RankStreams>(*synth, comm);
+    parts_.push_back({kSynthesizerGroup, synth});
+    parts_.push_back({kRngGroup, streams_.get()});
+  }
+}
 
 Checkpointer::Checkpointer(CheckpointPlan plan, CheckpointStudent write_student,
                            std::shared_ptr<distributed::Communicator> comm)
     : o_(std::move(plan)), write_student_(std::move(write_student)), comm_(std::move(comm)) {}
 
-void Checkpointer::write(torch::optim::SGD& optimizer, const NamedTensors& params, generators::Synthesizer* synth,
-                         const NamedTensors& initial_codes, int64_t step) {
-  const int world = comm_ ? comm_->size() : 1;
-  torch::Tensor rng;
-  if (synth) {
-    rng = synth->rng_state().contiguous();
-    rng = world > 1 ? comm_->all_gather(rng) : rng.unsqueeze(0);
-  }
+void Checkpointer::write(const std::vector<CheckpointPart>& parts, int64_t step) {
+  // Every rank takes every state (RankStreams gathers); rank 0 writes them.
+  std::vector<NamedTensors> states;
+  for (const CheckpointPart& p : parts) states.push_back(p.part->state());
   if (comm_ && comm_->rank() != 0) return;
-  const NamedTensors momenta = optimizer_state(optimizer, params);
-  const NamedTensors synth_state = synth ? synth->state() : NamedTensors{};
   h5::atomic_write(o_.path, [&](h5::File& file) {
     write_student_(file);
-    for (const auto& [name, t] : momenta) file.write_tensor(kOptimizerGroup + name, t);
-    if (o_.hook) o_.hook(step);  // a test kills the process here
-    for (const auto& [name, t] : synth_state) file.write_tensor(kSynthesizerGroup + name, t);
-    for (const auto& [name, t] : initial_codes) file.write_tensor(kInitialCodesGroup + name, t);
-    if (rng.defined()) {
-      for (int r = 0; r < world; ++r) file.write_tensor(kRngGroup + ("rank" + std::to_string(r)), rng[r]);
+    for (size_t i = 0; i < parts.size(); ++i) {
+      if (i == 1 && o_.hook) o_.hook(step);  // a test kills the process here, half-way
+      for (const auto& [name, t] : states[i]) file.write_tensor(parts[i].group + name, t);
     }
+    if (parts.size() < 2 && o_.hook) o_.hook(step);
     file.set_attr("train_step", step);
     file.set_attr("train_steps", o_.steps);
     file.set_attr("train_generator_warmup", o_.generator_warmup);
-    file.set_attr("train_world_size", static_cast<int64_t>(world));
+    file.set_attr("train_world_size", static_cast<int64_t>(comm_ ? comm_->size() : 1));
   });
 }
 
-int64_t restore(const CheckpointPlan& o, models::ClassifierImpl& student, torch::optim::SGD& optimizer,
-                const NamedTensors& params, generators::Synthesizer* synth, NamedTensors* initial_codes, int rank) {
+int64_t restore(const CheckpointPlan& o, models::ClassifierImpl& student, const std::vector<CheckpointPart>& parts) {
   const h5::File file = h5::File::open_read(o.path);
   const CheckpointInfo info = read_checkpoint_info(file);
   // Another number of processes than wrote the checkpoint may continue it: the model, optimizer and
@@ -61,22 +83,23 @@ int64_t restore(const CheckpointPlan& o, models::ClassifierImpl& student, torch:
               "; a resumed run keeps its schedule");
   TORCH_CHECK(file.attr_int("train_generator_warmup").value_or(0) == o.generator_warmup, "'", o.path,
               "' was made with another --generator-warmup");
-  load_state(file, student, {models::kTrainingStateGroup});
-  load_optimizer_state(optimizer, params, read_group(file, kOptimizerGroup));
-  const auto synth_state = read_group(file, kSynthesizerGroup);
-  const auto rng = read_group(file, kRngGroup);
-  initial_codes->clear();
-  for (const auto& [name, t] : read_group(file, kInitialCodesGroup)) initial_codes->emplace_back(name, t);
-  if (synth) {
-    synth->load_state(synth_state);
-    TORCH_CHECK(!rng.empty(), "'", o.path, "' has no random states (it was made from a pool, not with online "
-                "generation)");
-    const auto it = rng.find("rank" + std::to_string(rank));
-    TORCH_CHECK(it != rng.end() || rank >= info.world_size, "'", o.path, "' has no random state for rank ", rank);
-    if (it != rng.end()) synth->set_rng_state(it->second);
-  } else {
-    TORCH_CHECK(synth_state.empty() && rng.empty(), "'", o.path,
-                "' was made with online generation; resume it with the same --recipe, not a --pool");
+  const std::string state_group = models::kTrainingStateGroup;
+  for (const std::string& name : file.dataset_names()) {
+    if (name.rfind(state_group, 0) != 0) continue;
+    const bool known = std::any_of(parts.begin(), parts.end(),
+                                   [&](const CheckpointPart& p) { return name.rfind(p.group, 0) == 0; });
+    TORCH_CHECK(known, "'", o.path, "' holds training state this run has none of ('", name, "'): ",
+                name.rfind(kSynthesizerGroup, 0) == 0 || name.rfind(kRngGroup, 0) == 0
+                    ? "it was made with online generation; resume it with the same --recipe, not a --pool"
+                    : "it was made by another version or recipe");
+  }
+  load_state(file, student, {state_group});
+  for (const CheckpointPart& p : parts) {
+    try {
+      load_part(file, p.group, *p.part);
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "'", o.path, "': ", e.what_without_backtrace());
+    }
   }
   return info.step;
 }

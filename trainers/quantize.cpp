@@ -71,8 +71,9 @@ class OfaTrainer {
   std::vector<bool> shared_is_step_;         // per tensor of shared_: a weight step
   std::unique_ptr<distributed::Reducer> reducer_;
   std::unique_ptr<Checkpointer> checkpointer_;
+  NamedTensors initial_codes_;  // top-precision weight codes at the start, by layer
+  std::unique_ptr<RunState> state_;  // what a checkpoint holds besides the student
   std::vector<torch::Tensor> bn_running_;  // --bn-train's running statistics
-  NamedTensors initial_codes_;             // top-precision weight codes at the start, by layer
   int64_t first_ = 0, last_checkpoint_ = -1;
   Progress progress_;
   QuantizeResult result_;
@@ -110,6 +111,7 @@ OfaTrainer::OfaTrainer(models::ClassifierImpl& student, models::ClassifierImpl& 
   select_trained();
   mixes_ = std::make_unique<MixSampler>(student, o.mix_samples, o.seed);
   checkpointer_ = std::make_unique<Checkpointer>(plan_of(o), write_student, comm_);
+  state_ = std::make_unique<RunState>(*optimizer_, params_, &initial_codes_, synth_, comm_.get());
 }
 
 OfaTrainer::~OfaTrainer() {
@@ -187,7 +189,7 @@ std::pair<torch::Tensor, torch::Tensor> OfaTrainer::synthetic_batch(QuantizeStep
 // Resumes from the checkpoint, or warms the generator up and initialises the student from the teacher.
 void OfaTrainer::start() {
   if (o_.resume) {
-    first_ = restore(plan_of(o_), student_, *optimizer_, params_, synth_, &initial_codes_, rank_);
+    first_ = restore(plan_of(o_), student_, state_->parts());
     result_.resumed_from = first_;
     last_checkpoint_ = first_;
     return;
@@ -353,7 +355,7 @@ void OfaTrainer::finish_step(int64_t step, int64_t done_here, QuantizeStep* repo
     if (world_ > 1) distributed::broadcast_state(*comm_, student_);
   }
   if (!o_.checkpoint.empty() && (last || stop || (o_.checkpoint_every > 0 && (step + 1) % o_.checkpoint_every == 0))) {
-    checkpointer_->write(*optimizer_, params_, synth_, initial_codes_, step + 1);
+    checkpointer_->write(state_->parts(), step + 1);
     last_checkpoint_ = step + 1;
     report->checkpointed = true;
   }

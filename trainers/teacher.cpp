@@ -1,6 +1,6 @@
 #include "trainers/teacher.h"
 
-#include "trainers/checkpoint.h"  // read_group
+#include "trainers/checkpoint.h"  // write_part, load_part
 #include "trainers/engine.h"
 
 #include "distributed/reducer.h"
@@ -204,8 +204,6 @@ void save_teacher(const TeacherOptions& o, models::ClassifierImpl& model, const 
   comm.barrier();
 }
 
-constexpr const char* kOptimizerGroup = "train/optimizer/";
-
 // Where a run stands after its last finished epoch.
 struct TeacherProgress {
   int64_t epoch = 0, images = 0;
@@ -214,10 +212,10 @@ struct TeacherProgress {
 
 void write_teacher_checkpoint(const TeacherOptions& o, const models::ClassifierImpl& model, torch::optim::SGD& optimizer,
                               const NamedTensors& params, const TeacherProgress& at, int world) {
-  const NamedTensors momenta = optimizer_state(optimizer, params);
+  OptimizerState momenta(optimizer, params);
   h5::atomic_write(o.checkpoint, [&](h5::File& file) {
     for (const auto& [name, t] : named_state(model)) file.write_tensor(name, t);
-    for (const auto& [name, t] : momenta) file.write_tensor(kOptimizerGroup + name, t);
+    write_part(file, kOptimizerGroup, momenta);
     if (o.checkpoint_hook) o.checkpoint_hook(at.epoch);  // a test interrupts the write here
     file.set_attr("format", std::string(kTeacherCheckpointFormat));
     file.set_attr("version", int64_t(1));
@@ -238,7 +236,8 @@ TeacherProgress restore_teacher(const TeacherOptions& o, models::ClassifierImpl&
               "; a resumed run keeps its schedule");
   const h5::File file = h5::File::open_read(o.checkpoint);
   load_state(file, model, {"train/"});
-  load_optimizer_state(optimizer, params, read_group(file, kOptimizerGroup));
+  OptimizerState momenta(optimizer, params);
+  load_part(file, kOptimizerGroup, momenta);
   const double seconds = file.attr_doubles("train_seconds").value_or(std::vector<double>{0}).at(0);
   return {info.epoch, file.attr_int("train_images").value_or(0), seconds};
 }

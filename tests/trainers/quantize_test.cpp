@@ -939,5 +939,34 @@ TEST_F(QuantizeTest, DivergenceStopsAndKeepsTheLastCheckpoint) {
   }
 }
 
+// A checkpoint holds the state of the parts that wrote it: an online run's checkpoint resumed from a pool, or a
+// pool run's resumed with online generation, is refused with the reason before a step runs.
+TEST_F(QuantizeTest, ResumeRefusesAnotherImageSource) {
+  Toy s = make_setup({4, 8});
+  const auto run = [&](bool online, const std::string& file, bool resume) {
+    auto student = models::build({"resnet8", 1, 10, 8}, models::QuantFactory(s.config));
+    generators::SynthesizerOptions so;
+    so.recipe = "gdfq";
+    so.batch_size = 32;
+    auto synth = online ? generators::make_synthesizer(s.teacher, {1, 28, 28}, 10, so) : nullptr;
+    QuantizeOptions o = small_options();
+    o.steps = 3;
+    o.stop_after = 1;
+    o.checkpoint = path(file);
+    o.resume = resume;
+    const CheckpointStudent write_student = [&](h5::File& f) {
+      models::write_student(f, *student, s.config, ModelMeta{});
+    };
+    quantize(*student, *s.teacher, {online ? nullptr : &s.pool, s.norm, synth.get()}, o, write_student, nullptr,
+             nullptr);
+  };
+  run(/*online=*/true, "online.h5", false);
+  run(/*online=*/false, "pool.h5", false);
+  EXPECT_THROW_WITH(run(false, "online.h5", true), "made with online generation; resume it with the same --recipe");
+  EXPECT_THROW_WITH(run(true, "pool.h5", true), "no generator tensor");
+  EXPECT_NO_THROW(run(true, "online.h5", true));
+  EXPECT_EQ(read_checkpoint_info(path("online.h5")).step, 2);
+}
+
 } // namespace
 } // namespace zsq::trainers
