@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <filesystem>
 #include <numeric>
 #include <random>
@@ -221,6 +222,24 @@ PixelClamp::PixelClamp(const Normalization& norm) {
 
 torch::Tensor PixelClamp::operator()(const torch::Tensor& images) const {
   return lo_.defined() ? torch::max(torch::min(images, hi_), lo_) : images;
+}
+
+LowPass::LowPass(double d0) : d0_(d0) {
+  TORCH_CHECK(d0 >= 0 && std::isfinite(d0), "the low-pass cut-off must be >= 0, got ", d0);
+}
+
+torch::Tensor LowPass::operator()(const torch::Tensor& images) const {
+  if (d0_ <= 0) return images;
+  TORCH_CHECK(images.dim() == 4, "the low-pass filter expects N×C×H×W images, got shape ", images.sizes());
+  const int64_t h = images.size(2), w = images.size(3);
+  const auto options = torch::TensorOptions().dtype(torch::kFloat64).device(images.device());
+  // Frequencies in cycles per image, in the unshifted order of fft2 (0, 1, ..., -1).
+  const torch::Tensor fy = torch::fft::fftfreq(h, options) * static_cast<double>(h);
+  const torch::Tensor fx = torch::fft::fftfreq(w, options) * static_cast<double>(w);
+  const torch::Tensor d2 = fy.pow(2).unsqueeze(1) + fx.pow(2).unsqueeze(0);
+  const torch::Tensor gain = torch::exp(-d2 / (2 * d0_ * d0_)).to(images.scalar_type());
+  const torch::Tensor spectrum = torch::fft::fft2(images);
+  return torch::real(torch::fft::ifft2(spectrum * gain)).contiguous();
 }
 
 std::vector<int64_t> shard_indices(int64_t n, int rank, int world_size, int64_t epoch, uint64_t seed,

@@ -88,6 +88,21 @@ class PixelClamp {
   torch::Tensor lo_, hi_;  // 1×C×1×1: the normalized values of pixels 0 and 1
 };
 
+/// SynQ's low-pass filter of synthetic images (its code: a Gaussian in the
+/// frequency domain): each image channel's spectrum times exp(-D²/(2·d0²)), D
+/// the distance of a frequency from zero in cycles per image (0 to H/2, W/2).
+/// It damps the high-frequency patterns synthesis leaves; the mean passes
+/// unchanged. Default-constructed or d0 = 0: off, images pass as given.
+class LowPass {
+ public:
+  LowPass() = default;
+  explicit LowPass(double d0);
+  torch::Tensor operator()(const torch::Tensor& images) const;
+
+ private:
+  double d0_ = 0;
+};
+
 /// The indices rank `rank` of `world_size` visits in `epoch`: a permutation of
 /// 0..n-1 seeded by (seed, epoch) when `shuffle`, cut into `world_size`
 /// disjoint, equal slices of floor(n / world_size) (the remainder is dropped

@@ -54,7 +54,10 @@ void add_quantize_options(po::options_description& desc) {
   generator.add_options()
       ("gen-clamp-pixels", po::value<std::string>()->default_value("off"),
        "on: the generator's losses see its images clamped to the pixel range [0, 1], as the teacher and the student "
-       "see them (needs --clamp-pixels on); off: the images as generated (GDFQ)");
+       "see them (needs --clamp-pixels on); off: the images as generated (GDFQ)")
+      ("lowpass", po::value<double>()->default_value(0),
+       "SynQ's low-pass filter: the training and calibration images' spectra times exp(-D^2/(2*D0^2)), D the "
+       "frequency in cycles per image, before the clamp (e.g. 7 at 28x28; 0: off)");
   run.add_options()
       ("out", po::value<std::string>()->default_value("run"),
        "run folder (created): checkpoint.h5, metrics.jsonl, result.json")
@@ -160,6 +163,7 @@ void print_plan(const models::ModelSpec& spec, const models::StudentConfig& conf
                                                         : ""))
             << (q.bn_train.empty() ? "" : ", BatchNorm on batch statistics at bits " + models::bits_text(q.bn_train))
             << ce_text(q.ce_weight, config.bits)
+            << (q.lowpass > 0 ? ", images low-pass filtered (D0 " + (std::ostringstream() << q.lowpass).str() + ")" : "")
             << (processes > 1 ? ", " + std::to_string(processes) + " processes" : std::string()) << std::endl;
 }
 

@@ -102,6 +102,7 @@ trainers::QuantizeOptions read_quantize_options(const po::variables_map& vm, con
   q.mix_samples = get<int64_t>(vm, "mix-samples");
   q.mix_weight = get<double>(vm, "mix-weight");
   q.clamp_pixels = read_switch(vm, "clamp-pixels");
+  q.lowpass = get<double>(vm, "lowpass");
   q.bn_reestimate_end = read_switch(vm, "bn-reestimate-end");
   q.bn_track = get<double>(vm, "bn-track");
   q.train = trainers::parse_train_scope(get<std::string>(vm, "train"));

@@ -8,8 +8,6 @@
 #include "distributed/reducer.h"
 #include "distributed/sync.h"
 #include "framework/errors.h"
-#include "framework/model_file.h"
-#include "framework/optim_state.h"
 #include "framework/quant/layers.h"
 #include "models/extract.h"
 
@@ -58,6 +56,7 @@ class OfaTrainer {
   int rank_ = 0, world_ = 1;
   int64_t local_batch_ = 0;
   PixelClamp clamped_;  // --clamp-pixels (off: images as given)
+  LowPass lowpass_;     // --lowpass (off: images as given)
   generators::Synthesizer* synth_ = nullptr;
   bool online_generator_ = false, adversary_ = false;
   std::unique_ptr<MixSampler> mixes_;  // --mix-samples
@@ -95,6 +94,7 @@ OfaTrainer::OfaTrainer(models::ClassifierImpl& student, models::ClassifierImpl& 
                      "--clamp-pixels needs the teacher's normalization");
     clamped_ = PixelClamp(data.norm);
   }
+  lowpass_ = LowPass(o.lowpass);
   teacher.eval();
   for (const auto& p : teacher.parameters()) p.set_requires_grad(false);
   student.eval();  // GDFQ: BatchNorm keeps the teacher's statistics, its affine parameters train
@@ -174,7 +174,7 @@ torch::Tensor OfaTrainer::calibration_images(uint64_t stream) {
     }
     calibration = torch::cat(parts).narrow(0, 0, o_.calib_count);
   }
-  return clamped_(calibration);
+  return clamped_(lowpass_(calibration));
 }
 
 std::pair<torch::Tensor, torch::Tensor> OfaTrainer::synthetic_batch(QuantizeStep* report) {
@@ -251,7 +251,7 @@ std::pair<torch::Tensor, torch::Tensor> OfaTrainer::training_batch(int64_t step,
                 local_batch_);
   }
   // Teacher and student see the same images, inside the pixel range a fixed input quantizer covers.
-  return {clamped_(images), labels};
+  return {clamped_(lowpass_(images)), labels};
 }
 
 // Forward and backward of every bit-width of `now` (highest first, so recursive distillation has the next higher

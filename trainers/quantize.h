@@ -129,6 +129,7 @@ struct QuantizeOptions {
   std::vector<int64_t> bn_train; ///< bit-widths whose BatchNorms use batch statistics while training (running ones updated)
   models::QuantizerInit quant_init; ///< how the weight steps start
   bool clamp_pixels = false;     ///< images (training and calibration) clamped to pixels in [0, 1] under data.norm
+  double lowpass = 0;            ///< > 0: SynQ's low-pass filter (cut-off in cycles per image) on the training and calibration images, before the clamp
   int64_t generator_warmup = 0;  ///< online generation: generator-only steps before the student trains
   int64_t checkpoint_every = 0;  ///< steps between checkpoints (0: only at the end)
   int64_t stop_after = 0;        ///< end (with a checkpoint) after this many steps of this process (0: run to the end)

@@ -67,6 +67,7 @@ void QuantizeOptions::check() const {
     ZSQ_CHECK_OPTION(v >= 0 && std::isfinite(v), "--per-bit-lr must be a finite number >= 0, got ", v);
   }
   for (const double w : ce_weight) ZSQ_CHECK_OPTION(w >= 0, "--ce-weight must be >= 0, got ", w);
+  ZSQ_CHECK_OPTION(lowpass >= 0 && std::isfinite(lowpass), "--lowpass must be >= 0, got ", lowpass);
   ZSQ_CHECK_OPTION(feature_weight >= 0, "--feature-weight must be >= 0, got ", feature_weight);
   ZSQ_CHECK_OPTION(weights.empty() || (weighting != Weighting::kMinNorm && weighting != Weighting::kNormalized),
                    "--bit-weights has no meaning with --weighting ", weighting_name(weighting));

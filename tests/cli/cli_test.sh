@@ -267,6 +267,7 @@ expect_fail 2 "--bn-track and --bn-train both move" "$zsq" quantize --teacher "$
   --bn-train 8
 expect_fail 2 "--gen-clamp-pixels on needs --clamp-pixels on" "$zsq" quantize --teacher "$work/teacher.h5" \
   --gen-clamp-pixels on --clamp-pixels off
+expect_fail 2 "--lowpass must be >= 0, got -2" "$zsq" quantize --teacher "$work/teacher.h5" --lowpass -2
 expect_fail 2 "--mix-samples must be >= 0, got -1" "$zsq" quantize --teacher "$work/teacher.h5" --mix-samples -1
 expect_fail 2 "--mix-samples does not combine with pcgrad" "$zsq" quantize --teacher "$work/teacher.h5" \
   --mix-samples 2 --weighting pcgrad

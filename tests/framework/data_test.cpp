@@ -298,5 +298,27 @@ TEST_F(DataTest, AugmentationCropsAndFlips) {
   }
 }
 
+// SynQ's low-pass filter: the mean passes, a frequency is damped by exp(-D²/(2·d0²)), off passes the images.
+TEST_F(DataTest, LowPassDampsEachFrequencyByItsGaussianGain) {
+  const int64_t n = 8;
+  const torch::Tensor i = torch::arange(n, torch::kFloat32);
+  // Channel 0: a constant; channel 1: a cosine of 2 cycles per image along x; channel 2: the checkerboard
+  // (4, 4 cycles: the highest frequency of an 8×8 image).
+  const torch::Tensor constant = torch::full({n, n}, 0.7);
+  const torch::Tensor wave = torch::cos(2 * M_PI * 2 * i / n).unsqueeze(0).expand({n, n});
+  const torch::Tensor checker = torch::cos(M_PI * (i.unsqueeze(1) + i.unsqueeze(0)));
+  const torch::Tensor images = torch::stack({constant, wave, checker}).unsqueeze(0).repeat({2, 1, 1, 1});
+  const double d0 = 3;
+  const torch::Tensor out = LowPass(d0)(images);
+  ASSERT_EQ(out.sizes(), images.sizes());
+  EXPECT_EQ(out.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::allclose(out.select(1, 0), images.select(1, 0), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(out.select(1, 1), images.select(1, 1) * std::exp(-4 / (2 * d0 * d0)), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::allclose(out.select(1, 2), images.select(1, 2) * std::exp(-32 / (2 * d0 * d0)), 1e-5, 1e-5));
+  EXPECT_TRUE(torch::equal(LowPass()(images), images));
+  EXPECT_TRUE(torch::equal(LowPass(0)(images), images));
+  EXPECT_THROW(LowPass(-1), c10::Error);
+}
+
 } // namespace
 } // namespace zsq

@@ -134,6 +134,9 @@ TEST_F(QuantizeTest, OptionsCheckThemselves) {
   q = QuantizeOptions{};
   q.bn_reestimate_end = true;
   EXPECT_THROW(q.check(), OptionError);
+  q = QuantizeOptions{};
+  q.lowpass = -1;
+  EXPECT_THROW_WITH(q.check(), "--lowpass must be >= 0, got -1");
   TeacherOptions t;
   t.epochs = 0;
   EXPECT_THROW_WITH(t.check(), "--epochs must be > 0, got 0");
