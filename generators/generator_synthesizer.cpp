@@ -1,6 +1,8 @@
 // GDFQ's generator trained beside the student (and Qimera's superposed embeddings, the adversarial proxy student).
 #include "generators/synth_base.h"
 
+#include "framework/seed.h"
+
 namespace zsq::generators::detail {
 namespace {
 
@@ -11,13 +13,13 @@ class GeneratorSynthesizer : public Base {
       : Base(std::move(teacher), shape, classes, recipe, o, comm),
         generator_(GdfqGenerator(classes, o.latent_dim, shape)) {
     // Every rank starts from the same generator (seeded like rank 0's stream).
-    torch::manual_seed(o.seed);
+    ScopedSeed seed(o.seed);
     generator_ = GdfqGenerator(classes, o.latent_dim, shape);
     if (recipe.mapping) generator_->add_mapping(o.latent_dim);
     if (comm_) distributed::broadcast_state(*comm_, *generator_);
     if (recipe.adversarial > 0 && !o.external_adversary) {
       TORCH_CHECK(!o.teacher_spec.arch.empty(), "the adversarial part needs the teacher's architecture (teacher_spec)");
-      student_ = models::build(o.teacher_spec, models::Fp32Factory());
+      student_ = models::build(o.teacher_spec, models::Fp32Factory());  // its initial weights follow the generator's
       if (comm_) distributed::broadcast_state(*comm_, *student_);
       student_->eval();
       for (const auto& p : student_->parameters()) p.set_requires_grad(false);  // on only in its own steps

@@ -1,5 +1,7 @@
 #include "generators/synth_base.h"
 
+#include "framework/seed.h"
+
 namespace zsq::generators {
 namespace detail {
 namespace {
@@ -65,8 +67,11 @@ class GenieSynthesizer : public Base {
   }
 
   std::pair<torch::Tensor, torch::Tensor> next_batch(const std::function<void(const StepReport&)>& progress) override {
-    torch::manual_seed(static_cast<uint64_t>(torch::randint(0, int64_t(1) << 40, {1}, gen_).item<int64_t>()));
-    GenieGenerator generator(options_.latent_dim, shape_);
+    const auto seed = static_cast<uint64_t>(torch::randint(0, int64_t(1) << 40, {1}, gen_).item<int64_t>());
+    GenieGenerator generator = [&] {
+      ScopedSeed scoped(seed);  // a fresh generator per batch, initialised from this rank's stream
+      return GenieGenerator(options_.latent_dim, shape_);
+    }();
     generator->train();
     torch::Tensor z = randn({options_.batch_size, options_.latent_dim}).requires_grad_(true);
     torch::optim::Adam opt_z({z}, torch::optim::AdamOptions(recipe_.lr));

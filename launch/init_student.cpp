@@ -4,6 +4,7 @@
 
 #include "framework/data.h"
 #include "framework/model_file.h"
+#include "framework/seed.h"
 #include "models/extract.h"
 #include "models/quant_factory.h"
 #include "models/zoo.h"
@@ -48,21 +49,25 @@ int init_student(int argc, char** argv) {
   const std::string calib = get<std::string>(vm, "calib-data");
 
   const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"), read_overrides(vm));
-  torch::manual_seed(get<uint64_t>(vm, "seed"));
+  const uint64_t seed = get<uint64_t>(vm, "seed");
+  const at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   torch::Tensor images;  // normalized
   const auto& shape = teacher.meta.input_shape;
   if (calib == "noise") {
-    images = torch::randn({count, shape[0], shape[1], shape[2]});
+    images = torch::randn({count, shape[0], shape[1], shape[2]}, gen);
   } else {
     Dataset data = load_dataset(calib, get<std::string>(vm, "data-dir"), Split::kTrain, shape);
     trainers::check_data_fits(teacher.meta, data);
-    const torch::Tensor pick = torch::randperm(data.size()).narrow(0, 0, std::min(count, data.size()));
+    const torch::Tensor pick = torch::randperm(data.size(), gen, torch::kLong).narrow(0, 0, std::min(count, data.size()));
     images = normalize(data.images.index_select(0, pick), teacher.norm());
   }
   models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
                          teacher.meta.width > 0 ? teacher.meta.width : 16};
   set_input_range(vm, teacher.norm(), &config);
-  models::Classifier student = models::build(spec, models::QuantFactory(config));
+  models::Classifier student = [&] {
+    ScopedSeed scoped(seed);
+    return models::build(spec, models::QuantFactory(config));
+  }();
   models::init_student(*student, *teacher.model, images, bn.bits, bn.modes, quant_init);
   ModelMeta meta = teacher.meta;
   meta.recipe = resolved_config(desc, vm);

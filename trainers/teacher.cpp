@@ -9,6 +9,7 @@
 #include "framework/h5.h"
 #include "framework/model_file.h"
 #include "framework/optim_state.h"
+#include "framework/seed.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -256,10 +257,12 @@ TeacherResult train_teacher(const TeacherOptions& o, const Dataset& full_train, 
   const int ranks = comm->size();
   ZSQ_CHECK_OPTION(o.batch_size % ranks == 0, "--batch-size ", o.batch_size, " must be a multiple of the ", ranks,
                    " processes");
-  torch::manual_seed(o.seed);
   models::ModelSpec spec = o.model;
   spec.in_channels = train.image_shape()[0];
-  models::Classifier model = models::build(spec, models::Fp32Factory());
+  models::Classifier model = [&] {
+    ScopedSeed seed(o.seed);
+    return models::build(spec, models::Fp32Factory());
+  }();
   distributed::broadcast_state(*comm, *model);  // every rank starts from rank 0's initialisation
   distributed::Reducer reducer(comm, model->parameters());
   if (o.distill_from) {

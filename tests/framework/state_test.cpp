@@ -1,6 +1,8 @@
 // The save/load interface of a run's stateful parts (framework/state.h).
 #include "framework/state.h"
 
+#include "framework/seed.h"
+
 #include "tests/support.h"
 
 namespace zsq {
@@ -72,6 +74,23 @@ TEST(StateTest, HeldTensorsAndPrefixes) {
   ASSERT_EQ(adam.size(), 2u);
   EXPECT_TRUE(adam.count("w") && adam.count("b"));
   EXPECT_TRUE(under_prefix(both, "optimizer.").empty());
+}
+
+// A seeded construction draws what torch::manual_seed would have it draw, and leaves the global generator as
+// it found it: the next draw is the one it would have been without the construction.
+TEST(StateTest, ScopedSeedSeedsOneConstructionAndPutsTheGeneratorBack) {
+  torch::manual_seed(11);
+  const torch::Tensor expected = torch::nn::Linear(4, 3)->weight.detach().clone();
+  torch::manual_seed(5);
+  const torch::Tensor undisturbed = torch::rand({6});
+  torch::manual_seed(5);
+  torch::Tensor built;
+  {
+    ScopedSeed seed(11);
+    built = torch::nn::Linear(4, 3)->weight.detach().clone();
+  }
+  EXPECT_TRUE(torch::equal(built, expected));
+  EXPECT_TRUE(torch::equal(torch::rand({6}), undisturbed));
 }
 
 } // namespace
