@@ -12,5 +12,6 @@ int init_student(int argc, char** argv);
 int extract(int argc, char** argv);
 int generate(int argc, char** argv);
 int quantize(int argc, char** argv);
+int ptq(int argc, char** argv);
 
 } // namespace zsq::cli

@@ -24,6 +24,7 @@ const char* kUsage =
     "  train-teacher   train an FP32 teacher on a labelled data set and write teacher.h5\n"
     "  generate        synthesize training images from a teacher's BatchNorm statistics (HDF5, PNG)\n"
     "  quantize        train the once-for-all student on a pool by distillation (2/3/4/8 bits in one model)\n"
+    "  ptq             zero-shot post-training quantization: block reconstruction on synthetic images, fixed models\n"
     "  init-student    build the once-for-all student from a teacher (steps calibrated) and write student.h5\n"
     "  extract         write a fixed-precision (--bits) or vertical-layered model from a student\n"
     "  eval            top-1 accuracy of a model file (FP32, fixed, vertical) or of a student per bit-width\n"
@@ -48,6 +49,7 @@ int main(int argc, char** argv) {
       {"extract", zsq::cli::extract},
       {"generate", zsq::cli::generate},
       {"quantize", zsq::cli::quantize},
+      {"ptq", zsq::cli::ptq},
   };
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     (argc < 2 ? std::cerr : std::cout) << kUsage;

@@ -74,8 +74,20 @@ class MobileNetV2 : public ClassifierImpl {
     return torch::adaptive_avg_pool2d(features_->forward(x), {1, 1}).flatten(1);
   }
   torch::Tensor head(torch::Tensor f) override { return classifier_->forward(f); }
+  std::vector<Unit> units() override {
+    std::vector<Unit> u;
+    for (size_t i = 0; i < features_->size(); ++i) {
+      const std::string path = "features." + std::to_string(i);
+      u.push_back({path, {path}, [this, i](const torch::Tensor& x) { return (features_->begin() + i)->forward(x); }});
+    }
+    u.push_back({"head", {"classifier"}, [this](const torch::Tensor& x) { return features_head(x); }});
+    return u;
+  }
 
  private:
+  torch::Tensor features_head(const torch::Tensor& x) {
+    return head(torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1));
+  }
   torch::nn::Sequential features_, classifier_;
 };
 

@@ -103,6 +103,15 @@ torch::nn::Sequential make_stage(const LayerFactory& f, int64_t& in, int64_t pla
   return stage;
 }
 
+// One unit per block of each stage, named "<stage>.<i>".
+void add_stage_units(std::vector<Unit>* units, const std::string& name, const torch::nn::Sequential& stage) {
+  for (size_t i = 0; i < stage->size(); ++i) {
+    auto block = std::dynamic_pointer_cast<BlockBase>(stage->ptr(i));
+    const std::string path = name + "." + std::to_string(i);
+    units->push_back({path, {path}, [block](const torch::Tensor& x) { return block->forward(x); }});
+  }
+}
+
 class CifarResNet : public ClassifierImpl {
  public:
   CifarResNet(int depth, const ModelSpec& spec, const LayerFactory& f) {
@@ -125,6 +134,18 @@ class CifarResNet : public ClassifierImpl {
     return torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
   }
   torch::Tensor head(torch::Tensor f) override { return fc_.forward(f); }
+  std::vector<Unit> units() override {
+    std::vector<Unit> u{{"stem", {"conv1", "bn1"}, [this](const torch::Tensor& x) {
+                           return torch::relu(bn1_.forward(conv1_.forward(x)));
+                         }}};
+    add_stage_units(&u, "layer1", layer1_);
+    add_stage_units(&u, "layer2", layer2_);
+    add_stage_units(&u, "layer3", layer3_);
+    u.push_back({"head", {"fc"}, [this](const torch::Tensor& x) {
+                   return head(torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1));
+                 }});
+    return u;
+  }
 
  private:
   torch::nn::AnyModule conv1_, bn1_, fc_;
@@ -154,6 +175,19 @@ class TorchvisionResNet : public ClassifierImpl {
     return torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
   }
   torch::Tensor head(torch::Tensor f) override { return fc_.forward(f); }
+  std::vector<Unit> units() override {
+    std::vector<Unit> u{{"stem", {"conv1", "bn1"}, [this](const torch::Tensor& x) {
+                           return torch::max_pool2d(torch::relu(bn1_.forward(conv1_.forward(x))), 3, 2, 1);
+                         }}};
+    add_stage_units(&u, "layer1", layer1_);
+    add_stage_units(&u, "layer2", layer2_);
+    add_stage_units(&u, "layer3", layer3_);
+    add_stage_units(&u, "layer4", layer4_);
+    u.push_back({"head", {"fc"}, [this](const torch::Tensor& x) {
+                   return head(torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1));
+                 }});
+    return u;
+  }
 
  private:
   torch::nn::AnyModule conv1_, bn1_, fc_;

@@ -10,6 +10,10 @@ const std::vector<std::string>& known_archs() {
   return archs;
 }
 
+std::vector<Unit> ClassifierImpl::units() {
+  return {{"model", {""}, [this](const torch::Tensor& x) { return forward(x); }}};
+}
+
 Classifier build(const ModelSpec& spec, const LayerFactory& factory) {
   TORCH_CHECK(spec.in_channels > 0, "in_channels must be > 0, got ", spec.in_channels);
   TORCH_CHECK(spec.num_classes > 1, "num_classes must be > 1, got ", spec.num_classes);

@@ -11,6 +11,7 @@
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/sequential.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,9 +27,19 @@ class ChainImpl : public torch::nn::SequentialImpl {
 };
 TORCH_MODULE(Chain);
 
+/// A piece of a network that post-training quantization reconstructs as one (BRECQ's blocks): the stem, a
+/// residual block, the head. Running a model's units in turn on its input gives its logits.
+struct Unit {
+  std::string name;                  ///< e.g. "layer1.0"
+  std::vector<std::string> modules;  ///< the module paths it owns (every module at or under them)
+  std::function<torch::Tensor(const torch::Tensor&)> forward;
+};
+
 /// An image classifier: N×C×H×W in, N×num_classes logits out.
 class ClassifierImpl : public torch::nn::Module {
  public:
+  /// The network as units in forward order (valid while the model lives). Default: one unit, the whole network.
+  virtual std::vector<Unit> units();
   /// Logits: head(features(x)).
   torch::Tensor forward(torch::Tensor x) { return head(features(x)); }
   /// The penultimate features (after global pooling), N×D.

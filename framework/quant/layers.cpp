@@ -103,6 +103,7 @@ void QuantizedLayer::set_layer_bits(int64_t weight_b, int64_t act_b) {
 torch::Tensor positive_step(const torch::Tensor& step) { return step.abs().clamp_min(kMinStep); }
 
 torch::Tensor QuantizedLayer::quantized_weight() const {
+  if (weight_override_.defined()) return weight_override_;
   // The step of bit-width k is s·2^Δ (Δ = top - k), so dL/ds = 2^Δ·dL/ds_k and
   // an SGD step on s moves s_k 4^Δ times further than LSQ would move its own
   // step. Dividing LSQ's g at k by 4^Δ gives s_k LSQ's update at every
@@ -179,7 +180,17 @@ torch::Tensor QuantizedLayer::quantize_input(const torch::Tensor& x) {
   TORCH_CHECK(ready_mirrors_[index_].get(act_ready_[index_]), "the input quantizer of this layer at ", bits(),
               " bits was never calibrated; initialise the student (init_student / calibrate) first");
   const QuantRange range = input_range();
-  return lsq_fake_quant(x, positive_step(step), range, lsq_grad_scale(x.numel(), range));
+  torch::Tensor q = lsq_fake_quant(x, positive_step(step), range, lsq_grad_scale(x.numel(), range));
+  if (drop_ <= 0) return q;
+  // QDrop's code: torch.where(torch.rand_like(x) < p, x_q, x) with p 0.5, the chance of the quantized value.
+  const torch::Tensor keep = torch::rand(x.sizes(), drop_generator_, x.options()) < drop_;
+  return torch::where(keep, x, q);
+}
+
+void QuantizedLayer::set_input_drop(double p, c10::optional<at::Generator> generator) {
+  TORCH_CHECK(p >= 0 && p < 1, "input drop probability must be in [0, 1), got ", p);
+  drop_ = p;
+  drop_generator_ = std::move(generator);
 }
 
 void QuantizedLayer::init_weight_step(WeightInit init) {

@@ -159,6 +159,16 @@ class QuantizedLayer : public BitSwitchable {
   torch::Tensor input_step() const { return positive_step(act_steps_[index_]); }
   /// The weight steps in use (positive_step of weight_step), [out].
   torch::Tensor weight_step() const { return positive_step(weight_step_); }
+  /// The weight_step parameter itself (what an optimizer of the steps trains).
+  const torch::Tensor& weight_step_parameter() const { return weight_step_; }
+
+  /// Post-training quantization: while `w` is defined, quantized_weight() returns it instead of the layer's
+  /// own quantizer (the caller recomputes it before each forward: AdaRound's soft rounding, see adaround.h);
+  /// an undefined tensor switches the override off.
+  void set_weight_override(torch::Tensor w) { weight_override_ = std::move(w); }
+  /// QDrop (Wei et al. 2022): while p > 0, each element of the quantized input keeps its full-precision value
+  /// with probability p (drawn from `generator`) instead of its quantized one; 0 switches it off.
+  void set_input_drop(double p, c10::optional<at::Generator> generator = c10::nullopt);
 
  protected:
   /// Registers weight_step, the per-bit input steps and state on `module`.
@@ -178,6 +188,9 @@ class QuantizedLayer : public BitSwitchable {
   // Host copies of the flags, refreshed only when their buffer changed (loaded, calibrated, broadcast).
   std::vector<HostFlag> ready_mirrors_;
   HostFlag signed_mirror_;
+  torch::Tensor weight_override_;
+  double drop_ = 0;
+  c10::optional<at::Generator> drop_generator_;
 };
 
 struct QConv2dOptions {

@@ -1,10 +1,13 @@
 // Fused fake quantizers: hand-computed values, the ATen reference chain,
 // finite differences of the straight-through surrogate, nesting and bit-planes.
+#include "framework/quant/adaround.h"
 #include "framework/quant/bitplanes.h"
+#include "framework/quant/layers.h"
 #include "framework/quant/fake_quant.h"
 #include "framework/quant/reference.h"
 #include "tests/support.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -316,3 +319,75 @@ TEST_F(QuantTest, BitPackingRoundTrips) {
 
 } // namespace
 } // namespace zsq::quant
+
+namespace zsq::quant {
+namespace {
+
+using AdaRoundTest = test::SeedingFixture;
+
+TEST_F(AdaRoundTest, StartsAtTheWeightAndRoundsToFloorOrCeiling) {
+  const torch::Tensor w = torch::randn({4, 3, 3, 3}) * 0.1;
+  const torch::Tensor step = torch::full({4}, 0.02);
+  const AdaRound r(w, step, signed_range(8));  // ±128 steps of 0.02: every weight inside the range
+  EXPECT_TRUE(torch::allclose(r.soft_weight(step), w, 1e-5, 1e-6));
+  const torch::Tensor floor = torch::floor(w / 0.02);
+  const torch::Tensor codes = r.hard_codes();
+  EXPECT_TRUE(((codes == floor) | (codes == floor + 1)).all().item<bool>());
+  // At the start V >= 0 exactly where frac(w/s) >= 0.5 (h(0) = 0.5): hard rounding is nearest rounding.
+  EXPECT_EQ(codes.ne(torch::round(w / 0.02)).sum().item<int64_t>(), 0);
+  // Narrow range: codes are clamped.
+  const AdaRound narrow(w, step, signed_range(2));
+  EXPECT_LE(narrow.hard_codes().max().item<double>(), 1);
+  EXPECT_GE(narrow.hard_codes().min().item<double>(), -2);
+  EXPECT_THROW_WITH(AdaRound(w, torch::full({3}, 0.02), signed_range(4)), "one step per output channel");
+  EXPECT_THROW_WITH(AdaRound(w, torch::zeros({4}), signed_range(4)), "steps must be positive");
+}
+
+TEST_F(AdaRoundTest, RegulariserAndScheduleFollowBrecq) {
+  const torch::Tensor w = torch::tensor({0.25, 0.5, 0.75, 1.0}).reshape({4, 1});
+  const AdaRound r(w, torch::ones({4}), signed_range(4));
+  // h = frac: 0.25, 0.5, 0.75, 0 (w = 1 is a grid point): 1 - |2h - 1|^β.
+  const double beta = 2;
+  const double expected = (1 - 0.25) + 1 + (1 - 0.25) + 0;
+  EXPECT_NEAR(r.regularizer(beta).item<double>(), expected, 1e-4);
+  RoundingSchedule s;
+  EXPECT_FALSE(s.regularizing(199, 1000));
+  EXPECT_TRUE(s.regularizing(200, 1000));
+  EXPECT_DOUBLE_EQ(s.beta(200, 1000), 20);
+  EXPECT_DOUBLE_EQ(s.beta(600, 1000), 11);
+  EXPECT_DOUBLE_EQ(s.beta(1000, 1000), 2);
+  EXPECT_NEAR(rectified_sigmoid(torch::tensor({-100.0, 0.0, 100.0})).sub(torch::tensor({0.0, 0.5, 1.0})).abs().max().item<double>(), 0, 1e-6);
+}
+
+TEST_F(AdaRoundTest, LayerTakesAnOverrideWeightAndDropsInputElements) {
+  QConv2dOptions o(2, 3, 3);
+  o.quant(QuantLayerOptions().bits({4}).wbits({4}).abits({4}).top_bits(4));
+  QConv2d conv(o);
+  conv->set_calibrating(true);
+  const torch::Tensor x = torch::rand({8, 2, 6, 6});
+  torch::NoGradGuard no_grad;
+  conv->forward(x);
+  conv->set_calibrating(false);
+  const torch::Tensor plain = conv->forward(x);
+  const torch::Tensor other = torch::randn_like(conv->weight);
+  conv->set_weight_override(other);
+  EXPECT_TRUE(torch::equal(conv->quantized_weight(), other));
+  EXPECT_FALSE(torch::allclose(conv->forward(x), plain));
+  conv->set_weight_override({});
+  EXPECT_TRUE(torch::equal(conv->forward(x), plain));
+  // QDrop: about half of the elements keep their full-precision value.
+  const torch::Tensor q = conv->quantize_input(x);
+  conv->set_input_drop(0.5, at::make_generator<at::CPUGeneratorImpl>(3));
+  const torch::Tensor dropped = conv->quantize_input(x);
+  const double kept = dropped.eq(x).to(torch::kFloat).mean().item<double>();
+  const double quantized = dropped.eq(q).to(torch::kFloat).mean().item<double>();
+  EXPECT_GT(kept, 0.4);
+  EXPECT_LT(kept, 0.6);
+  EXPECT_NEAR(kept + quantized, 1.0, 0.05);  // every element is one or the other (a few are both)
+  conv->set_input_drop(0);
+  EXPECT_TRUE(torch::equal(conv->quantize_input(x), q));
+  EXPECT_THROW_WITH(conv->set_input_drop(1), "input drop probability must be in [0, 1)");
+}
+
+}  // namespace
+}  // namespace zsq::quant

@@ -34,6 +34,30 @@ TEST_F(ZooTest, EveryArchitectureRunsOnAnyChannelsAndClasses) {
   EXPECT_THROW_WITH(build({"resnet20", 0, 10}, Fp32Factory()), "in_channels must be > 0");
 }
 
+TEST_F(ZooTest, UnitsRunInTurnGiveTheLogitsAndOwnEveryLayer) {
+  for (const auto& arch : known_archs()) {
+    const bool cifar = arch.rfind("resnet", 0) == 0 && arch != "resnet18" && arch != "resnet50";
+    auto model = build({arch, 1, 7, 8}, Fp32Factory());
+    model->eval();
+    torch::NoGradGuard no_grad;
+    const torch::Tensor x = torch::randn({2, 1, cifar ? 28 : 40, cifar ? 28 : 40});
+    torch::Tensor h = x;
+    const std::vector<Unit> units = model->units();
+    ASSERT_GT(units.size(), 2u) << arch;  // stem, blocks, head: reconstruction works block by block
+    for (const Unit& u : units) h = u.forward(h);
+    EXPECT_TRUE(torch::equal(h, model->forward(x))) << arch;
+    // Every convolution and linear layer belongs to exactly one unit.
+    for (const auto& item : model->named_parameters()) {
+      if (item.key().find("weight") == std::string::npos || item.value().dim() < 2) continue;
+      int owners = 0;
+      for (const Unit& u : units) {
+        for (const std::string& m : u.modules) owners += item.key().rfind(m + ".", 0) == 0 ? 1 : 0;
+      }
+      EXPECT_EQ(owners, 1) << arch << ": " << item.key();
+    }
+  }
+}
+
 TEST_F(ZooTest, TorchvisionNamesAndParameterCounts) {
   // Counts of torchvision's models with 3 channels and 1000 classes.
   const std::map<std::string, int64_t> counts = {
