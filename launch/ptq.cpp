@@ -78,7 +78,11 @@ void add_ptq_options(po::options_description& desc) {
       ("pd-weight", po::value<double>()->default_value(0.0),
        "PD-Quant: weight of the KL between the teacher's logits and the teacher's upper layers run on the "
        "reconstructed output (its code: 10; 0: off)")
-      ("pd-temperature", po::value<double>()->default_value(4.0), "PD-Quant: softmax temperature");
+      ("pd-temperature", po::value<double>()->default_value(4.0), "PD-Quant: softmax temperature")
+      ("border", po::value<std::string>()->default_value("off"),
+       "on: AQuant's learned rounding border for every layer's input, one linear function of the activation per "
+       "input channel (stored in the fixed model; the integer path applies it)")
+      ("border-lr", po::value<double>()->default_value(1e-3), "Adam learning rate of the rounding borders, cosine to 0");
   add_synth_options(generator, "gen-");
   common.add_options()
       ("out", po::value<std::string>()->default_value("ptq"),
@@ -99,6 +103,7 @@ trainers::PtqOptions read_ptq_options(const po::variables_map& vm) {
   o.drop = get<double>(vm, "drop");
   o.pd_weight = get<double>(vm, "pd-weight");
   o.pd_temperature = get<double>(vm, "pd-temperature");
+  o.border_lr = get<double>(vm, "border-lr");
   o.seed = get<uint64_t>(vm, "seed");
   o.check();
   return o;
@@ -121,6 +126,7 @@ std::vector<models::StudentConfig> read_configs(const po::variables_map& vm) {
       std::tie(c.first_bits, c.last_bits) = models::parse_first_last_bits(get<std::string>(vm, "first-last-bits"));
       c.input_bits = models::parse_input_bits(get<std::string>(vm, "input-bits"));
       c.top_bits = w[i];
+      c.input_border = read_switch(vm, "border");
       c.check();
     } catch (const c10::Error& e) {
       throw UsageError(e.what_without_backtrace());
@@ -235,7 +241,8 @@ int ptq(int argc, char** argv) {
             << (vm.count("pool") ? get<std::string>(vm, "pool") : get<std::string>(vm, "recipe") + ", synthesized in " +
                                                                        format_duration(synthesis_seconds))
             << "), " << o.iterations << " iterations per unit, batch " << o.batch_size
-            << (o.drop > 0 ? ", QDrop" : "") << (o.pd_weight > 0 ? ", PD-Quant loss" : "") << std::endl;
+            << (o.drop > 0 ? ", QDrop" : "") << (o.pd_weight > 0 ? ", PD-Quant loss" : "")
+            << (configs.front().input_border ? ", AQuant borders" : "") << std::endl;
   fs::create_directories(out);
   Json json;
   json.add("command", "ptq").add("images", count).add("iterations", o.iterations).add("synthesis_seconds", synthesis_seconds);

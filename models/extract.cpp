@@ -64,6 +64,7 @@ Folded fold(const LayerPair& p) {
   f.act_step = p.layer->input_step().detach().clone();
   const quant::QuantRange range = p.layer->input_range();
   f.act_range = torch::tensor({-range.qn, range.qp});
+  if (p.layer->input_border().defined()) f.act_border = p.layer->input_border().detach().clone();
   const int64_t out = f.weight_step.numel();
   torch::Tensor gain = torch::ones({out}), shift = torch::zeros({out});
   if (p.bn) {
@@ -85,6 +86,9 @@ void fill(IntLayerImpl& layer, const Folded& f) {
   layer.weight_offset.fill_(f.offset);
   layer.act_step.copy_(f.act_step);
   layer.act_range.copy_(f.act_range);
+  TORCH_CHECK(layer.act_border.defined() == f.act_border.defined(), "a layer's rounding border (input_border) is "
+              "in ", f.act_border.defined() ? "the student only" : "the integer model only");
+  if (f.act_border.defined()) layer.act_border.copy_(f.act_border);
   layer.scale.copy_(f.scale);
   layer.bias.copy_(f.bias);
 }
@@ -120,6 +124,7 @@ void write_config(h5::File& file, const StudentConfig& c) {
   file.set_attr("top_bits", c.top_bits);
   file.set_attr("nesting", quant::nesting_name(c.nesting));
   if (!c.input_range.empty()) file.set_attr("input_range", c.input_range);
+  if (c.input_border) file.set_attr("input_border", int64_t{1});  // absent: no borders
 }
 
 // The narrowest signed width (at least 2 bits) that holds every code.
@@ -153,12 +158,14 @@ torch::nn::AnyModule IntegerFactory::conv2d(const ConvSpec& s) const {
                                            .stride(s.stride)
                                            .padding(s.padding)
                                            .groups(s.groups)
-                                           .weight_bits(weight_bits(s.role))));
+                                           .weight_bits(weight_bits(s.role))
+                                           .input_border(config_.input_border)));
 }
 
 torch::nn::AnyModule IntegerFactory::linear(const LinearSpec& s) const {
   return torch::nn::AnyModule(
-      IntLayer(IntLayerOptions(s.in_features, s.out_features).conv(false).weight_bits(weight_bits(s.role))));
+      IntLayer(IntLayerOptions(s.in_features, s.out_features).conv(false).weight_bits(weight_bits(s.role))
+                   .input_border(config_.input_border)));
 }
 
 torch::nn::AnyModule IntegerFactory::batch_norm(int64_t) const {
@@ -216,6 +223,8 @@ void save_fixed(const std::string& path, const Classifier& model, const ModelMet
 
 void save_vertical(const std::string& path, torch::nn::Module& student, const ModelSpec& spec,
                    const StudentConfig& config, const ModelMeta& meta) {
+  TORCH_CHECK(!config.input_border, "the vertical-layered form holds no rounding borders (input_border); extract "
+              "fixed-precision models (--bits)");
   TORCH_CHECK(config.nesting == quant::Nesting::kShift,
               "vertical-layered files need shift nesting (rounding does not give 1-bit enhance layers)");
   (void)spec;

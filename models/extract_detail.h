@@ -9,6 +9,7 @@ namespace zsq::models::detail {
 // The integer-layer buffers of one pair at the student's current bit-width.
 struct Folded {
   torch::Tensor codes, weight_step, act_step, act_range, scale, bias;
+  torch::Tensor act_border;  ///< undefined without input_border
   int64_t shift = 0, offset = 0;
 };
 

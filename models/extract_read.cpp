@@ -50,6 +50,7 @@ ExtractedFile read_extracted(const h5::File& file, bool allow_student) {
   x.config.first_bits = first_last.front();
   x.config.last_bits = first_last.back();
   x.config.input_bits = file.attr_int("input_bits").value_or(StudentConfig::kSameBits);
+  x.config.input_border = file.attr_int("input_border").value_or(0) != 0;
   x.config.top_bits = need_int("top_bits");
   x.config.nesting = quant::parse_nesting(file.attr_string("nesting").value_or("shift"));
   x.config.input_range = file.attr_doubles("input_range").value_or(std::vector<double>{});  // absent: calibrated

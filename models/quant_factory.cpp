@@ -99,6 +99,7 @@ QuantLayerOptions QuantFactory::options_for(LayerRole role) const {
   o.wbits(config_.layer_wbits(role)).abits(config_.layer_abits(role));
   o.top_bits(std::max(config_.top_bits, *std::max_element(o.wbits().begin(), o.wbits().end())));
   if (role == LayerRole::kFirst) o.input_bounds(config_.input_range);
+  o.input_border(config_.input_border);
   return o;
 }
 
@@ -315,7 +316,7 @@ void init_student(torch::nn::Module& student, torch::nn::Module& teacher, const 
   std::map<std::string, bool> used;
   std::vector<std::string> problems;
   // Quantizer state has no FP32 counterpart.
-  static const std::regex quant_state(R"((^|\.)(weight_step|act_step_b\d+|act_ready_b\d+|input_signed)$)");
+  static const std::regex quant_state(R"((^|\.)(weight_step|act_step_b\d+|act_border_b\d+|act_ready_b\d+|input_signed)$)");
   // Per-bit BatchNorm: "<prefix>.b<k>.<leaf>" comes from "<prefix>.<leaf>".
   static const std::regex per_bit(R"(^(.*)\.b\d+\.([^.]+)$)");
   torch::NoGradGuard no_grad;

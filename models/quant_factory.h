@@ -48,6 +48,9 @@ struct StudentConfig {
   /// and neither calibrate nor train (QuantLayerOptions::input_bounds).
   /// Empty: they are calibrated and trained like every other step.
   std::vector<double> input_range;
+  /// AQuant's learned rounding border on every quantized layer's input (QuantLayerOptions::input_border;
+  /// zsq ptq --border). Default off.
+  bool input_border = false;
 
   /// Checks the lists; throws with the offending values.
   void check() const;

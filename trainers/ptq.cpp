@@ -69,18 +69,20 @@ class UnitTrainer {
  public:
   UnitTrainer(std::vector<Rounded>& layers, const PtqOptions& o, at::Generator gen)
       : layers_(layers), o_(o), gen_(std::move(gen)) {
-    std::vector<torch::Tensor> v, ws, as;
+    std::vector<torch::Tensor> v, ws, as, borders;
     for (Rounded& r : layers_) {
       v.push_back(r.rounding->v());
       ws.push_back(r.layer->weight_step_parameter());
       if (!r.layer->input_fixed()) as.push_back(r.layer->input_steps()[r.layer->quant_options().index_of(r.layer->bits())]);
+      if (r.layer->input_border().defined()) borders.push_back(r.layer->input_border());
     }
-    for (auto* list : {&ws, &as}) {
+    for (auto* list : {&ws, &as, &borders}) {
       for (torch::Tensor& t : *list) t.set_requires_grad(true);
     }
     rounding_ = std::make_unique<torch::optim::Adam>(v, torch::optim::AdamOptions(o_.rounding_lr));
-    if (o_.weight_step_lr > 0) steps_.emplace_back(std::make_unique<torch::optim::Adam>(ws, torch::optim::AdamOptions(o_.weight_step_lr)), o_.weight_step_lr);
-    if (o_.act_step_lr > 0 && !as.empty()) steps_.emplace_back(std::make_unique<torch::optim::Adam>(as, torch::optim::AdamOptions(o_.act_step_lr)), o_.act_step_lr);
+    add(ws, o_.weight_step_lr);
+    add(as, o_.act_step_lr);
+    add(borders, o_.border_lr);
   }
 
   void run(const UnitData& d) {
@@ -114,6 +116,11 @@ class UnitTrainer {
   }
 
  private:
+  // An Adam over `params` whose learning rate falls from `lr` to 0 on a cosine (none when lr is 0 or none).
+  void add(const std::vector<torch::Tensor>& params, double lr) {
+    if (lr > 0 && !params.empty()) steps_.emplace_back(std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(lr)), lr);
+  }
+
   void set_soft_weights() {
     for (Rounded& r : layers_) r.layer->set_weight_override(r.rounding->soft_weight(r.layer->weight_step()));
   }
@@ -185,7 +192,7 @@ void PtqOptions::check() const {
   if (iterations < 1) bad << "iterations must be >= 1, got " << iterations;
   else if (batch_size < 1) bad << "batch size must be >= 1, got " << batch_size;
   else if (!(rounding_lr > 0)) bad << "rounding learning rate must be > 0, got " << rounding_lr;
-  else if (!(weight_step_lr >= 0) || !(act_step_lr >= 0)) bad << "step learning rates must be >= 0";
+  else if (!(weight_step_lr >= 0) || !(act_step_lr >= 0) || !(border_lr >= 0)) bad << "step and border learning rates must be >= 0";
   else if (!(round_weight >= 0)) bad << "rounding regulariser weight must be >= 0, got " << round_weight;
   else if (!(drop >= 0 && drop < 1)) bad << "drop probability must be in [0, 1), got " << drop;
   else if (!(pd_weight >= 0)) bad << "prediction-difference weight must be >= 0, got " << pd_weight;

@@ -7,6 +7,8 @@
 // the network in forward order (the stem, every residual block, the head: ClassifierImpl::units):
 //  - inputs: the teacher's input of the unit x (FP32 network below it) and the student's x_q (the quantized
 //    units below it, already reconstructed); target: the teacher's unit output y = unit(x);
+//  - with AQuant's rounding borders (StudentConfig::input_border), those train too (Adam, cosine to 0), through
+//    the straight-through estimator of the rounding;
 //  - trained: each quantized layer's rounding (AdaRound, framework/quant/adaround.h; Adam lr 1e-3), its weight
 //    steps (Adam 1e-4, cosine to 0) and its input step (Adam 4e-5, cosine to 0), Genie's quantizer.py;
 //  - loss: Σ_channels (ŷ - y)² averaged over images and positions (BRECQ's lp_loss, p 2) + λ·Σ(1 - |2h-1|^β)
@@ -34,6 +36,7 @@ struct PtqOptions {
   double rounding_lr = 1e-3;    ///< Adam on AdaRound's V (Genie, BRECQ)
   double weight_step_lr = 1e-4; ///< Adam on the weight steps, cosine to 0 (Genie); 0: frozen
   double act_step_lr = 4e-5;    ///< Adam on the input steps, cosine to 0 (Genie, QDrop); 0: frozen
+  double border_lr = 1e-3;      ///< Adam on AQuant's rounding borders (students with input_border), cosine to 0
   double round_weight = 1.0;    ///< λ of the rounding regulariser (Genie's round_weight; BRECQ/QDrop 0.01)
   double drop = 0.5;            ///< QDrop probability of keeping an element unquantized (0: off)
   double pd_weight = 0;         ///< PD-Quant's prediction-difference loss weight (its code: 1/λ_r = 10); 0: off

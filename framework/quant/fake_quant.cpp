@@ -1,4 +1,5 @@
 #include "framework/quant/fake_quant.h"
+#include "framework/quant/layers.h"
 
 #include "framework/quant/fake_quant_cpu.h"
 #include "framework/quant/reference.h"
@@ -6,7 +7,9 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
+#include <sstream>
 
 namespace zsq::quant {
 namespace {
@@ -170,6 +173,28 @@ torch::Tensor vl_codes(const torch::Tensor& w, const torch::Tensor& step, int64_
 double vl_level(int64_t q, int64_t top_bits, int64_t bits, Nesting nesting) {
   const detail::KernelParams p = vl_params(top_bits, bits, nesting);
   return static_cast<double>(q * (int64_t(1) << p.shift)) + p.centre;
+}
+
+torch::Tensor apply_border(const torch::Tensor& x, const torch::Tensor& border, const torch::Tensor& step, int64_t qp) {
+  TORCH_CHECK(x.dim() >= 2 && border.dim() == 2 && border.size(0) == 2 && border.size(1) == x.size(1),
+              "rounding border of shape ", border.sizes(), " does not fit an input of shape ", x.sizes());
+  std::vector<int64_t> shape(static_cast<size_t>(x.dim()), 1);
+  shape[1] = x.size(1);
+  const torch::Tensor delta = border[0].reshape(shape), gamma = border[1].reshape(shape);
+  return x * (1 + gamma / static_cast<double>(qp)) + delta * step;
+}
+
+// bits_text and bit_index (declared in layers.h).
+std::string bits_text(const std::vector<int64_t>& bits) {
+  std::ostringstream out;
+  for (size_t i = 0; i < bits.size(); ++i) out << (i ? "," : "") << bits[i];
+  return out.str();
+}
+
+size_t bit_index(const std::vector<int64_t>& bits, int64_t b) {
+  const auto it = std::find(bits.begin(), bits.end(), b);
+  TORCH_CHECK(it != bits.end(), "bit-width ", b, " is not one of this model's (", bits_text(bits), ")");
+  return static_cast<size_t>(it - bits.begin());
 }
 
 } // namespace zsq::quant

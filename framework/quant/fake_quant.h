@@ -74,6 +74,11 @@ torch::Tensor vl_fake_quant(const torch::Tensor& w, const torch::Tensor& step, i
 torch::Tensor vl_codes(const torch::Tensor& w, const torch::Tensor& step, int64_t top_bits, int64_t bits,
                        Nesting nesting);
 
+/// AQuant's rounding border, per input channel (QuantLayerOptions::input_border), applied before the input
+/// quantizer rounds: x·(1 + γ/qp) + δ·step, `border` [2, C] holding δ and γ, broadcast over dim 1 of x (N×C or
+/// N×C×H×W). The fake quantizer and the integer path both call it, so their codes agree.
+torch::Tensor apply_border(const torch::Tensor& x, const torch::Tensor& border, const torch::Tensor& step, int64_t qp);
+
 /// Dequantized value of code q at `bits` in units of the top step: the factor
 /// vl_fake_quant multiplies s by.
 double vl_level(int64_t q, int64_t top_bits, int64_t bits, Nesting nesting);

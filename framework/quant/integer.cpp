@@ -1,5 +1,7 @@
 #include "framework/quant/integer.h"
 
+#include "framework/quant/fake_quant.h"
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -28,6 +30,7 @@ void IntLayerImpl::reset() {
   act_range = register_buffer("act_range", torch::tensor({int64_t(0), int64_t(255)}));
   scale = register_buffer("scale", torch::ones({o.out()}));
   bias = register_buffer("bias", torch::zeros({o.out()}));
+  act_border = o.input_border() ? register_buffer("act_border", torch::zeros({2, o.in()})) : torch::Tensor();
 }
 
 void IntLayerImpl::pretty_print(std::ostream& stream) const {
@@ -40,7 +43,8 @@ void IntLayerImpl::pretty_print(std::ostream& stream) const {
 torch::Tensor IntLayerImpl::accumulate(const torch::Tensor& x) const {
   const int64_t lo = act_range[0].item<int64_t>(), hi = act_range[1].item<int64_t>();
   // Input codes: the same float ops as the fake quantizer (x/s, clamp, round half to even).
-  const torch::Tensor codes = torch::round(torch::clamp(x / act_step, static_cast<double>(lo), static_cast<double>(hi)));
+  const torch::Tensor in = act_border.defined() ? apply_border(x, act_border, act_step, hi) : x;
+  const torch::Tensor codes = torch::round(torch::clamp(in / act_step, static_cast<double>(lo), static_cast<double>(hi)));
   const int64_t shift = weight_shift.item<int64_t>();
   const torch::Tensor levels = weight_codes.to(torch::kInt64) * (int64_t(1) << (shift + 1)) + weight_offset.item<int64_t>();
   // Integer products summed exactly. float32 represents every integer below

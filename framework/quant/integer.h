@@ -18,6 +18,8 @@
 //   weight_offset int64 []     o
 //   act_step      float []     input step
 //   act_range     int64 [2]    input codes' [min, max]
+//   act_border    float [2,in] AQuant's rounding border (δ, γ per input channel; only with input_border):
+//                              the input codes are round(clamp(apply_border(x)/act_step))
 //   scale         float [out]  act_step · s/2 · γ/sqrt(var + eps)  (γ/σ = 1 without BN)
 //   bias          float [out]  β - mean·γ/σ + layer_bias·γ/σ
 //   y = acc · scale + bias, acc = Σ act_codes · (2^(Δ+1)·q + o)
@@ -41,6 +43,7 @@ struct IntLayerOptions {
   TORCH_ARG(int64_t, groups) = 1;
   TORCH_ARG(bool, conv) = true;  ///< false: a linear layer (weight out×in)
   TORCH_ARG(int64_t, weight_bits) = 8;  ///< selects the code dtype: int8 up to 8 bits, else int16
+  TORCH_ARG(bool, input_border) = false;  ///< holds act_border
 };
 
 /// An integer convolution or linear layer (see the file comment).
@@ -56,6 +59,7 @@ class IntLayerImpl : public torch::nn::Cloneable<IntLayerImpl> {
 
   IntLayerOptions options;
   torch::Tensor weight_codes, weight_step, weight_shift, weight_offset, act_step, act_range, scale, bias;
+  torch::Tensor act_border;  ///< undefined without input_border
 };
 TORCH_MODULE(IntLayer);
 

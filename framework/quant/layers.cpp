@@ -14,18 +14,6 @@ WeightInit parse_weight_init(const std::string& name) {
   TORCH_CHECK(false, "unknown weight-step initialisation '", name, "': use 'mse' or 'lsq'");
 }
 
-std::string bits_text(const std::vector<int64_t>& bits) {
-  std::ostringstream out;
-  for (size_t i = 0; i < bits.size(); ++i) out << (i ? "," : "") << bits[i];
-  return out.str();
-}
-
-size_t bit_index(const std::vector<int64_t>& bits, int64_t b) {
-  const auto it = std::find(bits.begin(), bits.end(), b);
-  TORCH_CHECK(it != bits.end(), "bit-width ", b, " is not one of this model's (", bits_text(bits), ")");
-  return static_cast<size_t>(it - bits.begin());
-}
-
 void QuantLayerOptions::check() const {
   TORCH_CHECK(!bits_.empty(), "quantized layer: no bit-widths given");
   TORCH_CHECK(wbits_.size() == bits_.size() && abits_.size() == bits_.size(),
@@ -45,7 +33,7 @@ size_t QuantLayerOptions::index_of(int64_t b) const { return bit_index(bits_, b)
 // --- QuantizedLayer -------------------------------------------------------------
 
 void QuantizedLayer::register_quant_state(torch::nn::Module& module, const torch::Tensor& weight,
-                                          QuantLayerOptions options) {
+                                          int64_t in_channels, QuantLayerOptions options) {
   options.check();
   options_ = std::move(options);
   index_ = std::min(index_, options_.bits().size() - 1);
@@ -53,11 +41,15 @@ void QuantizedLayer::register_quant_state(torch::nn::Module& module, const torch
   weight_ = weight;
   weight_step_ = module.register_parameter("weight_step", torch::ones({weight.size(0)}) * 1e-2);
   act_steps_.clear();
+  act_borders_.clear();
   act_ready_.clear();
   ready_mirrors_.assign(options_.bits().size(), HostFlag());
   for (const int64_t b : options_.bits()) {
     const std::string suffix = "_b" + std::to_string(b);
     act_steps_.push_back(module.register_parameter("act_step" + suffix, torch::ones({}) * 1e-1));
+    if (options_.input_border()) {
+      act_borders_.push_back(module.register_parameter("act_border" + suffix, torch::zeros({2, in_channels})));
+    }
     act_ready_.push_back(module.register_buffer("act_ready" + suffix, torch::zeros({}, torch::kBool)));
   }
   input_signed_ = module.register_buffer("input_signed", torch::zeros({}, torch::kBool));
@@ -180,18 +172,15 @@ torch::Tensor QuantizedLayer::quantize_input(const torch::Tensor& x) {
   TORCH_CHECK(ready_mirrors_[index_].get(act_ready_[index_]), "the input quantizer of this layer at ", bits(),
               " bits was never calibrated; initialise the student (init_student / calibrate) first");
   const QuantRange range = input_range();
-  torch::Tensor q = lsq_fake_quant(x, positive_step(step), range, lsq_grad_scale(x.numel(), range));
+  const torch::Tensor s = positive_step(step);
+  const torch::Tensor in = act_borders_.empty() ? x : apply_border(x, act_borders_[index_], s, range.qp);
+  torch::Tensor q = lsq_fake_quant(in, s, range, lsq_grad_scale(x.numel(), range));
   if (drop_ <= 0) return q;
   // QDrop's code: torch.where(torch.rand_like(x) < p, x_q, x) with p 0.5, the chance of the quantized value.
   const torch::Tensor keep = torch::rand(x.sizes(), drop_generator_, x.options()) < drop_;
   return torch::where(keep, x, q);
 }
 
-void QuantizedLayer::set_input_drop(double p, c10::optional<at::Generator> generator) {
-  TORCH_CHECK(p >= 0 && p < 1, "input drop probability must be in [0, 1), got ", p);
-  drop_ = p;
-  drop_generator_ = std::move(generator);
-}
 
 void QuantizedLayer::init_weight_step(WeightInit init) {
   torch::NoGradGuard no_grad;
@@ -259,7 +248,7 @@ void QConv2dImpl::reset() {
   } else {
     bias = torch::Tensor();
   }
-  register_quant_state(*this, weight, o.quant());
+  register_quant_state(*this, weight, o.in_channels(), o.quant());
 }
 
 void QConv2dImpl::pretty_print(std::ostream& stream) const {
@@ -292,7 +281,7 @@ void QLinearImpl::reset() {
   } else {
     bias = torch::Tensor();
   }
-  register_quant_state(*this, weight, options.quant());
+  register_quant_state(*this, weight, options.in_features(), options.quant());
 }
 
 void QLinearImpl::pretty_print(std::ostream& stream) const {

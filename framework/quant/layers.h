@@ -71,6 +71,11 @@ struct QuantLayerOptions {
   /// (-z·s <= lo, (2^abits - 1 - z)·s >= hi, the smallest such s over integer
   /// z), so no pixel is clipped and zero padding stays exact.
   TORCH_ARG(std::vector<double>, input_bounds);
+  /// AQuant's learned rounding border of the input, coarse-grained to one linear function per input channel
+  /// and bit-width (parameters act_border_b<k>, [2, channels], zeros: round to nearest): the input codes are
+  /// round(clamp(u·(1 + γ/Qp) + δ)), u = x/s, that is floor(u) + [frac(u) >= 0.5 - δ - γ·u/Qp] while the
+  /// border stays in (0, 1). Default off (no such parameters).
+  TORCH_ARG(bool, input_border) = false;
 
 };
 
@@ -148,6 +153,8 @@ class QuantizedLayer : public BitSwitchable {
   bool input_fixed() const { return !input_zero_.empty(); }
   /// The per-bit input step parameters (act_step_b<k>), in options().bits() order.
   const std::vector<torch::Tensor>& input_steps() const { return act_steps_; }
+  /// The current bit-width's rounding border parameters ([2, channels]: δ, γ), undefined without borders.
+  torch::Tensor input_border() const { return act_borders_.empty() ? torch::Tensor() : act_borders_[index_]; }
 
   /// Whether the input quantizer is signed (seen negative inputs in calibration).
   bool input_signed() const { return signed_mirror_.get(input_signed_); }
@@ -168,11 +175,16 @@ class QuantizedLayer : public BitSwitchable {
   void set_weight_override(torch::Tensor w) { weight_override_ = std::move(w); }
   /// QDrop (Wei et al. 2022): while p > 0, each element of the quantized input keeps its full-precision value
   /// with probability p (drawn from `generator`) instead of its quantized one; 0 switches it off.
-  void set_input_drop(double p, c10::optional<at::Generator> generator = c10::nullopt);
+  void set_input_drop(double p, c10::optional<at::Generator> generator = c10::nullopt) {
+    TORCH_CHECK(p >= 0 && p < 1, "input drop probability must be in [0, 1), got ", p);
+    drop_ = p;
+    drop_generator_ = std::move(generator);
+  }
 
  protected:
-  /// Registers weight_step, the per-bit input steps and state on `module`.
-  void register_quant_state(torch::nn::Module& module, const torch::Tensor& weight, QuantLayerOptions options);
+  /// Registers weight_step, the per-bit input steps (and borders, over `in_channels`) and state on `module`.
+  void register_quant_state(torch::nn::Module& module, const torch::Tensor& weight, int64_t in_channels,
+                            QuantLayerOptions options);
 
   QuantLayerOptions options_;
   size_t index_ = 0;         ///< the activation's (and by default the weights') model bit-width
@@ -183,6 +195,7 @@ class QuantizedLayer : public BitSwitchable {
   torch::Tensor weight_;        ///< the module's weight (same tensor)
   torch::Tensor weight_step_;   ///< [out], top precision
   std::vector<torch::Tensor> act_steps_;   ///< one 0-dim step per model bit-width
+  std::vector<torch::Tensor> act_borders_; ///< one [2, channels] border per model bit-width (input_border only)
   std::vector<torch::Tensor> act_ready_;   ///< one 0-dim bool buffer per model bit-width
   torch::Tensor input_signed_;  ///< 0-dim bool buffer
   // Host copies of the flags, refreshed only when their buffer changed (loaded, calibrated, broadcast).

@@ -71,6 +71,7 @@ class StudentConfig:
     top_bits: int = 8
     nesting: str = "shift"
     input_range: list = field(default_factory=list)  # [lo, hi] or empty (calibrated)
+    input_border: bool = False  # AQuant's rounding borders (act_border) on every layer's input (zsq ptq --border)
 
     def check(self, path):
         """ValueError naming `path` for lists or values out of range."""
@@ -147,6 +148,7 @@ def read_student_config(file):
         top_bits=_need(files.attr_int(file, "top_bits"), file, "top_bits"),
         nesting=files.attr_str(file, "nesting") or "shift",
         input_range=files.attr_floats(file, "input_range") or [],
+        input_border=bool(files.attr_int(file, "input_border") or 0),
     )
     config.check(file.filename)
     return config

@@ -24,7 +24,8 @@ class IntLayer(nn.Module):
     a zsq-fixed file: weight_codes, weight_step, weight_shift, weight_offset,
     act_step, act_range, scale, bias."""
 
-    def __init__(self, cin, cout, kernel=1, stride=1, padding=0, groups=1, conv=True, weight_bits=8):
+    def __init__(self, cin, cout, kernel=1, stride=1, padding=0, groups=1, conv=True, weight_bits=8,
+                 input_border=False):
         super().__init__()
         if not 2 <= weight_bits <= 16:
             raise ValueError(f"integer layer: weight bits must be in [2, 16], got {weight_bits}")
@@ -39,10 +40,16 @@ class IntLayer(nn.Module):
         self.register_buffer("act_range", torch.tensor([0, 255], dtype=torch.int64))
         self.register_buffer("scale", torch.ones(cout))
         self.register_buffer("bias", torch.zeros(cout))
+        # AQuant's rounding border (delta, gamma per input channel): zsq-fixed files of zsq ptq --border.
+        self.register_buffer("act_border", torch.zeros(2, cin) if input_border else None)
 
     def accumulate(self, x):
         """The exact integer accumulator of `x` (int64 holding int32 values)."""
         lo, hi = int(self.act_range[0]), int(self.act_range[1])
+        if self.act_border is not None:  # C++ quant::apply_border: x * (1 + gamma / qp) + delta * step
+            shape = (1, -1, 1, 1) if self.conv else (1, -1)
+            delta, gamma = self.act_border[0].reshape(shape), self.act_border[1].reshape(shape)
+            x = x * (1 + gamma / float(hi)) + delta * self.act_step
         codes = torch.round(torch.clamp(x / self.act_step, lo, hi))
         shift = int(self.weight_shift)
         levels = self.weight_codes.to(torch.int64) * (1 << (shift + 1)) + int(self.weight_offset)
@@ -76,10 +83,12 @@ class IntegerFactory:
         return self.config.layer_wbits(role)[self.index]
 
     def conv2d(self, cin, cout, kernel, stride=1, padding=0, groups=1, bias=False, role=MIDDLE):
-        return IntLayer(cin, cout, kernel, stride, padding, groups, conv=True, weight_bits=self.weight_bits(role))
+        return IntLayer(cin, cout, kernel, stride, padding, groups, conv=True, weight_bits=self.weight_bits(role),
+                        input_border=self.config.input_border)
 
     def linear(self, cin, cout, bias=True, role=LAST):
-        return IntLayer(cin, cout, conv=False, weight_bits=self.weight_bits(role))
+        return IntLayer(cin, cout, conv=False, weight_bits=self.weight_bits(role),
+                        input_border=self.config.input_border)
 
     def batch_norm(self, channels):
         return nn.Identity()

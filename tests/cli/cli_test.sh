@@ -569,6 +569,51 @@ expect_fail 2 "are for the proxy student of a pool" "$zsq" quantize --teacher "$
   --recipe adversarial --gen-stride 2 --out "$work/run-adv"
 [ -e "$work/run-adv" ] && bad "refused quantize created its folder" || ok "refused --gen-stride online wrote nothing"
 
+# --- zero-shot post-training quantization: zsq ptq --------------------------------
+ptq=(ptq --teacher "$work/teacher.h5" --batch-size 16 --gen-iterations 3 --threads 1)
+expect_fail 2 "--teacher is required" "$zsq" ptq
+expect_fail 2 "--abits needs one value per --bits entry (2), got 1" "$zsq" "${ptq[@]}" --bits 4,2 --abits 4
+expect_fail 2 "--images (8) must be at least --batch-size (16)" "$zsq" "${ptq[@]}" --images 8
+expect_fail 2 "ptq: drop probability must be in [0, 1), got 1" "$zsq" "${ptq[@]}" --drop 1
+expect_fail 2 "ptq: iterations must be >= 1, got 0" "$zsq" "${ptq[@]}" --iterations 0
+expect_fail 2 "--border must be 'on' or 'off'" "$zsq" "${ptq[@]}" --border yes
+expect_fail 2 "--input-range must be 'pixel' or 'calibrated', got 'x'" "$zsq" "${ptq[@]}" --input-range x
+expect_fail 2 "--clamp-pixels must be 'on' or 'off'" "$zsq" "${ptq[@]}" --clamp-pixels maybe
+expect_fail 2 "unknown recipe" "$zsq" "${ptq[@]}" --recipe nope --out "$work/ptq-bad"
+expect_fail 2 "--pool has" "$zsq" "${ptq[@]}" --pool "$work/synth.h5" --images 100000 --out "$work/ptq-bad"
+touch "$work/ptq-file"
+expect_fail 2 "is a file, not a folder" "$zsq" "${ptq[@]}" --out "$work/ptq-file"
+expect_fail 1 "does not exist" "$zsq" "${ptq[@]}" --out "$work/no/dir/ptq"
+[ ! -e "$work/ptq-bad" ] && ok "a refused ptq writes nothing" || bad "a refused ptq left $work/ptq-bad"
+expect_ok "$zsq" "${ptq[@]}" --images 64 --iterations 4 --bits 4,2 --abits 4,4 --pd-weight 10 --border on --out "$work/ptq" --json
+grep -q "unit 2/5 layer1.0  error" "$work/out" && ok "ptq reports each unit" || bad "ptq progress: $(cat "$work/out")"
+ptq_top1="$(json_field "$work/out" w2a4_top1)"
+expect_ok "$zsq" eval --model "$work/ptq/w2a4.h5" --json
+[ "$(json_field "$work/out" top1)" = "$ptq_top1" ] && ok "ptq's w2a4.h5 evaluates to the top-1 ptq printed" ||
+  bad "ptq top-1 $ptq_top1, eval $(json_field "$work/out" top1)"
+"$py" -c "import h5py,sys; f=h5py.File(sys.argv[1]); assert f.attrs['input_border'] == 1 and 'layer1.0.conv1.act_border' in f" \
+  "$work/ptq/w2a4.h5" && ok "a --border model stores its borders" || bad "ptq --border: no borders in the file"
+python_dir="$(cd "$(dirname "$0")/../../python" && pwd)"
+expect_fail 1 "AQuant rounding borders (zsq ptq --border) are not exported to ONNX yet" \
+  env PYTHONPATH="$python_dir" "$py" -m zsq.export --model "$work/ptq/w2a4.h5" --out "$work/ptq/w2a4.onnx"
+# The Python package applies the borders as the binary does: the same logits.
+expect_ok "$zsq" eval --model "$work/ptq/w2a4.h5" --limit 200 --save-logits "$work/ptq-logits.h5"
+PYTHONPATH="$python_dir" "$py" - "$work/ptq/w2a4.h5" "$work/ptq-logits.h5" <<'PY' &&
+import sys, h5py, numpy as np, torch, zsq
+model = zsq.load_extracted(sys.argv[1])
+images, _ = zsq.load_fashion_mnist("test", limit=200)
+with torch.no_grad():
+    ours = model(zsq.preprocess(images[:200], model)).numpy()
+with h5py.File(sys.argv[2], "r") as f:
+    theirs = f["logits"][()]
+assert np.abs(ours - theirs).max() < 1e-4, np.abs(ours - theirs).max()
+PY
+  ok "Python's integer model with borders gives zsq eval's logits" || bad "Python logits differ for a --border model"
+expect_ok "$zsq" ptq --teacher "$work/teacher.h5" --pool "$work/synth.h5" --images 32 --iterations 2 --batch-size 16 \
+  --eval-data none --threads 1 --out "$work/ptq-pool"
+[ -f "$work/ptq-pool/w4a4.h5" ] && [ -f "$work/ptq-pool/result.json" ] && ok "ptq on a pool writes w4a4.h5" ||
+  bad "ptq on a pool: $(ls "$work/ptq-pool")"
+
 # --- mpirun works as root ----------------------------------------------------
 if [ -n "$mpirun_bin" ]; then
   expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" inspect "$work/teacher.h5"

@@ -81,6 +81,40 @@ TEST_F(PtqTest, SameSeedSameCodesAndThePredictionDifferenceTermChangesThem) {
   EXPECT_FALSE(same(codes(a), codes(c)));
 }
 
+TEST_F(PtqTest, AquantBordersTrainAndTheSavedIntegerModelAppliesThem) {
+  config_.input_border = true;
+  models::Classifier s = student();
+  PtqOptions o;
+  o.iterations = 100;
+  o.batch_size = 16;
+  o.rounding_lr = 1e-2;
+  o.border_lr = 1e-2;
+  reconstruct(*s, *teacher_, images_, o);
+  double moved = 0;
+  for (const auto& item : s->named_parameters()) {
+    if (item.key().find("act_border") != std::string::npos) moved += item.value().abs().sum().item<double>();
+  }
+  EXPECT_GT(moved, 0.0);
+  ModelMeta meta;
+  meta.arch = spec_.arch;
+  meta.num_classes = spec_.num_classes;
+  meta.input_shape = {1, 16, 16};
+  meta.input_mean = {0.5};
+  meta.input_std = {0.25};
+  meta.width = spec_.width;
+  models::save_fixed(path("w2a4.h5"), models::extract_fixed(*s, spec_, config_, 2), meta, config_, 2);
+  const models::Classifier loaded = models::load_integer_model(path("w2a4.h5"));
+  torch::NoGradGuard no_grad;
+  const torch::Tensor fake = s->forward(images_), integer = loaded->forward(images_);
+  EXPECT_GE(fake.argmax(1).eq(integer.argmax(1)).to(torch::kFloat).mean().item<double>(), 0.95);
+  // The loaded borders are the trained ones: zeroed, the integer model computes something else.
+  for (const auto& item : loaded->named_buffers()) {
+    if (item.key().find("act_border") != std::string::npos) item.value().zero_();
+  }
+  EXPECT_GT((loaded->forward(images_) - integer).abs().max().item<double>(), 1e-3);
+  EXPECT_THROW_WITH(models::save_vertical(path("v.h5"), *s, spec_, config_, meta), "holds no rounding borders");
+}
+
 TEST_F(PtqTest, RefusesWhatItCannotReconstruct) {
   PtqOptions o;
   o.iterations = 1;

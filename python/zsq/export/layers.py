@@ -188,6 +188,8 @@ def integer_layer(g, layer, x, name, mode, form="qdq"):
     """An IntLayer (conv or linear) in weight mode `mode` and form `form` (module doc)."""
     lo, hi = (int(v) for v in layer.act_range.reshape(-1))
     act_step = float(layer.act_step)
+    if getattr(layer, "act_border", None) is not None:
+        raise ExportError(f"layer '{name}': AQuant rounding borders (zsq ptq --border) are not exported to ONNX yet")
     if not act_step > 0 or not np.isfinite(act_step):
         raise ExportError(f"layer '{name}': activation step {act_step} is not positive")
     weights = _weights(layer, mode, g.opset, name)
