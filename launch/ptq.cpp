@@ -64,7 +64,7 @@ void add_ptq_options(po::options_description& desc) {
       ("input-range", po::value<std::string>()->default_value("pixel"),
        "the first layer's input steps: pixel (from the pixel range; fixed) or calibrated");
   recon.add_options()
-      ("iterations", po::value<int64_t>()->default_value(2000), "iterations per unit (Genie, BRECQ: 20000)")
+      ("iterations", po::value<int64_t>()->default_value(1000), "iterations per unit (Genie, BRECQ: 20000)")
       ("batch-size", po::value<int64_t>()->default_value(32), "images per iteration")
       ("rounding-lr", po::value<double>()->default_value(1e-3), "Adam learning rate of AdaRound's rounding variables")
       ("weight-step-lr", po::value<double>()->default_value(1e-4),

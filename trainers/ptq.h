@@ -31,7 +31,7 @@
 namespace zsq::trainers {
 
 struct PtqOptions {
-  int64_t iterations = 2000;    ///< per unit (Genie/BRECQ: 20 000)
+  int64_t iterations = 1000;    ///< per unit (Genie/BRECQ: 20 000; 1000 keeps a ResNet-20 model under 10 minutes here)
   int64_t batch_size = 32;      ///< images per iteration (Genie, BRECQ: 32)
   double rounding_lr = 1e-3;    ///< Adam on AdaRound's V (Genie, BRECQ)
   double weight_step_lr = 1e-4; ///< Adam on the weight steps, cosine to 0 (Genie); 0: frozen

@@ -572,6 +572,9 @@ expect_fail 2 "are for the proxy student of a pool" "$zsq" quantize --teacher "$
 # --- zero-shot post-training quantization: zsq ptq --------------------------------
 ptq=(ptq --teacher "$work/teacher.h5" --batch-size 16 --gen-iterations 3 --threads 1)
 expect_fail 2 "--teacher is required" "$zsq" ptq
+# The shipped recipe parses (every key is an option of ptq); the missing teacher is what stops it.
+expect_fail 1 "file not found: '$work/none.h5'" "$zsq" ptq --config "$(dirname "$0")/../../launch/configs/ptq-r20.ini" \
+  --teacher "$work/none.h5" --out "$work/ptq-none"
 expect_fail 2 "--abits needs one value per --bits entry (2), got 1" "$zsq" "${ptq[@]}" --bits 4,2 --abits 4
 expect_fail 2 "--images (8) must be at least --batch-size (16)" "$zsq" "${ptq[@]}" --images 8
 expect_fail 2 "ptq: drop probability must be in [0, 1), got 1" "$zsq" "${ptq[@]}" --drop 1
