@@ -142,7 +142,8 @@ std::string config_name(const models::StudentConfig& c) {
 
 // The images to reconstruct on, normalized (a random pick of the pool, or synthesized).
 torch::Tensor load_images(const po::variables_map& vm, const trainers::LoadedModel& teacher,
-                          const models::ModelSpec& spec, int64_t count, uint64_t seed) {
+                          const models::ModelSpec& spec, int64_t count, uint64_t seed,
+                          const std::shared_ptr<distributed::Communicator>& comm) {
   if (vm.count("pool")) {
     const std::string text = get<std::string>(vm, "pool");
     const Dataset pool = load_dataset(text, text == "fashion-mnist" ? get<std::string>(vm, "data-dir") : "",
@@ -164,8 +165,7 @@ torch::Tensor load_images(const po::variables_map& vm, const trainers::LoadedMod
   load_state(h5::File::open_read(get<std::string>(vm, "teacher")), *copy);
   std::unique_ptr<generators::Synthesizer> synth;
   try {
-    synth = generators::make_synthesizer(copy, teacher.meta.input_shape, teacher.meta.num_classes, so,
-                                         distributed::Communicator::create({}));
+    synth = generators::make_synthesizer(copy, teacher.meta.input_shape, teacher.meta.num_classes, so, comm);
   } catch (const c10::Error& e) {
     throw UsageError(e.what_without_backtrace());
   }
@@ -207,6 +207,8 @@ int ptq(int argc, char** argv) {
   if (!parsed) return 0;
   const po::variables_map& vm = *parsed;
   if (!vm.count("teacher")) throw UsageError("--teacher is required");
+  const auto comm = distributed::Communicator::create();
+  if (comm->size() > 1) throw UsageError("zsq ptq runs in one process; start it without mpirun");
   const std::vector<models::StudentConfig> configs = read_configs(vm);
   const trainers::PtqOptions o = read_ptq_options(vm);
   const int64_t count = get<int64_t>(vm, "images");
@@ -234,7 +236,7 @@ int ptq(int argc, char** argv) {
   const models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
                                teacher.meta.width > 0 ? teacher.meta.width : 16};
   const auto start = Clock::now();
-  torch::Tensor images = load_images(vm, teacher, spec, count, o.seed);
+  torch::Tensor images = load_images(vm, teacher, spec, count, o.seed, comm);
   if (clamp) images = PixelClamp(teacher.norm())(images);
   const double synthesis_seconds = seconds_since(start);
   std::cout << "ptq: " << spec.arch << ", " << count << " images ("

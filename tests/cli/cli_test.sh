@@ -664,6 +664,8 @@ if [ -n "$mpirun_bin" ]; then
   expect_ok "$mpirun_bin" --oversubscribe -np 2 "$zsq" "${q_mpi_online[@]}" --resume --out "$work/mrun7"
   grep -q "resuming a checkpoint of 1 process(es) on 2" "$work/out" &&
     ok "a one-process online checkpoint resumes on two processes" || bad "online resume 1 -> 2: $(cat "$work/out")"
+  expect_fail 2 "zsq ptq runs in one process; start it without mpirun" \
+    "$mpirun_bin" --oversubscribe -np 2 "$zsq" ptq --teacher "$work/teacher.h5" --out "$work/ptq-mpi"
   "$py" -c "import h5py,sys; f=h5py.File(sys.argv[1]); assert 'train/rng/rank0' in f and 'train/rng/rank1' in f" \
     "$work/mrun3/checkpoint.h5" && ok "checkpoint holds every rank's random state" || bad "rng states missing"
 fi
