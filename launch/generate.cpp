@@ -150,8 +150,7 @@ int generate(int argc, char** argv) {
   auto comm = distributed::Communicator::create({timeout});
   const bool root = comm->rank() == 0;
   const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"), read_overrides(vm));
-  so.teacher_spec = {teacher.meta.arch, teacher.meta.input_shape[0], teacher.meta.num_classes,
-                     teacher.meta.width > 0 ? teacher.meta.width : 16};
+  so.teacher_spec = teacher.spec();
   auto synth = generators::make_synthesizer(teacher.model, teacher.meta.input_shape, teacher.meta.num_classes, so, comm);
   if (root) {
     std::cout << "generate: " << recipe.describe() << "; " << count << " images of " << teacher.meta.arch << " "

@@ -61,8 +61,7 @@ int init_student(int argc, char** argv) {
     const torch::Tensor pick = torch::randperm(data.size(), gen, torch::kLong).narrow(0, 0, std::min(count, data.size()));
     images = normalize(data.images.index_select(0, pick), teacher.norm());
   }
-  models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
-                         teacher.meta.width > 0 ? teacher.meta.width : 16};
+  const models::ModelSpec spec = teacher.spec();
   set_input_range(vm, teacher.norm(), &config);
   models::Classifier student = [&] {
     ScopedSeed scoped(seed);

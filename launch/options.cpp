@@ -136,13 +136,25 @@ void add_quant_init_options(po::options_description& desc) {
 models::QuantizerInit read_quant_init(const po::variables_map& vm) {
   const std::string weight = get<std::string>(vm, "weight-init");
   if (weight != "mse" && weight != "lsq") throw UsageError("--weight-init must be 'mse' or 'lsq', got '" + weight + "'");
+  check_input_range(vm);
+  models::QuantizerInit init;
+  init.weight_init = quant::parse_weight_init(weight);
+  return init;
+}
+
+void check_input_range(const po::variables_map& vm) {
   const std::string range = get<std::string>(vm, "input-range");
   if (range != "pixel" && range != "calibrated") {
     throw UsageError("--input-range must be 'pixel' or 'calibrated', got '" + range + "'");
   }
-  models::QuantizerInit init;
-  init.weight_init = quant::parse_weight_init(weight);
-  return init;
+}
+
+std::optional<Dataset> load_eval_data(const po::variables_map& vm, const ModelMeta& meta) {
+  const std::string name = get<std::string>(vm, "eval-data");
+  if (name == "none") return std::nullopt;
+  Dataset test = load_dataset(name, get<std::string>(vm, "data-dir"), Split::kTest, meta.input_shape);
+  trainers::check_data_fits(meta, test);
+  return test;
 }
 
 void set_input_range(const po::variables_map& vm, const Normalization& norm, models::StudentConfig* config) {

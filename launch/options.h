@@ -10,6 +10,7 @@
 #include "trainers/evaluate.h"
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -53,6 +54,13 @@ models::StudentConfig read_student_config(const po::variables_map& vm);
 void add_quant_init_options(po::options_description& desc);
 
 models::QuantizerInit read_quant_init(const po::variables_map& vm);
+
+// Throws UsageError unless --input-range is pixel or calibrated.
+void check_input_range(const po::variables_map& vm);
+
+// The labelled test set --eval-data names (with --data-dir), read and checked against the model before any
+// work starts; nullopt for 'none'.
+std::optional<Dataset> load_eval_data(const po::variables_map& vm, const ModelMeta& meta);
 
 // --input-range pixel: the student's input range from the teacher's normalization of pixels in [0, 1].
 void set_input_range(const po::variables_map& vm, const Normalization& norm, models::StudentConfig* config);

@@ -217,24 +217,14 @@ int ptq(int argc, char** argv) {
                      std::to_string(o.batch_size) + ")");
   }
   const bool clamp = read_switch(vm, "clamp-pixels");
-  const std::string range = get<std::string>(vm, "input-range");
-  if (range != "pixel" && range != "calibrated") {
-    throw UsageError("--input-range must be 'pixel' or 'calibrated', got '" + range + "'");
-  }
+  check_input_range(vm);
   const fs::path out = get<std::string>(vm, "out");
   if (fs::exists(out) && !fs::is_directory(out)) throw UsageError("--out '" + out.string() + "' is a file, not a folder");
   h5::check_writable(fs::exists(out) ? (out / "result.json").string() : out.string());
 
   const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"), read_overrides(vm));
-  std::optional<Dataset> test;
-  if (get<std::string>(vm, "eval-data") != "none") {
-    test = load_dataset(get<std::string>(vm, "eval-data"), get<std::string>(vm, "data-dir"), Split::kTest,
-                        teacher.meta.input_shape);
-    trainers::check_data_fits(teacher.meta, *test);
-  }
-  const auto& shape = teacher.meta.input_shape;
-  const models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
-                               teacher.meta.width > 0 ? teacher.meta.width : 16};
+  const std::optional<Dataset> test = load_eval_data(vm, teacher.meta);
+  const models::ModelSpec spec = teacher.spec();
   const auto start = Clock::now();
   torch::Tensor images = load_images(vm, teacher, spec, count, o.seed, comm);
   if (clamp) images = PixelClamp(teacher.norm())(images);
@@ -254,7 +244,7 @@ int ptq(int argc, char** argv) {
     json.add("teacher_top1", t);
   }
   for (models::StudentConfig config : configs) {
-    if (range == "pixel") config.input_range = models::pixel_input_range(teacher.norm().mean, teacher.norm().std);
+    set_input_range(vm, teacher.norm(), &config);
     const std::string name = config_name(config);
     const auto t0 = Clock::now();
     std::cout << name << ":" << std::endl;

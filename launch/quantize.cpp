@@ -280,16 +280,9 @@ int quantize(int argc, char** argv) {
   }
   const trainers::LoadedModel teacher = trainers::load_model(get<std::string>(vm, "teacher"), read_overrides(vm));
   // The test set is read and checked against the teacher before any training, not after it.
-  std::optional<Dataset> test;
-  if (get<std::string>(vm, "eval-data") != "none") {
-    test = load_dataset(get<std::string>(vm, "eval-data"), get<std::string>(vm, "data-dir"), Split::kTest,
-                        teacher.meta.input_shape);
-    trainers::check_data_fits(teacher.meta, *test);
-  }
+  const std::optional<Dataset> test = load_eval_data(vm, teacher.meta);
   if (!resumed.calibrated_input) set_input_range(vm, teacher.norm(), &config);
-  const auto& shape = teacher.meta.input_shape;
-  const models::ModelSpec spec{teacher.meta.arch, shape[0], teacher.meta.num_classes,
-                               teacher.meta.width > 0 ? teacher.meta.width : 16};
+  const models::ModelSpec spec = teacher.spec();
   Source source = load_source(vm, so, gen_clamp, q, teacher, spec, comm);
   models::Classifier student = models::build(spec, models::QuantFactory(config));
   ModelMeta meta = teacher.meta;

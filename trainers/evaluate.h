@@ -41,6 +41,10 @@ struct LoadedModel {
   models::Classifier model;
   ModelMeta meta;        ///< with overrides applied and every field filled
   Normalization norm() const { return {meta.input_mean, meta.input_std}; }
+  /// The zoo spec the model was built from (width 16 where the file has none).
+  models::ModelSpec spec() const {
+    return {meta.arch, meta.input_shape.at(0), meta.num_classes, meta.width > 0 ? meta.width : 16};
+  }
 };
 
 /// Opens `path`, builds its architecture (from the file or `overrides`) and
