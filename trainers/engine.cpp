@@ -34,16 +34,21 @@ NamedTensors trained_parameters(torch::nn::Module& module) {
   return out;
 }
 
-torch::Tensor frozen_logits(models::ClassifierImpl& student, int64_t bits, const torch::Tensor& images) {
-  std::vector<std::pair<torch::Tensor, bool>> saved;
-  for (auto& p : student.parameters()) {
-    saved.emplace_back(p, p.requires_grad());
+FrozenParameters::FrozenParameters(torch::nn::Module& module) {
+  for (torch::Tensor& p : module.parameters()) {
+    saved_.emplace_back(p, p.requires_grad());
     p.set_requires_grad(false);
   }
+}
+
+FrozenParameters::~FrozenParameters() {
+  for (auto& [p, on] : saved_) p.set_requires_grad(on);
+}
+
+torch::Tensor frozen_logits(models::ClassifierImpl& student, int64_t bits, const torch::Tensor& images) {
+  const FrozenParameters frozen(student);
   models::set_bits(student, bits);
-  torch::Tensor logits = student.forward(images);
-  for (auto& [p, on] : saved) p.set_requires_grad(on);
-  return logits;
+  return student.forward(images);
 }
 
 } // namespace zsq::trainers

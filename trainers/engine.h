@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace zsq::trainers {
 
@@ -38,6 +40,18 @@ void check_not_diverged(double loss, const std::string& what, const std::string&
 
 /// The parameters of `module` that require gradients, by name.
 NamedTensors trained_parameters(torch::nn::Module& module);
+
+/// Every parameter of a module out of the graph (requires_grad off) while alive; the flags come back after.
+class FrozenParameters {
+ public:
+  explicit FrozenParameters(torch::nn::Module& module);
+  ~FrozenParameters();
+  FrozenParameters(const FrozenParameters&) = delete;
+  FrozenParameters& operator=(const FrozenParameters&) = delete;
+
+ private:
+  std::vector<std::pair<torch::Tensor, bool>> saved_;
+};
 
 /// The student's logits at bit-width `bits` with none of its parameters in the graph (the generator's
 /// adversarial term: the gradient reaches the images only).

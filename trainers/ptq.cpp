@@ -3,6 +3,7 @@
 #include "framework/errors.h"
 #include "framework/quant/adaround.h"
 #include "framework/quant/layers.h"
+#include "trainers/engine.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -160,23 +161,6 @@ double changed_share(const std::vector<Rounded>& layers) {
   return total > 0 ? static_cast<double>(changed) / static_cast<double>(total) : 0;
 }
 
-// Freezes every parameter of `model` (requires_grad off) while alive, and restores the flags after.
-class Frozen {
- public:
-  explicit Frozen(torch::nn::Module& model) {
-    for (torch::Tensor& p : model.parameters()) {
-      saved_.emplace_back(p, p.requires_grad());
-      p.set_requires_grad(false);
-    }
-  }
-  ~Frozen() {
-    for (auto& [p, flag] : saved_) p.set_requires_grad(flag);
-  }
-
- private:
-  std::vector<std::pair<torch::Tensor, bool>> saved_;
-};
-
 void check_units(const std::vector<models::Unit>& s, const std::vector<models::Unit>& t) {
   TORCH_CHECK(s.size() == t.size(), "ptq: the student has ", s.size(), " units and the teacher ", t.size());
   for (size_t i = 0; i < s.size(); ++i) {
@@ -208,7 +192,7 @@ std::vector<UnitReport> reconstruct(models::ClassifierImpl& student, models::Cla
               " images (the batch size), got ", images.dim() >= 1 ? images.size(0) : 0);
   student.eval();
   teacher.eval();
-  const Frozen frozen_student(student), frozen_teacher(teacher);
+  const FrozenParameters frozen_student(student), frozen_teacher(teacher);
   const std::vector<models::Unit> su = student.units(), tu = teacher.units();
   check_units(su, tu);
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);

@@ -181,7 +181,6 @@ torch::Tensor QuantizedLayer::quantize_input(const torch::Tensor& x) {
   return torch::where(keep, x, q);
 }
 
-
 void QuantizedLayer::init_weight_step(WeightInit init) {
   torch::NoGradGuard no_grad;
   // LSQ's init for the *lowest* weight bit-width, carried up to the top
