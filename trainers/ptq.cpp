@@ -74,11 +74,10 @@ class UnitTrainer {
     for (Rounded& r : layers_) {
       v.push_back(r.rounding->v());
       ws.push_back(r.layer->weight_step_parameter());
-      if (!r.layer->input_fixed()) as.push_back(r.layer->input_steps()[r.layer->quant_options().index_of(r.layer->bits())]);
+      if (!r.layer->input_fixed()) {
+        as.push_back(r.layer->input_steps()[r.layer->quant_options().index_of(r.layer->bits())]);
+      }
       if (r.layer->input_border().defined()) borders.push_back(r.layer->input_border());
-    }
-    for (auto* list : {&ws, &as, &borders}) {
-      for (torch::Tensor& t : *list) t.set_requires_grad(true);
     }
     rounding_ = std::make_unique<torch::optim::Adam>(v, torch::optim::AdamOptions(o_.rounding_lr));
     add(ws, o_.weight_step_lr);
@@ -99,7 +98,9 @@ class UnitTrainer {
       set_soft_weights();
       const torch::Tensor y_hat = d.unit->forward(x);
       torch::Tensor loss = reconstruction_error(y_hat, d.y.index_select(0, idx));
-      if (o_.pd_weight > 0) loss = loss + o_.pd_weight * prediction_difference(d.tail(y_hat), d.logits.index_select(0, idx));
+      if (o_.pd_weight > 0) {
+        loss = loss + o_.pd_weight * prediction_difference(d.tail(y_hat), d.logits.index_select(0, idx));
+      }
       if (o_.round_weight > 0 && schedule_.regularizing(t, steps)) {
         const double beta = schedule_.beta(t, steps);
         for (Rounded& r : layers_) loss = loss + o_.round_weight * r.rounding->regularizer(beta);
@@ -108,8 +109,12 @@ class UnitTrainer {
       for (auto& [opt, lr] : steps_) opt->zero_grad();
       loss.backward();
       rounding_->step();
+      // The cosine's value at t + 1 for step t (Genie's CosineAnnealingLR gives step t the value at t: one
+      // step apart; the results in docs/RESULTS.md were measured so).
       for (auto& [opt, lr] : steps_) {
-        for (auto& group : opt->param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(cosine(lr, t + 1, steps));
+        for (auto& group : opt->param_groups()) {
+          static_cast<torch::optim::AdamOptions&>(group.options()).lr(cosine(lr, t + 1, steps));
+        }
         opt->step();
       }
     }
@@ -117,9 +122,12 @@ class UnitTrainer {
   }
 
  private:
-  // An Adam over `params` whose learning rate falls from `lr` to 0 on a cosine (none when lr is 0 or none).
+  // An Adam over `params` whose learning rate falls from `lr` to 0 on a cosine; with lr 0 (or none) they stay
+  // frozen (out of the graph).
   void add(const std::vector<torch::Tensor>& params, double lr) {
-    if (lr > 0 && !params.empty()) steps_.emplace_back(std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(lr)), lr);
+    if (lr <= 0 || params.empty()) return;
+    for (const torch::Tensor& p : params) p.set_requires_grad(true);
+    steps_.emplace_back(std::make_unique<torch::optim::Adam>(params, torch::optim::AdamOptions(lr)), lr);
   }
 
   void set_soft_weights() {
