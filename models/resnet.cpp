@@ -103,13 +103,25 @@ torch::nn::Sequential make_stage(const LayerFactory& f, int64_t& in, int64_t pla
   return stage;
 }
 
-// One unit per block of each stage, named "<stage>.<i>".
-void add_stage_units(std::vector<Unit>* units, const std::string& name, const torch::nn::Sequential& stage) {
-  for (size_t i = 0; i < stage->size(); ++i) {
-    auto block = std::dynamic_pointer_cast<BlockBase>(stage->ptr(i));
-    const std::string path = name + "." + std::to_string(i);
-    units->push_back({path, {path}, [block](const torch::Tensor& x) { return block->forward(x); }});
+// A ResNet's units: the stem (convolution, BatchNorm, ReLU and, torchvision's, max pooling), one unit per
+// block of each stage, named "<stage>.<i>", and the head (global pooling, the classifier).
+std::vector<Unit> resnet_units(ClassifierImpl* model, torch::nn::AnyModule* conv1, torch::nn::AnyModule* bn1,
+                               bool max_pool, const std::vector<std::pair<std::string, torch::nn::Sequential>>& stages) {
+  std::vector<Unit> units{{"stem", {"conv1", "bn1"}, [conv1, bn1, max_pool](const torch::Tensor& x) {
+                             const torch::Tensor y = torch::relu(bn1->forward(conv1->forward(x)));
+                             return max_pool ? torch::max_pool2d(y, 3, 2, 1) : y;
+                           }}};
+  for (const auto& [name, stage] : stages) {
+    for (size_t i = 0; i < stage->size(); ++i) {
+      auto block = std::dynamic_pointer_cast<BlockBase>(stage->ptr(i));
+      const std::string path = name + "." + std::to_string(i);
+      units.push_back({path, {path}, [block](const torch::Tensor& x) { return block->forward(x); }});
+    }
   }
+  units.push_back({"head", {"fc"}, [model](const torch::Tensor& x) {
+                     return model->head(torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1));
+                   }});
+  return units;
 }
 
 class CifarResNet : public ClassifierImpl {
@@ -135,16 +147,7 @@ class CifarResNet : public ClassifierImpl {
   }
   torch::Tensor head(torch::Tensor f) override { return fc_.forward(f); }
   std::vector<Unit> units() override {
-    std::vector<Unit> u{{"stem", {"conv1", "bn1"}, [this](const torch::Tensor& x) {
-                           return torch::relu(bn1_.forward(conv1_.forward(x)));
-                         }}};
-    add_stage_units(&u, "layer1", layer1_);
-    add_stage_units(&u, "layer2", layer2_);
-    add_stage_units(&u, "layer3", layer3_);
-    u.push_back({"head", {"fc"}, [this](const torch::Tensor& x) {
-                   return head(torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1));
-                 }});
-    return u;
+    return resnet_units(this, &conv1_, &bn1_, false, {{"layer1", layer1_}, {"layer2", layer2_}, {"layer3", layer3_}});
   }
 
  private:
@@ -176,17 +179,8 @@ class TorchvisionResNet : public ClassifierImpl {
   }
   torch::Tensor head(torch::Tensor f) override { return fc_.forward(f); }
   std::vector<Unit> units() override {
-    std::vector<Unit> u{{"stem", {"conv1", "bn1"}, [this](const torch::Tensor& x) {
-                           return torch::max_pool2d(torch::relu(bn1_.forward(conv1_.forward(x))), 3, 2, 1);
-                         }}};
-    add_stage_units(&u, "layer1", layer1_);
-    add_stage_units(&u, "layer2", layer2_);
-    add_stage_units(&u, "layer3", layer3_);
-    add_stage_units(&u, "layer4", layer4_);
-    u.push_back({"head", {"fc"}, [this](const torch::Tensor& x) {
-                   return head(torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1));
-                 }});
-    return u;
+    return resnet_units(this, &conv1_, &bn1_, true,
+                        {{"layer1", layer1_}, {"layer2", layer2_}, {"layer3", layer3_}, {"layer4", layer4_}});
   }
 
  private:
