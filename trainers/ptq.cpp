@@ -146,8 +146,7 @@ class UnitTrainer {
     for (Rounded& r : layers_) {
       r.layer->set_weight_override({});
       r.layer->set_input_drop(0);
-      auto* module = dynamic_cast<torch::nn::Module*>(r.layer);
-      module->named_parameters(false)["weight"].copy_(r.rounding->hard_weight(r.layer->weight_step()));
+      r.layer->latent_weight().copy_(r.rounding->hard_weight(r.layer->weight_step()));
     }
   }
 
@@ -222,28 +221,26 @@ std::vector<UnitReport> reconstruct(models::ClassifierImpl& student, models::Cla
       for (size_t j = i + 1; j < tu.size(); ++j) h = tu[j].forward(h);
       return h;
     };
-    const int64_t m = std::min(kErrorImages, images.size(0));
-    const auto error = [&] {
-      torch::NoGradGuard no_grad;
-      return reconstruction_error(su[i].forward(d.x_q.slice(0, 0, m)), d.y.slice(0, 0, m)).item<double>();
+    const int64_t m = std::min(kErrorImages, images.size(0));  // == the first chunk of run_all
+    const auto error = [&](const torch::Tensor& y_hat) {
+      return reconstruction_error(y_hat.slice(0, 0, m), d.y.slice(0, 0, m)).item<double>();
     };
     std::vector<Rounded> layers;
     for (quant::QuantizedLayer* layer : unit_layers(student, su[i])) {
       TORCH_CHECK(layer->quant_options().top_bits() == layer->weight_bits(), "ptq: a layer stores ",
                   layer->quant_options().top_bits(), "-bit codes for ", layer->weight_bits(),
                   "-bit weights; build the student with top_bits equal to its weight bits");
-      auto* module = dynamic_cast<torch::nn::Module*>(layer);
       layers.push_back({layer,
-                        std::make_unique<quant::AdaRound>(module->named_parameters(false)["weight"], layer->weight_step(),
+                        std::make_unique<quant::AdaRound>(layer->latent_weight(), layer->weight_step(),
                                                           quant::signed_range(layer->weight_bits())),
                         layer->weight_codes().to(torch::kFloat)});
     }
     report.layers = static_cast<int64_t>(layers.size());
-    report.error_before = error();
+    report.error_before = error(run_all(su[i].forward, d.x_q.slice(0, 0, m)));
     if (!layers.empty()) UnitTrainer(layers, o, gen).run(d);
-    report.error_after = error();
     report.changed = changed_share(layers);
-    d.x_q = run_all(su[i].forward, d.x_q);
+    d.x_q = run_all(su[i].forward, d.x_q);  // the next unit's input, and this one's error after
+    report.error_after = error(d.x_q);
     d.x_fp = d.y;
     report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     if (progress) progress(report);

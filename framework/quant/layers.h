@@ -166,6 +166,8 @@ class QuantizedLayer : public BitSwitchable {
   torch::Tensor input_step() const { return positive_step(act_steps_[index_]); }
   /// The weight steps in use (positive_step of weight_step), [out].
   torch::Tensor weight_step() const { return positive_step(weight_step_); }
+  /// The latent FP32 weight (the module's `weight` parameter).
+  const torch::Tensor& latent_weight() const { return weight_; }
   /// The weight_step parameter itself (what an optimizer of the steps trains).
   const torch::Tensor& weight_step_parameter() const { return weight_step_; }
 
